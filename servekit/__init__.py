@@ -1,0 +1,50 @@
+"""servekit: model-serving applications as code.
+
+Decorate classes as deployments, compose them with `.bind()`, then `run` them in-process or
+`serve` them over HTTP.
+"""
+
+from servekit import errors
+from servekit._replica.batching import batch
+from servekit._replica.context import ReplicaContext, replica_context
+from servekit._runtime.app import AppHandle, run
+from servekit._runtime.handle import (
+    DeploymentHandle,
+    DeploymentResponse,
+    DeploymentResponseGenerator,
+)
+from servekit._spec.config import Autoscaling, DeploymentConfig, Resources
+from servekit._spec.deployment import Application, Deployment, deployment
+from servekit._spec.endpoint import endpoint, ingress
+from servekit._version import __version__
+from servekit.errors import DeploymentOptionError, GraphError, ServekitError
+
+__all__ = [
+    "AppHandle",
+    "Application",
+    "Autoscaling",
+    "Deployment",
+    "DeploymentConfig",
+    "DeploymentHandle",
+    "DeploymentOptionError",
+    "DeploymentResponse",
+    "DeploymentResponseGenerator",
+    "GraphError",
+    "ReplicaContext",
+    "Resources",
+    "ServekitError",
+    "__version__",
+    "batch",
+    "deployment",
+    "endpoint",
+    "errors",
+    "ingress",
+    "replica_context",
+    "run",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__") and _obj.__module__.startswith("servekit._"):
+        _obj.__module__ = "servekit"
+del _name, _obj

@@ -1,0 +1,1 @@
+"""Layer 2, replica mechanics: batching, the user-code runner and replica context. Backend-neutral."""

@@ -1,0 +1,81 @@
+"""`run()`: start an app in-process and get its ingress handle, from scripts or notebooks."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+from typing import Any
+
+from servekit._runtime.handle import DeploymentHandle
+from servekit._runtime.local.runtime import LocalRuntime
+from servekit._runtime.loop_thread import LoopThread
+from servekit._spec.deployment import Application
+from servekit._spec.graph import build_graph
+
+
+class RunningApp:
+    """An app's runtime on its own event-loop thread; `stop()` drains and joins it."""
+
+    def __init__(self, app: Application, start_timeout_s: float | None = None) -> None:
+        graph = build_graph(app)
+        self.thread = LoopThread(f"servekit-{graph.ingress}")
+        self.runtime = LocalRuntime(graph)
+        self._lock = threading.Lock()
+        self._stopped = False
+        try:
+            self.thread.run(self.runtime.start(), start_timeout_s)
+        except BaseException:
+            self.thread.stop()
+            raise
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Drain in-flight requests (up to `grace_s`), stop replicas and the loop. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        try:
+            self.thread.run(self.runtime.shutdown(grace_s))
+        finally:
+            self.thread.stop()
+
+
+class AppHandle(DeploymentHandle):
+    """The ingress handle returned by `servekit.run`, which also stops the app.
+
+    Use it as a context manager, or call `shutdown()` when done.
+    """
+
+    def __init__(self, running: RunningApp) -> None:
+        super().__init__(running.runtime, running.runtime.graph.ingress)
+        self._running = running
+
+    def shutdown(self, grace_s: float | None = None) -> None:
+        """Stop the app: finish in-flight requests (up to `grace_s`), then stop every replica."""
+        self._running.stop(grace_s)
+
+    def status(self) -> dict[str, Any]:
+        """The app's state, each deployment's replicas and queues (as served at `/-/status`)."""
+        return self._running.runtime.status()
+
+    def get_handle(self, deployment: str) -> DeploymentHandle:
+        """A handle to another deployment of the app, by its name in the graph."""
+        return self._running.runtime.handle(deployment)
+
+    def __enter__(self) -> AppHandle:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.shutdown()
+
+
+def run(app: Application, *, start_timeout_s: float | None = None) -> AppHandle:
+    """Start `app` in this process (no HTTP, no cluster) and return its ingress handle.
+
+    Works in plain scripts and inside a running event loop (Jupyter): the app runs on its own
+    event-loop thread. `await handle.method(x)` from async code, `handle.method(x).result()`
+    from sync code. Stop it with `handle.shutdown()` or `with servekit.run(app) as handle:`.
+    """
+    return AppHandle(RunningApp(app, start_timeout_s))

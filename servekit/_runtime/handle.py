@@ -1,0 +1,232 @@
+"""Handles: how user code and `run()` call deployments, on any backend.
+
+A call starts at once and returns a `DeploymentResponse` (await it, or `.result()` from sync
+code) or, for generator methods, a `DeploymentResponseGenerator` (`async for` / `for`).
+Calls may come from the runtime's event loop, from another loop (a notebook) or from a
+plain thread; the handle bridges to the runtime's loop when needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import AsyncIterator, Generator
+from typing import Any, Protocol
+
+from servekit.errors import RequestTimeoutError
+
+
+class Dispatcher(Protocol):
+    """What a handle needs from a runtime: its loop, and unary and streaming calls."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the runtime's replicas run on."""
+        ...
+
+    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run a unary method on one replica of `deployment` and return the result."""
+        ...
+
+    def stream(
+        self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        """Run a generator method on one replica of `deployment` and yield its chunks."""
+        ...
+
+    def is_streaming(self, deployment: str, method: str) -> bool:
+        """Whether `method` of `deployment` is a generator method (also checks it exists)."""
+        ...
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+class DeploymentResponse:
+    """The pending result of a handle call: `await` it, or call `.result()` from sync code.
+
+    It can be passed as an argument to another handle call without awaiting it first.
+    """
+
+    __slots__ = ("_future", "_loop")
+
+    def __init__(self, dispatcher: Dispatcher, deployment: str, method: str,
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:  # fmt: skip
+        loop = dispatcher.loop
+        self._loop = loop
+        coro = _resolved_call(dispatcher, deployment, method, args, kwargs)
+        self._future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+        if _on_loop(loop):
+            self._future = loop.create_task(coro)
+        else:
+            self._future = asyncio.run_coroutine_threadsafe(coro, loop)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        future = self._future
+        if isinstance(future, concurrent.futures.Future):
+            return asyncio.wrap_future(future).__await__()
+        if _on_loop(self._loop):
+            return future.__await__()
+        bridged = asyncio.run_coroutine_threadsafe(_await_task(future), self._loop)
+        return asyncio.wrap_future(bridged).__await__()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Block until the result is ready (from sync code, never on the runtime's loop)."""
+        if _on_loop(self._loop):
+            raise RuntimeError(
+                "DeploymentResponse.result() would block the event loop; use 'await response'"
+            )
+        future = self._future
+        if not isinstance(future, concurrent.futures.Future):
+            future = asyncio.run_coroutine_threadsafe(_await_task(future), self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"no result within {timeout} s") from None
+
+    def cancel(self) -> None:
+        """Ask the runtime to cancel the call."""
+        future = self._future
+        if isinstance(future, concurrent.futures.Future) or _on_loop(self._loop):
+            future.cancel()
+        else:
+            self._loop.call_soon_threadsafe(future.cancel)
+
+    async def _resolve(self) -> Any:
+        """Await on the runtime's loop (used when passed into another call)."""
+        return await self
+
+
+async def _await_task(task: asyncio.Future[Any]) -> Any:
+    return await task
+
+
+async def _resolve_args(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if any(isinstance(a, DeploymentResponse) for a in args):
+        args = tuple([await a if isinstance(a, DeploymentResponse) else a for a in args])
+    if any(isinstance(v, DeploymentResponse) for v in kwargs.values()):
+        kwargs = {k: await v if isinstance(v, DeploymentResponse) else v for k, v in kwargs.items()}
+    return args, kwargs
+
+
+async def _resolved_call(dispatcher: Dispatcher, deployment: str, method: str,
+                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:  # fmt: skip
+    args, kwargs = await _resolve_args(args, kwargs)
+    return await dispatcher.call(deployment, method, args, kwargs)
+
+
+class DeploymentResponseGenerator:
+    """The stream of a generator method: `async for chunk in ...` or `for chunk in ...`."""
+
+    def __init__(self, dispatcher: Dispatcher, deployment: str, method: str,
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:  # fmt: skip
+        self._loop = dispatcher.loop
+        self._chunks = _resolved_stream(dispatcher, deployment, method, args, kwargs)
+
+    def __aiter__(self) -> DeploymentResponseGenerator:
+        return self
+
+    async def __anext__(self) -> Any:
+        if _on_loop(self._loop):
+            return await self._chunks.__anext__()
+        next_chunk = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
+        return await asyncio.wrap_future(next_chunk)
+
+    def __iter__(self) -> DeploymentResponseGenerator:
+        return self
+
+    def __next__(self) -> Any:
+        if _on_loop(self._loop):
+            raise RuntimeError("iterating a stream with 'for' would block the loop; use 'async for'")
+        try:
+            return asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    async def aclose(self) -> None:
+        """Stop the stream early, releasing the replica."""
+        if _on_loop(self._loop):
+            await self._chunks.aclose()
+        else:
+            closed = asyncio.run_coroutine_threadsafe(self._close(), self._loop)
+            await asyncio.wrap_future(closed)
+
+    async def _next(self) -> Any:
+        return await self._chunks.__anext__()
+
+    async def _close(self) -> None:
+        await self._chunks.aclose()
+
+
+async def _resolved_stream(dispatcher: Dispatcher, deployment: str, method: str,
+                           args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:  # fmt: skip
+    args, kwargs = await _resolve_args(args, kwargs)
+    async for chunk in dispatcher.stream(deployment, method, args, kwargs):
+        yield chunk
+
+
+class _MethodCaller:
+    __slots__ = ("_handle", "_method")
+
+    def __init__(self, handle: DeploymentHandle, method: str) -> None:
+        self._handle = handle
+        self._method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._handle._invoke(self._method, args, kwargs)
+
+
+class DeploymentHandle:
+    """Calls one deployment of a running app: `handle.method(x)`, or `handle(x)` for `__call__`.
+
+    Deployments bound as constructor arguments arrive as handles. A call returns a
+    `DeploymentResponse`, or a `DeploymentResponseGenerator` for generator methods.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, deployment: str) -> None:
+        self._dispatcher = dispatcher
+        self._deployment = deployment
+        self._streaming: dict[str, bool] = {}
+
+    @property
+    def deployment_name(self) -> str:
+        """The name of the deployment this handle calls."""
+        return self._deployment
+
+    def __getattr__(self, method: str) -> _MethodCaller:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return _MethodCaller(self, method)
+
+    def method(self, name: str) -> _MethodCaller:
+        """The caller for method `name`, for names that clash with the handle's own attributes."""
+        return _MethodCaller(self, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._invoke("__call__", args, kwargs)
+
+    def _invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        streaming = self._streaming.get(method)
+        if streaming is None:
+            streaming = self._dispatcher.is_streaming(self._deployment, method)
+            self._streaming[method] = streaming
+        kind = DeploymentResponseGenerator if streaming else DeploymentResponse
+        return kind(self._dispatcher, self._deployment, method, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"DeploymentHandle(deployment={self._deployment!r})"
+
+
+__all__ = [
+    "DeploymentHandle",
+    "DeploymentResponse",
+    "DeploymentResponseGenerator",
+    "Dispatcher",
+    "RequestTimeoutError",
+]

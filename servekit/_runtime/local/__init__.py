@@ -1,0 +1,1 @@
+"""The embedded local runtime: replicas on one machine, scheduled by one asyncio controller."""

@@ -1,0 +1,169 @@
+"""`ReplicaSet`: the replicas of one deployment, admission control and the bounded wait queue.
+
+A request goes to the less loaded of two randomly chosen replicas that has room (fewer than
+`max_ongoing_requests`). When none has room it waits in a FIFO queue of at most
+`max_queued_requests`; beyond that it is refused with `OverloadedError` (HTTP 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from servekit._replica.replica import Replica
+from servekit.errors import DeploymentUnavailableError, OverloadedError
+
+
+@dataclass(eq=False)
+class ReplicaSlot:
+    """A running replica and how many requests it is serving now."""
+
+    replica: Replica
+    ongoing: int = 0
+    drained: asyncio.Event | None = None
+
+
+class ReplicaSet:
+    """Routes requests to the replicas of one deployment with bounded concurrency and queueing."""
+
+    def __init__(
+        self,
+        deployment: str,
+        max_ongoing_requests: int,
+        max_queued_requests: int,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self._max_ongoing = max_ongoing_requests
+        self._max_queued = max_queued_requests
+        self._slots: list[ReplicaSlot] = []
+        self._waiters: deque[asyncio.Future[ReplicaSlot]] = deque()
+        self._rng = rng or random.Random()
+        self._closed = False
+        self._idle: asyncio.Event | None = None
+        self.rejected = 0
+
+    @property
+    def slots(self) -> list[ReplicaSlot]:
+        """The replicas taking requests."""
+        return list(self._slots)
+
+    @property
+    def ongoing(self) -> int:
+        """Requests running on some replica."""
+        return sum(slot.ongoing for slot in self._slots)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a replica."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
+    def add(self, replica: Replica) -> None:
+        """Start sending requests to `replica`; it takes queued requests first."""
+        slot = ReplicaSlot(replica)
+        self._slots.append(slot)
+        self._hand_over(slot)
+
+    async def acquire(self) -> ReplicaSlot:
+        """A replica slot with room, waiting in the queue if none has room now."""
+        if self._closed:
+            raise DeploymentUnavailableError(f"deployment {self.deployment!r} is shutting down")
+        slot = self._choose() if not self._waiters else None
+        if slot is not None:
+            slot.ongoing += 1
+            return slot
+        if len(self._waiters) >= self._max_queued:
+            self.rejected += 1
+            raise OverloadedError(
+                f"deployment {self.deployment!r} is overloaded: {len(self._slots)} replicas at "
+                f"max_ongoing_requests={self._max_ongoing} and {len(self._waiters)} requests queued "
+                f"(max_queued_requests={self._max_queued}); retry later"
+            )
+        waiter: asyncio.Future[ReplicaSlot] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release(waiter.result())
+            raise
+
+    def release(self, slot: ReplicaSlot) -> None:
+        """Give back the room taken by `acquire`; a queued request takes it at once."""
+        slot.ongoing -= 1
+        self._hand_over(slot)
+        if slot.drained is not None and slot.ongoing == 0:
+            slot.drained.set()
+        if self._idle is not None and self.ongoing == 0:
+            self._idle.set()
+
+    async def retire(self, slot: ReplicaSlot, grace_s: float) -> None:
+        """Stop routing to `slot`, wait up to `grace_s` for its requests to finish, stop it."""
+        self._slots.remove(slot)
+        if slot.ongoing:
+            slot.drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slot.drained.wait(), grace_s)
+        slot.replica.stop()
+
+    async def close(self, grace_s: float) -> list[Replica]:
+        """Refuse new requests, fail queued ones, wait up to `grace_s` for running ones to finish.
+
+        Returns the replicas, which the caller stops.
+        """
+        self._closed = True
+        error = DeploymentUnavailableError(f"deployment {self.deployment!r} is shutting down")
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+        if self.ongoing:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_s)
+        replicas = [slot.replica for slot in self._slots]
+        self._slots.clear()
+        return replicas
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready view: replicas with their load, totals, rejected count."""
+        return {
+            "replicas": [
+                {"id": s.replica.context.replica_id, "state": "running", "ongoing": s.ongoing,
+                 "device": s.replica.context.device, "batching": s.replica.batch_stats()}
+                for s in self._slots
+            ],  # fmt: skip
+            "ongoing": self.ongoing,
+            "queued": self.queued,
+            "rejected": self.rejected,
+        }
+
+    def _choose(self) -> ReplicaSlot | None:
+        slots = self._slots
+        count = len(slots)
+        if count == 1:
+            only = slots[0]
+            return only if only.ongoing < self._max_ongoing else None
+        if count == 0:
+            return None
+        first = slots[self._rng.randrange(count)]
+        second = slots[self._rng.randrange(count)]
+        best = first if first.ongoing <= second.ongoing else second
+        if best.ongoing < self._max_ongoing:
+            return best
+        return min(slots, key=lambda slot: slot.ongoing) if self._any_room() else None
+
+    def _any_room(self) -> bool:
+        return any(slot.ongoing < self._max_ongoing for slot in self._slots)
+
+    def _hand_over(self, slot: ReplicaSlot) -> None:
+        while self._waiters and slot.ongoing < self._max_ongoing and slot in self._slots:
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            slot.ongoing += 1
+            waiter.set_result(slot)

@@ -1,0 +1,188 @@
+"""The one definition of every deployment option, shared by the decorator, `.options()` and manifests."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from servekit.errors import DeploymentOptionError
+
+_MEMORY_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+    "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30,
+}  # fmt: skip
+_MEMORY_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def _parse_memory(value: object) -> object:
+    """Accept bytes as an int or a string like "512MiB" / "2GB"; leave other values to pydantic."""
+    if not isinstance(value, str):
+        return value
+    match = _MEMORY_PATTERN.match(value)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _MEMORY_UNITS:
+        raise ValueError(f"memory must be bytes or a size like '512MiB' or '2GB', got {value!r}")
+    return int(float(match.group(1)) * _MEMORY_UNITS[unit])
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Resources(_Options):
+    """What one replica needs. GPUs may be fractional (0.5 packs two replicas on one device)."""
+
+    cpus: float = Field(1.0, ge=0, description="CPU cores per replica.")
+    gpus: float = Field(
+        0.0, ge=0, description="GPUs per replica: a fraction below 1, or a whole number."
+    )
+    memory: Annotated[int | None, BeforeValidator(_parse_memory)] = Field(
+        None, ge=0, description="Memory per replica in bytes (or a string like '2GiB')."
+    )
+
+    @model_validator(mode="after")
+    def _gpus_fraction_or_whole(self) -> Self:
+        if self.gpus > 1 and not self.gpus.is_integer():
+            raise ValueError(
+                f"gpus must be a fraction below 1 (e.g. 0.5) or a whole number, got {self.gpus}"
+            )
+        return self
+
+
+class Autoscaling(_Options):
+    """Replica count bounds and the signal that drives scaling (policies run in the runtime)."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 allows scale to zero.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas.")
+    initial_replicas: int | None = Field(
+        None, ge=0, description="Replicas at start; defaults to min_replicas."
+    )
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Ongoing requests per replica the policy aims for."
+    )
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="How long demand must stay high before adding replicas."
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="How long demand must stay low before removing replicas."
+    )
+    downscale_to_zero_delay_s: float | None = Field(
+        None, ge=0, description="Extra wait before going from 1 to 0 replicas."
+    )
+    smoothing_factor: float = Field(
+        1.0, gt=0, description="Multiplies each scaling step (below 1 damps, above 1 amplifies)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must not exceed "
+                f"max_replicas ({self.max_replicas})"
+            )
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(
+                f"initial_replicas ({initial}) must lie between min_replicas "
+                f"({self.min_replicas}) and max_replicas ({self.max_replicas})"
+            )
+        return self
+
+    @property
+    def start_replicas(self) -> int:
+        """How many replicas the deployment starts with."""
+        return self.min_replicas if self.initial_replicas is None else self.initial_replicas
+
+
+class DeploymentConfig(_Options):
+    """Every option of a deployment. `model_fields_set` tells what the user set explicitly."""
+
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$",
+        description="Deployment name; defaults to the class or function name.",
+    )
+    num_replicas: int = Field(1, ge=1, description="Fixed replica count (without autoscaling).")
+    resources: Resources = Field(default_factory=Resources, description="Per-replica resources.")
+    max_ongoing_requests: int = Field(
+        100, ge=1, description="Requests one replica runs at once; more wait in the queue."
+    )
+    max_queued_requests: int = Field(
+        1000, ge=0, description="Requests waiting for a replica; beyond this callers get 503."
+    )
+    request_timeout_s: float | None = Field(
+        None, gt=0, description="Cancel a request after this many seconds (HTTP 504)."
+    )
+    version: str | None = Field(None, description="Version label of the code and weights.")
+    autoscaling: Autoscaling | None = Field(
+        None, description="Autoscaling bounds and target; excludes num_replicas."
+    )
+    health_check_period_s: float = Field(
+        10.0, gt=0, description="Seconds between health checks of a replica."
+    )
+    health_check_timeout_s: float = Field(
+        30.0, gt=0, description="A health check slower than this marks the replica unhealthy."
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        20.0, ge=0, description="How long a stopping replica may drain in-flight requests."
+    )
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self) -> Self:
+        if self.autoscaling is not None and "num_replicas" in self.model_fields_set:
+            raise ValueError(
+                "set either num_replicas or autoscaling, not both "
+                "(autoscaling=Autoscaling(min_replicas=..., max_replicas=...))"
+            )
+        return self
+
+    @property
+    def start_replicas(self) -> int:
+        """How many replicas the deployment starts with."""
+        return self.num_replicas if self.autoscaling is None else self.autoscaling.start_replicas
+
+    def updated(self, owner: str, **options: Any) -> DeploymentConfig:
+        """A copy with `options` applied on top of what was set before, validated."""
+        current = self.model_dump(exclude_unset=True)
+        if "num_replicas" in options and "autoscaling" not in options:
+            current.pop("autoscaling", None)
+        if "autoscaling" in options and "num_replicas" not in options:
+            current.pop("num_replicas", None)
+        return parse_config(owner, {**current, **options})
+
+
+def parse_config(owner: str, options: dict[str, Any]) -> DeploymentConfig:
+    """Validate `options` for deployment `owner`, raising `DeploymentOptionError` on the first problem."""
+    try:
+        return DeploymentConfig.model_validate(options)
+    except ValidationError as exc:
+        raise DeploymentOptionError(_describe(owner, exc)) from None
+
+
+def _describe(owner: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        option = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            lines.append(_unknown_option(option))
+        elif option:
+            lines.append(f"option {option}={error['input']!r} is invalid: {error['msg']}")
+        else:
+            lines.append(error["msg"].removeprefix("Value error, "))
+    return f"deployment {owner!r}: " + "; ".join(lines)
+
+
+def _unknown_option(option: str) -> str:
+    *parents, leaf = option.split(".")
+    model: type[BaseModel] = DeploymentConfig
+    for parent in parents:
+        annotation = DeploymentConfig.model_fields[parent].annotation
+        model = Resources if annotation is Resources else Autoscaling
+    valid = sorted(model.model_fields)
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown option {option!r}{hint}; valid options are: {', '.join(valid)}"

@@ -1,0 +1,78 @@
+"""Markers the HTTP edge reads: `@endpoint` on ingress methods and `@ingress` for a user's ASGI app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from servekit.errors import DeploymentOptionError
+
+F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=type)
+
+_HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+ENDPOINT_ATTR = "__servekit_endpoint__"
+ASGI_ATTR = "__servekit_asgi_app__"
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """Where an ingress method is served: a path and its HTTP methods."""
+
+    path: str
+    methods: tuple[str, ...]
+
+
+def endpoint(path: str, methods: Sequence[str] = ("POST",)) -> Callable[[F], F]:
+    """Serve an ingress deployment's method at `path` for the given HTTP `methods`.
+
+    Parameters come from the JSON body (pydantic models, dicts, lists), the path
+    (`/items/{item_id}`) or the query string (scalars); a parameter annotated
+    `starlette.requests.Request` receives the raw request.
+    """
+    if not path.startswith("/"):
+        raise DeploymentOptionError(
+            f"endpoint path must start with '/', like '/{path}'; got {path!r}"
+        )
+    upper = tuple(method.upper() for method in methods)
+    unknown = sorted(set(upper) - _HTTP_METHODS)
+    if unknown or not upper:
+        raise DeploymentOptionError(
+            f"endpoint {path!r}: unknown HTTP methods {unknown or list(methods)}; "
+            f"use some of {sorted(_HTTP_METHODS)}"
+        )
+
+    def mark(func: F) -> F:
+        setattr(func, ENDPOINT_ATTR, EndpointSpec(path, upper))
+        return func
+
+    return mark
+
+
+def endpoint_spec(func: object) -> EndpointSpec | None:
+    """The `EndpointSpec` set by `@endpoint` on `func`, if any."""
+    spec = getattr(func, ENDPOINT_ATTR, None)
+    return spec if isinstance(spec, EndpointSpec) else None
+
+
+def ingress(asgi_app: Any) -> Callable[[C], C]:
+    """Serve a user's Starlette or FastAPI app as the ingress of a deployment class.
+
+    servekit's built-in routes (`/healthz`, `/readyz`, `/-/status`) stay in front; every other
+    request goes to `asgi_app`. Route handlers reach the deployment's instance (and so its
+    handles) with `servekit.ingress_instance(request)`.
+    """
+    if not callable(asgi_app):
+        raise DeploymentOptionError(f"ingress() takes an ASGI app, got {type(asgi_app).__name__}")
+
+    def mark(cls: C) -> C:
+        setattr(cls, ASGI_ATTR, asgi_app)
+        return cls
+
+    return mark
+
+
+def asgi_app_of(target: object) -> Any | None:
+    """The ASGI app attached with `@ingress`, if any."""
+    return getattr(target, ASGI_ATTR, None)

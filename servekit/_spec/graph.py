@@ -1,0 +1,135 @@
+"""Build an application graph from bound deployments: unique node names, cycle and signature checks."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from servekit._spec.deployment import Application, Deployment
+from servekit.errors import GraphError
+
+
+@dataclass(frozen=True)
+class HandleRef:
+    """Stands in a node's constructor arguments for the handle of another node."""
+
+    deployment: str
+
+
+@dataclass(frozen=True)
+class DeploymentNode:
+    """One deployment of a built graph: its unique name and arguments, with handles as `HandleRef`."""
+
+    name: str
+    deployment: Deployment
+    init_args: tuple[Any, ...]
+    init_kwargs: dict[str, Any]
+    dependencies: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AppGraph:
+    """A validated graph: nodes in start order (dependencies first) and the ingress node's name."""
+
+    ingress: str
+    nodes: dict[str, DeploymentNode]
+
+    @property
+    def ingress_node(self) -> DeploymentNode:
+        """The node that receives HTTP requests and whose handle `run` returns."""
+        return self.nodes[self.ingress]
+
+
+def build_graph(app: object) -> AppGraph:
+    """Validate `app` and turn it into an `AppGraph`; raises `GraphError` naming the deployment."""
+    if isinstance(app, Deployment):
+        raise GraphError(
+            f"deployment {app.name!r} is not bound: pass {app.name}.bind(...) to run or serve it"
+        )
+    if not isinstance(app, Application):
+        raise GraphError(
+            "no ingress: expected an application made with Deployment.bind(...), "
+            f"got {type(app).__name__}"
+        )
+    builder = _GraphBuilder()
+    ingress = builder.visit(app, path=())
+    return AppGraph(ingress=ingress, nodes=builder.nodes)
+
+
+class _GraphBuilder:
+    def __init__(self) -> None:
+        self.nodes: dict[str, DeploymentNode] = {}
+        self._names: dict[int, str] = {}
+        self._taken: set[str] = set()
+
+    def visit(self, app: Application, path: tuple[Application, ...]) -> str:
+        if any(app is seen for seen in path):
+            cycle = " -> ".join(node.deployment.name for node in (*path, app))
+            raise GraphError(f"the graph has a cycle: {cycle}")
+        if id(app) in self._names:
+            return self._names[id(app)]
+        name = self._unique_name(app.deployment.name)
+        self._names[id(app)] = name
+        _check_signature(app)
+        dependencies: list[str] = []
+        args = tuple(self._replace(a, (*path, app), dependencies) for a in app.args)
+        kwargs = {k: self._replace(v, (*path, app), dependencies) for k, v in app.kwargs.items()}
+        self.nodes[name] = DeploymentNode(name, app.deployment, args, kwargs, tuple(dependencies))
+        return name
+
+    def _replace(self, value: Any, path: tuple[Application, ...], found: list[str]) -> Any:
+        if isinstance(value, Application):
+            name = self.visit(value, path)
+            found.append(name)
+            return HandleRef(name)
+        if isinstance(value, Deployment):
+            owner = path[-1].deployment.name
+            raise GraphError(
+                f"deployment {owner!r} got the unbound deployment {value.name!r} as an argument; "
+                f"pass {value.name}.bind(...) instead"
+            )
+        if isinstance(value, list | tuple):
+            replaced = [self._replace(item, path, found) for item in value]
+            return replaced if isinstance(value, list) else type(value)(replaced)
+        if isinstance(value, dict):
+            return {key: self._replace(item, path, found) for key, item in value.items()}
+        return value
+
+    def _unique_name(self, base: str) -> str:
+        name, counter = base, 0
+        while name in self._taken:
+            counter += 1
+            name = f"{base}_{counter}"
+        self._taken.add(name)
+        return name
+
+
+def _check_signature(app: Application) -> None:
+    deployment = app.deployment
+    if deployment.is_function:
+        if app.args or app.kwargs:
+            raise GraphError(
+                f"deployment {deployment.name!r} is a function and takes no bind() arguments"
+            )
+        return
+    try:
+        inspect.signature(deployment.target).bind(*app.args, **app.kwargs)
+    except TypeError as exc:
+        raise GraphError(
+            f"deployment {deployment.name!r}: bind() arguments do not match "
+            f"__init__{inspect.signature(deployment.target)}: {exc}"
+        ) from None
+
+
+def iter_handle_refs(value: Any) -> Iterator[HandleRef]:
+    """Every `HandleRef` inside `value` (nested lists, tuples and dicts)."""
+    if isinstance(value, HandleRef):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from iter_handle_refs(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from iter_handle_refs(item)

@@ -1,0 +1,199 @@
+"""servekit's errors: one tree, each error carrying the HTTP status it maps to.
+
+```
+ServekitError                      500  base of everything servekit raises
+├── DeploymentOptionError          -    a bad option, raised at decoration time (also ValueError)
+├── GraphError                     -    a graph that cannot be built (also ValueError)
+├── DeploymentStartError           -    a replica's constructor failed while starting the app
+├── RequestError                   4xx  the client's request is wrong
+│   ├── BadRequestError            400  malformed body (e.g. invalid JSON)
+│   ├── NotFoundError              404  no route for the path
+│   ├── MethodNotAllowedError      405  route exists, method does not
+│   ├── PayloadTooLargeError       413  body over the configured limit
+│   └── RequestValidationError     422  body/query/path do not match the schema
+├── UserCodeError                  500  user code raised; see `servekit.errors.UserCodeError`
+├── OverloadedError                503  every replica busy and the queue full (carries retry_after_s)
+├── DeploymentUnavailableError     503  no replica can take the request (stopped, not started)
+└── RequestTimeoutError            504  request_timeout_s elapsed; the work was cancelled
+```
+
+Every error renders to the same JSON body, `{"error": {"type": ..., "message": ...}}`
+plus error-specific fields (see `ServekitError.to_dict`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ServekitError(Exception):
+    """Base of every error servekit raises; `status_code` is the HTTP status it maps to."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `"error"` object of the JSON error body."""
+        return {"type": self.error_type, "message": self.message}
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP headers for the error response."""
+        return {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.__dict__))
+
+
+def _rebuild(cls: type[ServekitError], state: dict[str, Any]) -> ServekitError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message", ""))
+    error.__dict__.update(state)
+    return error
+
+
+class DeploymentOptionError(ServekitError, ValueError):
+    """A deployment option has a bad value or an unknown name."""
+
+    error_type = "deployment_option_error"
+
+
+class GraphError(ServekitError, ValueError):
+    """The application graph is invalid: a cycle, no ingress, or arguments that do not fit."""
+
+    error_type = "graph_error"
+
+
+class DeploymentStartError(ServekitError):
+    """A replica failed to start (its constructor raised)."""
+
+    error_type = "deployment_start_error"
+
+
+class RequestError(ServekitError):
+    """The client's request is wrong; never the server's fault."""
+
+    status_code = 400
+    error_type = "bad_request"
+
+
+class BadRequestError(RequestError):
+    """The body could not be parsed (e.g. malformed JSON)."""
+
+
+class NotFoundError(RequestError):
+    """No route matches the path."""
+
+    status_code = 404
+    error_type = "not_found"
+
+
+class MethodNotAllowedError(RequestError):
+    """The route exists but does not accept this HTTP method."""
+
+    status_code = 405
+    error_type = "method_not_allowed"
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
+
+
+class PayloadTooLargeError(RequestError):
+    """The request body is larger than the server's limit."""
+
+    status_code = 413
+    error_type = "payload_too_large"
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(
+            f"request body exceeds the limit of {limit_bytes} bytes; "
+            "send a smaller body or raise max_body_bytes"
+        )
+        self.limit_bytes = limit_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "limit_bytes": self.limit_bytes}
+
+
+class RequestValidationError(RequestError):
+    """The request does not match the endpoint's schema; `errors` is pydantic's list."""
+
+    status_code = 422
+    error_type = "validation_error"
+
+    def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "errors": self.errors}
+
+
+class UserCodeError(ServekitError):
+    """User code in a replica raised.
+
+    Callers normally see the user's own exception type: servekit re-raises it as an instance
+    of a subclass of both that type and `UserCodeError`, whose message names the deployment.
+    Over HTTP it becomes a 500 with an `error_id` that is also in the server log.
+    """
+
+    error_type = "internal_error"
+
+
+class OverloadedError(ServekitError):
+    """Every replica is at max_ongoing_requests and the queue is at max_queued_requests."""
+
+    status_code = 503
+    error_type = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "retry_after_s": self.retry_after_s}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+
+
+class DeploymentUnavailableError(ServekitError):
+    """The deployment has no replica that can take the request (stopped or shutting down)."""
+
+    status_code = 503
+    error_type = "unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class RequestTimeoutError(ServekitError, TimeoutError):
+    """The request ran past the deployment's request_timeout_s; its work was cancelled."""
+
+    status_code = 504
+    error_type = "timeout"
+
+
+__all__ = [
+    "BadRequestError",
+    "DeploymentOptionError",
+    "DeploymentStartError",
+    "DeploymentUnavailableError",
+    "GraphError",
+    "MethodNotAllowedError",
+    "NotFoundError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "RequestError",
+    "RequestTimeoutError",
+    "RequestValidationError",
+    "ServekitError",
+    "UserCodeError",
+]
