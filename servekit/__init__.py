@@ -5,6 +5,8 @@ Decorate classes as deployments, compose them with `.bind()`, then `run` them in
 """
 
 from servekit import errors
+from servekit._http.app import ingress_instance
+from servekit._http.server import Server, serve
 from servekit._replica.batching import batch
 from servekit._replica.context import ReplicaContext, replica_context
 from servekit._runtime.app import AppHandle, run
@@ -32,6 +34,7 @@ __all__ = [
     "GraphError",
     "ReplicaContext",
     "Resources",
+    "Server",
     "ServekitError",
     "__version__",
     "batch",
@@ -39,8 +42,10 @@ __all__ = [
     "endpoint",
     "errors",
     "ingress",
+    "ingress_instance",
     "replica_context",
     "run",
+    "serve",
 ]
 
 for _name in __all__:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -111,6 +112,16 @@ class LocalRuntime:
         try:
             async for chunk in slot.replica.stream(method, args, kwargs):
                 yield chunk
+        finally:
+            replica_set.release(slot)
+
+    @contextlib.asynccontextmanager
+    async def replica(self, deployment: str) -> AsyncIterator[Replica]:
+        """Hold a replica of `deployment` (with admission control) for custom work, like ASGI apps."""
+        replica_set = self._replica_set(deployment)
+        slot = await replica_set.acquire()
+        try:
+            yield slot.replica
         finally:
             replica_set.release(slot)
 

@@ -1,0 +1,192 @@
+"""The Starlette ingress of a running app: endpoint routes, built-in routes, body limit."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from servekit._http.errors import error_response, router_error
+from servekit._http.openapi import openapi_document
+from servekit._http.responses import render, stream_response, wants_sse
+from servekit._http.routes import EndpointRoute, IngressRoutes, ingress_routes
+from servekit._runtime.local.runtime import LocalRuntime
+from servekit._version import __version__
+from servekit.errors import PayloadTooLargeError
+
+Handler = Callable[[Request], Awaitable[Response]]
+INSTANCE_SCOPE_KEY = "servekit.instance"
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def build_asgi_app(runtime: LocalRuntime, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+    """The ASGI app serving `runtime`'s ingress deployment over HTTP."""
+    ingress = runtime.graph.ingress_node
+    found = ingress_routes(ingress.deployment)
+    routes: list[BaseRoute] = _builtin_routes(runtime, found)
+    routes += [
+        Route(r.path, _endpoint_handler(runtime, ingress.name, r), methods=list(r.methods))
+        for r in found.endpoints
+    ]
+    if found.raw_call:
+        routes.append(Route("/{path:path}", _raw_handler(runtime, ingress.name)))
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(BodyLimit, max_body_bytes=max_body_bytes)],
+        exception_handlers={HTTPException: router_error, Exception: router_error},
+    )
+    if found.asgi_app is not None:
+        app.router.default = _IngressASGI(runtime, ingress.name, found.asgi_app)
+    app.state.servekit_routes = describe_routes(found)
+    return app
+
+
+def describe_routes(found: IngressRoutes) -> list[tuple[str, str]]:
+    """(methods, path) of each user route, for printing."""
+    described = [(",".join(r.methods), r.path) for r in found.endpoints]
+    if found.raw_call:
+        described.append(("*", "/{path}"))
+    if found.asgi_app is not None:
+        described.append(("*", "/* (mounted ASGI app)"))
+    return described
+
+
+def _endpoint_handler(runtime: LocalRuntime, deployment: str, route: EndpointRoute) -> Handler:
+    bind = route.params.bind
+    method = route.method_name
+    call = runtime.call
+
+    async def unary(request: Request) -> Response:
+        try:
+            result = await call(deployment, method, (), await bind(request))
+        except Exception as exc:
+            return error_response(exc, request)
+        return render(result)
+
+    async def streaming(request: Request) -> Response:
+        try:
+            chunks = runtime.stream(deployment, method, (), await bind(request))
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            return StreamingResponse(iter(()))
+        except Exception as exc:
+            return error_response(exc, request)
+        return stream_response(first, chunks, wants_sse(request))
+
+    return streaming if route.streaming else unary
+
+
+def _raw_handler(runtime: LocalRuntime, deployment: str) -> Handler:
+    async def raw(request: Request) -> Response:
+        try:
+            return render(await runtime.call(deployment, "__call__", (request,), {}))
+        except Exception as exc:
+            return error_response(exc, request)
+
+    return raw
+
+
+def _builtin_routes(runtime: LocalRuntime, found: IngressRoutes) -> list[BaseRoute]:
+    node = runtime.graph.ingress_node
+    document: dict[str, Any] = {}
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        ready = runtime.ready
+        return JSONResponse({"ready": ready, "state": runtime.state}, 200 if ready else 503)
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(runtime.status())
+
+    async def openapi(request: Request) -> Response:
+        if not document:
+            version = node.deployment.config.version or __version__
+            document.update(openapi_document(node.name, version, found.endpoints))
+        return JSONResponse(document)
+
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/-/status", status, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+
+
+class _IngressASGI:
+    """Runs a user's ASGI app on an ingress replica, under the same admission control."""
+
+    def __init__(self, runtime: LocalRuntime, deployment: str, app: ASGIApp) -> None:
+        self._runtime = runtime
+        self._deployment = deployment
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return
+        try:
+            async with self._runtime.replica(self._deployment) as replica:
+                await self._app({**scope, INSTANCE_SCOPE_KEY: replica.instance}, receive, send)
+        except Exception as exc:
+            if scope["type"] == "http":
+                await error_response(exc, Request(scope))(scope, receive, send)
+
+
+def ingress_instance(request: Request) -> Any:
+    """The ingress deployment's instance serving `request`, inside an app mounted with `@ingress`."""
+    try:
+        return request.scope[INSTANCE_SCOPE_KEY]
+    except KeyError:
+        raise RuntimeError("ingress_instance() works only in an app mounted with @servekit.ingress") from None
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_body_bytes` with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and length.isdigit():
+            if int(length) > self.limit:
+                await error_response(PayloadTooLargeError(self.limit))(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        await self._counting(scope, receive, send)
+
+    async def _counting(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise PayloadTooLargeError(self.limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except PayloadTooLargeError as exc:
+            if not started:
+                await error_response(exc)(scope, receive, send)

@@ -1,0 +1,68 @@
+"""Render every failure as the one JSON error body: `{"error": {"type": ..., "message": ...}}`."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from pydantic_core import to_json
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from servekit.errors import MethodNotAllowedError, NotFoundError, RequestError, ServekitError, UserCodeError
+
+logger = logging.getLogger("servekit.http")
+
+_STATUS_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+                 422: "validation_error", 429: "too_many_requests", 503: "unavailable",
+                 504: "timeout"}  # fmt: skip
+
+
+def json_error(status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """A response with the standard error body."""
+    body = to_json({"error": error})
+    return Response(body, status, headers=headers, media_type="application/json")
+
+
+def error_response(exc: BaseException, request: Request | None = None) -> Response:
+    """The response for any exception: servekit errors by their status, user errors as 500."""
+    if isinstance(exc, ServekitError) and not isinstance(exc, UserCodeError):
+        return json_error(exc.status_code, exc.to_dict(), exc.headers())
+    if isinstance(exc, HTTPException) and not isinstance(exc, UserCodeError):
+        return _http_exception(exc)
+    return internal_error(exc, request)
+
+
+def internal_error(exc: BaseException, request: Request | None) -> Response:
+    """A 500 with an error id; the traceback goes to the log under that id, never to the client."""
+    error_id = uuid.uuid4().hex[:16]
+    where = f"{request.method} {request.url.path}" if request is not None else "request"
+    logger.error("error %s in %s", error_id, where, exc_info=exc)
+    message = f"internal error in user code ({type(exc).__name__}); see the server log for error_id {error_id}"
+    return json_error(500, {"type": "internal_error", "message": message, "error_id": error_id})
+
+
+def _http_exception(exc: HTTPException) -> Response:
+    status = exc.status_code
+    error: dict[str, Any] = {"type": _STATUS_TYPES.get(status, "http_error"), "message": str(exc.detail)}
+    return json_error(status, error, dict(exc.headers or {}))
+
+
+async def router_error(request: Request, exc: Exception) -> Response:
+    """Starlette's router errors (unknown path, wrong method) in servekit's error shape."""
+    if isinstance(exc, HTTPException) and exc.status_code == 404:
+        return error_response(NotFoundError(f"no route for {request.method} {request.url.path}"))
+    if isinstance(exc, HTTPException) and exc.status_code == 405:
+        allowed = [m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()]
+        return error_response(
+            MethodNotAllowedError(
+                f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}",
+                allowed,
+            )
+        )
+    if isinstance(exc, HTTPException | RequestError):
+        return error_response(exc, request)
+    return internal_error(exc, request)

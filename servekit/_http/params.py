@@ -1,0 +1,201 @@
+"""Turn an HTTP request into an endpoint method's arguments, validated with pydantic.
+
+Each parameter has one source, decided once from its annotation:
+- `starlette.requests.Request` -> the raw request;
+- a name in the path template (`/items/{item_id}`) -> the path;
+- `bytes` -> the raw body;
+- a pydantic model, dict, list, tuple or set -> the JSON body (the whole body when it is the only
+  body parameter, else the body's key of the parameter's name);
+- anything else (str, int, float, bool, enums, optionals) -> the query string.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, TypeAdapter, create_model
+from pydantic_core import from_json
+from starlette.requests import Request
+from starlette.routing import compile_path
+
+from servekit.errors import BadRequestError, GraphError, RequestValidationError
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+@dataclass
+class EndpointParams:
+    """How to build one endpoint's arguments from a request, with the adapters prebuilt."""
+
+    request_param: str | None = None
+    raw_body_param: str | None = None
+    path_params: list[str] = field(default_factory=list)
+    query_params: list[str] = field(default_factory=list)
+    list_query_params: set[str] = field(default_factory=set)
+    body_params: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    params_adapter: TypeAdapter[Any] | None = None
+    body_adapter: TypeAdapter[Any] | None = None
+    body_required: bool = True
+
+    @property
+    def single_body(self) -> str | None:
+        """The parameter that takes the whole body, when there is exactly one body parameter."""
+        return next(iter(self.body_params)) if len(self.body_params) == 1 else None
+
+    async def bind(self, request: Request) -> dict[str, Any]:
+        """The keyword arguments for the method; raises 400/422 errors that name the problem."""
+        kwargs: dict[str, Any] = {}
+        if self.request_param:
+            kwargs[self.request_param] = request
+        if self.params_adapter is not None:
+            kwargs.update(self._bind_params(request))
+        if self.raw_body_param:
+            kwargs[self.raw_body_param] = await request.body()
+        elif self.body_adapter is not None:
+            kwargs.update(self._bind_body(await request.body()))
+        return kwargs
+
+    def _bind_params(self, request: Request) -> dict[str, Any]:
+        assert self.params_adapter is not None
+        raw: dict[str, Any] = dict(request.path_params)
+        query = request.query_params
+        for name in self.query_params:
+            if name in query:
+                raw[name] = query.getlist(name) if name in self.list_query_params else query[name]
+        try:
+            model = self.params_adapter.validate_python(raw)
+        except pydantic.ValidationError as exc:
+            errors = _errors(exc)
+            for error in errors:
+                name = error["loc"][0] if error["loc"] else ""
+                error["loc"] = ["path" if name in self.path_params else "query", *error["loc"]]
+            raise RequestValidationError(_summary("invalid parameters", errors), errors) from None
+        return {name: getattr(model, name) for name in (*self.path_params, *self.query_params)}
+
+    def _bind_body(self, body: bytes) -> dict[str, Any]:
+        assert self.body_adapter is not None
+        if not body.strip():
+            if self.body_required:
+                error = {"type": "missing", "loc": ["body"], "msg": "a JSON request body is required"}
+                raise RequestValidationError("a JSON request body is required", [error])
+            return {}
+        try:
+            value = self.body_adapter.validate_json(body)
+        except pydantic.ValidationError as exc:
+            raise _body_error(exc, body) from None
+        single = self.single_body
+        if single is not None:
+            return {single: value}
+        return {name: getattr(value, name) for name in self.body_params}
+
+
+def _body_error(exc: pydantic.ValidationError, body: bytes) -> Exception:
+    errors = _errors(exc)
+    if any(error["type"] == "json_invalid" for error in errors):
+        try:
+            from_json(body)
+        except ValueError as parse_error:
+            return BadRequestError(f"malformed JSON body: {parse_error}")
+    for error in errors:
+        error["loc"] = ["body", *error["loc"]]
+    return RequestValidationError(_summary("invalid request body", errors), errors)
+
+
+def _errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
+    return typing.cast(list[dict[str, Any]], from_json(exc.json(include_url=False)))
+
+
+def _summary(what: str, errors: list[dict[str, Any]]) -> str:
+    first = errors[0]
+    location = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{what}: {location}: {first['msg']}{more}"
+
+
+def analyse(func: Callable[..., Any], path: str, owner: str) -> EndpointParams:
+    """Decide each parameter's source for `func` served at `path`; raises `GraphError` if unusable."""
+    path_names = set(compile_path(path)[2])
+    hints = typing.get_type_hints(func, include_extras=True)
+    params = EndpointParams()
+    fields: dict[str, Any] = {}
+    for name, parameter in _parameters(func, owner):
+        annotation = hints.get(name, Any)
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+        if _is_request(annotation):
+            params.request_param = name
+        elif name in path_names:
+            params.path_params.append(name)
+            fields[name] = (annotation, default)
+        elif annotation is bytes:
+            params.raw_body_param = name
+        elif _is_body(annotation):
+            params.body_params[name] = (annotation, default)
+        else:
+            params.query_params.append(name)
+            fields[name] = (annotation, default)
+            if typing.get_origin(annotation) in (list, tuple, set):
+                params.list_query_params.add(name)
+    missing = path_names - set(params.path_params)
+    if missing:
+        raise GraphError(f"endpoint {path!r} of {owner!r}: path parameters {sorted(missing)} are not arguments")
+    if fields:
+        params.params_adapter = TypeAdapter(create_model(f"{owner}Params", **fields))
+    _prepare_body(params, owner)
+    return params
+
+
+def _prepare_body(params: EndpointParams, owner: str) -> None:
+    single = params.single_body
+    if single is not None:
+        annotation, default = params.body_params[single]
+        params.body_adapter = TypeAdapter(annotation)
+        params.body_required = default is ...
+    elif params.body_params:
+        model = create_model(f"{owner}Body", **params.body_params)
+        params.body_adapter = TypeAdapter(model)
+        params.body_required = any(default is ... for _, default in params.body_params.values())
+
+
+def _parameters(func: Callable[..., Any], owner: str) -> list[tuple[str, inspect.Parameter]]:
+    result = []
+    for name, parameter in inspect.signature(func).parameters.items():
+        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise GraphError(f"endpoint {owner!r}: *args/**kwargs cannot be taken from a request")
+        if name != "self":
+            result.append((name, parameter))
+    return result
+
+
+def _is_request(annotation: Any) -> bool:
+    return inspect.isclass(annotation) and issubclass(annotation, Request)
+
+
+def _is_body(annotation: Any) -> bool:
+    for candidate in _union_members(annotation):
+        origin = typing.get_origin(candidate) or candidate
+        if inspect.isclass(origin) and issubclass(origin, BaseModel | dict | list | tuple | set):
+            return True
+    return False
+
+
+def _union_members(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def is_scalar(annotation: Any) -> bool:
+    """Whether `annotation` is a plain scalar type (used for OpenAPI parameter schemas)."""
+    return all(
+        member in _SCALARS or (inspect.isclass(member) and issubclass(member, enum.Enum))
+        for member in _union_members(annotation)
+    )

@@ -1,0 +1,74 @@
+"""Find the HTTP routes of an ingress deployment: `@endpoint` methods, a raw `__call__`, or an ASGI app."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from servekit._http.params import EndpointParams, analyse
+from servekit._replica.replica import method_kind
+from servekit._spec.deployment import Deployment
+from servekit._spec.endpoint import EndpointSpec, asgi_app_of, endpoint_spec
+
+_DEFAULT = EndpointSpec("/", ("POST",))
+
+
+@dataclass(frozen=True)
+class EndpointRoute:
+    """One route to a replica method, with its parameter binding prepared."""
+
+    path: str
+    methods: tuple[str, ...]
+    method_name: str
+    func: Callable[..., Any]
+    params: EndpointParams
+    streaming: bool
+
+
+@dataclass(frozen=True)
+class IngressRoutes:
+    """Everything the ingress serves besides the built-in routes."""
+
+    endpoints: list[EndpointRoute]
+    raw_call: bool
+    """Whether `__call__(request)` takes every request not matched by an endpoint."""
+    asgi_app: Any | None
+    """A user ASGI app (from `@ingress`) that takes every request not matched by an endpoint."""
+
+
+def ingress_routes(deployment: Deployment) -> IngressRoutes:
+    """Discover the routes of `deployment` as the ingress of an app."""
+    target = deployment.target
+    name = deployment.name
+    if deployment.is_function:
+        members: list[tuple[str, Callable[..., Any]]] = [("__call__", target)]
+    else:
+        members = [(n, m) for n, m in inspect.getmembers(target, callable) if endpoint_spec(m)]
+    endpoints = [_route(n, m, endpoint_spec(m), name) for n, m in members if endpoint_spec(m)]
+    asgi_app = None if deployment.is_function else asgi_app_of(target)
+    call = target if deployment.is_function else _own_call(target)
+    raw_call = not endpoints and asgi_app is None and call is not None and _takes_request_only(call)
+    if not endpoints and not raw_call and call is not None and asgi_app is None:
+        endpoints = [_route("__call__", call, _DEFAULT, name)]
+    return IngressRoutes(endpoints, raw_call, asgi_app)
+
+
+def _route(method_name: str, func: Callable[..., Any], spec: EndpointSpec | None, owner: str) -> EndpointRoute:
+    spec = spec or _DEFAULT
+    params = analyse(func, spec.path, owner)
+    streaming = method_kind(func).streaming
+    return EndpointRoute(spec.path, spec.methods, method_name, func, params, streaming)
+
+
+def _own_call(cls: type) -> Callable[..., Any] | None:
+    call = getattr(cls, "__call__", None)  # noqa: B004
+    return call if inspect.isfunction(call) else None
+
+
+def _takes_request_only(func: Callable[..., Any]) -> bool:
+    params = analyse(func, "/", getattr(func, "__qualname__", "ingress"))
+    return params.request_param is not None and not (
+        params.body_params or params.query_params or params.raw_body_param
+    )
