@@ -12,7 +12,7 @@ ServekitError                      500  base of everything servekit raises
 │   ├── PayloadTooLargeError       413  body over the configured limit
 │   └── RequestValidationError     422  body/query/path do not match the schema
 ├── UserCodeError                  500  user code raised; see `servekit.errors.UserCodeError`
-├── OverloadedError                503  every replica busy and the queue full (carries retry_after_s)
+├── OverloadedError                503  replicas busy and the queue full (carries retry_after_s)
 ├── DeploymentUnavailableError     503  no replica can take the request (stopped, not started)
 └── RequestTimeoutError            504  request_timeout_s elapsed; the work was cancelled
 ```

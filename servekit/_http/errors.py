@@ -11,14 +11,29 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from servekit.errors import MethodNotAllowedError, NotFoundError, RequestError, ServekitError, UserCodeError
+from servekit.errors import (
+    MethodNotAllowedError,
+    NotFoundError,
+    RequestError,
+    ServekitError,
+    UserCodeError,
+)
 
 logger = logging.getLogger("servekit.http")
 
-_STATUS_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-                 422: "validation_error", 429: "too_many_requests", 503: "unavailable",
-                 504: "timeout"}  # fmt: skip
+_STATUS_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "validation_error",
+    429: "too_many_requests",
+    503: "unavailable",
+    504: "timeout",
+}
 
 
 def json_error(status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -41,13 +56,18 @@ def internal_error(exc: BaseException, request: Request | None) -> Response:
     error_id = uuid.uuid4().hex[:16]
     where = f"{request.method} {request.url.path}" if request is not None else "request"
     logger.error("error %s in %s", error_id, where, exc_info=exc)
-    message = f"internal error in user code ({type(exc).__name__}); see the server log for error_id {error_id}"
+    message = (
+        f"internal error in user code ({type(exc).__name__}); see the server log for error_id {error_id}"
+    )
     return json_error(500, {"type": "internal_error", "message": message, "error_id": error_id})
 
 
 def _http_exception(exc: HTTPException) -> Response:
     status = exc.status_code
-    error: dict[str, Any] = {"type": _STATUS_TYPES.get(status, "http_error"), "message": str(exc.detail)}
+    error: dict[str, Any] = {
+        "type": _STATUS_TYPES.get(status, "http_error"),
+        "message": str(exc.detail),
+    }
     return json_error(status, error, dict(exc.headers or {}))
 
 

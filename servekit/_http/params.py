@@ -83,7 +83,11 @@ class EndpointParams:
         assert self.body_adapter is not None
         if not body.strip():
             if self.body_required:
-                error = {"type": "missing", "loc": ["body"], "msg": "a JSON request body is required"}
+                error = {
+                    "type": "missing",
+                    "loc": ["body"],
+                    "msg": "a JSON request body is required",
+                }
                 raise RequestValidationError("a JSON request body is required", [error])
             return {}
         try:
@@ -144,9 +148,12 @@ def analyse(func: Callable[..., Any], path: str, owner: str) -> EndpointParams:
                 params.list_query_params.add(name)
     missing = path_names - set(params.path_params)
     if missing:
-        raise GraphError(f"endpoint {path!r} of {owner!r}: path parameters {sorted(missing)} are not arguments")
+        raise GraphError(
+            f"endpoint {path!r} of {owner!r}: path parameters {sorted(missing)} are not arguments"
+        )
     if fields:
-        params.params_adapter = TypeAdapter(create_model(f"{owner}Params", **fields))
+        model = create_model(f"{owner}Params", **fields)
+        params.params_adapter = TypeAdapter(model)
     _prepare_body(params, owner)
     return params
 
@@ -158,7 +165,7 @@ def _prepare_body(params: EndpointParams, owner: str) -> None:
         params.body_adapter = TypeAdapter(annotation)
         params.body_required = default is ...
     elif params.body_params:
-        model = create_model(f"{owner}Body", **params.body_params)
+        model = create_model(f"{owner}Body", **params.body_params)  # type: ignore[call-overload]
         params.body_adapter = TypeAdapter(model)
         params.body_required = any(default is ... for _, default in params.body_params.values())
 

@@ -45,7 +45,7 @@ async def _encoded(first: Any, rest: AsyncIterator[Any], encode: Any, sse: bool)
     except Exception as exc:  # the status is sent already: end the stream with an error chunk
         logger.error("stream failed after it started", exc_info=exc)
         error = {"error": {"type": "stream_error", "message": f"the stream failed: {type(exc).__name__}"}}
-        yield (b"event: error\ndata: " + to_json(error) + b"\n\n") if sse else to_json(error) + b"\n"
+        yield ((b"event: error\ndata: " + to_json(error) + b"\n\n") if sse else to_json(error) + b"\n")
 
 
 def _chunk(chunk: Any) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,14 +49,16 @@ def ingress_routes(deployment: Deployment) -> IngressRoutes:
         members = [(n, m) for n, m in inspect.getmembers(target, callable) if endpoint_spec(m)]
     endpoints = [_route(n, m, endpoint_spec(m), name) for n, m in members if endpoint_spec(m)]
     asgi_app = None if deployment.is_function else asgi_app_of(target)
-    call = target if deployment.is_function else _own_call(target)
+    call = target if deployment.is_function else _own_call(typing.cast(type, target))
     raw_call = not endpoints and asgi_app is None and call is not None and _takes_request_only(call)
     if not endpoints and not raw_call and call is not None and asgi_app is None:
         endpoints = [_route("__call__", call, _DEFAULT, name)]
     return IngressRoutes(endpoints, raw_call, asgi_app)
 
 
-def _route(method_name: str, func: Callable[..., Any], spec: EndpointSpec | None, owner: str) -> EndpointRoute:
+def _route(
+    method_name: str, func: Callable[..., Any], spec: EndpointSpec | None, owner: str
+) -> EndpointRoute:
     spec = spec or _DEFAULT
     params = analyse(func, spec.path, owner)
     streaming = method_kind(func).streaming

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import socket
 import threading
@@ -22,8 +23,16 @@ logger = logging.getLogger("servekit.server")
 class Server:
     """A running HTTP server for an app. Stop it with `shutdown()` or use it as a context manager."""
 
-    def __init__(self, running: RunningApp, http: uvicorn.Server, task: asyncio.Task[None],
-                 host: str, port: int, routes: list[tuple[str, str]]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        running: RunningApp,
+        http: uvicorn.Server,
+        task: asyncio.Task[None],
+        *,
+        address: tuple[str, int],
+        routes: list[tuple[str, str]],
+    ) -> None:
+        host, port = address
         self._running = running
         self._http = http
         self._task = task
@@ -50,7 +59,8 @@ class Server:
             if self._stopped:
                 return
             self._stopped = True
-        grace = self._http.config.timeout_graceful_shutdown if grace_s is None else grace_s
+        configured = self._http.config.timeout_graceful_shutdown
+        grace = float(configured or 0) if grace_s is None else grace_s
         try:
             self._running.thread.run(_stop_http(self._http, self._task, grace))
         finally:
@@ -60,7 +70,10 @@ class Server:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.shutdown()
 
@@ -82,20 +95,34 @@ def serve(
     within `graceful_shutdown_s`, stops the app and returns. Bodies larger than
     `max_body_bytes` are refused with 413.
     """
-    server = _start(app, host, port, max_body_bytes, graceful_shutdown_s, access_log)
+    server = _start(
+        app,
+        host,
+        port,
+        max_body_bytes=max_body_bytes,
+        grace_s=graceful_shutdown_s,
+        access_log=access_log,
+    )
     if blocking:
         _serve_until_signal(server)
     return server
 
 
-def _start(app: Application, host: str, port: int, max_body_bytes: int,
-           grace_s: float, access_log: bool) -> Server:  # fmt: skip
+def _start(
+    app: Application, host: str, port: int, *, max_body_bytes: int, grace_s: float, access_log: bool
+) -> Server:
     sock = _bind(host, port)
     running = RunningApp(app)
     try:
         asgi = build_asgi_app(running.runtime, max_body_bytes)
-        config = uvicorn.Config(asgi, lifespan="off", log_config=None, access_log=access_log,
-                                timeout_graceful_shutdown=grace_s, server_header=False)  # fmt: skip
+        config = uvicorn.Config(
+            asgi,
+            lifespan="off",
+            log_config=None,
+            access_log=access_log,
+            timeout_graceful_shutdown=math.ceil(grace_s),
+            server_header=False,
+        )
         http = uvicorn.Server(config)
         task = running.thread.run(_start_http(http, sock))
     except BaseException:
@@ -103,7 +130,8 @@ def _start(app: Application, host: str, port: int, max_body_bytes: int,
         running.stop(0)
         raise
     bound_host, bound_port = sock.getsockname()[:2]
-    return Server(running, http, task, bound_host, bound_port, asgi.state.servekit_routes)
+    address = (bound_host, bound_port)
+    return Server(running, http, task, address=address, routes=asgi.state.servekit_routes)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -145,7 +173,7 @@ def _serve_until_signal(server: Server) -> None:
         logger.info("received %s: draining in-flight requests", signal.Signals(signum).name)
         stop.set()
 
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, request_stop)

@@ -13,7 +13,7 @@ import functools
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from servekit.errors import DeploymentOptionError, DeploymentUnavailableError
 logger = logging.getLogger("servekit.batching")
 
 BATCH_ATTR = "__servekit_batch__"
-_END = object()
+END = object()
 
 
 @dataclass
@@ -108,15 +108,13 @@ class BatchQueue:
         assert item.future is not None
         return await item.future
 
-    async def submit_stream(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncIterator[Any]:
+    async def submit_stream(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Queue one item of a batched generator and yield its share of each step."""
         item = _Item(args, kwargs, stream=asyncio.Queue())
         self._enqueue(item)
         assert item.stream is not None
         try:
-            while (chunk := await item.stream.get()) is not _END:
+            while (chunk := await item.stream.get()) is not END:
                 if isinstance(chunk, BaseException):
                     raise chunk
                 yield chunk
@@ -188,9 +186,7 @@ class BatchQueue:
         for item, result in zip(batch, results, strict=True):
             _deliver(item, result)
 
-    async def _execute_stream(
-        self, batch: list[_Item], args: list[Any], kwargs: dict[str, Any]
-    ) -> None:
+    async def _execute_stream(self, batch: list[_Item], args: list[Any], kwargs: dict[str, Any]) -> None:
         try:
             async for step in _iterate(self._func, args, kwargs):
                 _check_length(step, len(batch), self._name)
@@ -202,7 +198,7 @@ class BatchQueue:
             for item in batch:
                 _stream_chunk(item, exc)
         for item in batch:
-            _stream_chunk(item, _END)
+            _stream_chunk(item, END)
 
 
 def _resolve(future: asyncio.Future[None] | None) -> None:
@@ -215,7 +211,7 @@ def _fail(item: _Item, error: BaseException) -> None:
         item.future.set_exception(error)
     elif item.stream is not None and not item.closed:
         item.stream.put_nowait(error)
-        item.stream.put_nowait(_END)
+        item.stream.put_nowait(END)
         item.closed = True
 
 
@@ -232,11 +228,11 @@ def _stream_chunk(item: _Item, chunk: Any) -> None:
     if item.closed or item.stream is None:
         return
     if isinstance(chunk, StopIteration):
-        chunk = _END
+        chunk = END
     item.stream.put_nowait(chunk)
-    if chunk is _END or isinstance(chunk, BaseException):
-        if chunk is not _END:
-            item.stream.put_nowait(_END)
+    if chunk is END or isinstance(chunk, BaseException):
+        if chunk is not END:
+            item.stream.put_nowait(END)
         item.closed = True
 
 
@@ -266,9 +262,7 @@ async def _call(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any
     return await loop.run_in_executor(None, functools.partial(context.run, func, *args, **kwargs))
 
 
-async def _iterate(
-    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
-) -> AsyncIterator[Any]:
+async def _iterate(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
     if inspect.isasyncgenfunction(func):
         agen = func(*args, **kwargs)
         try:
@@ -279,11 +273,9 @@ async def _iterate(
         return
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()
-    generator: Iterator[Any] = context.run(func, *args, **kwargs)
+    generator: Generator[Any] = context.run(func, *args, **kwargs)
     try:
-        while (
-            step := await loop.run_in_executor(None, context.run, next, generator, _END)
-        ) is not _END:
+        while (step := await loop.run_in_executor(None, next_in_context, context, generator)) is not END:
             yield step
     finally:
         generator.close()
@@ -316,11 +308,7 @@ class BatchedFunction:
     def queue_for(self, owner: Any) -> BatchQueue:
         """The queue of `owner`, made in the running loop if missing or from another loop."""
         entry = self._queues.get(id(owner))
-        if (
-            entry is None
-            or entry[0] is not owner
-            or entry[1].loop is not asyncio.get_running_loop()
-        ):
+        if entry is None or entry[0] is not owner or entry[1].loop is not asyncio.get_running_loop():
             bound = functools.partial(self.func, owner) if self.is_method else self.func
             name = getattr(self.func, "__qualname__", "batch")
             opts = self.options
@@ -405,3 +393,8 @@ def batched_state(func: object) -> BatchedFunction | None:
     """The `BatchedFunction` behind a `@batch`-decorated function or bound method, if any."""
     state = getattr(func, BATCH_ATTR, None)
     return state if isinstance(state, BatchedFunction) else None
+
+
+def next_in_context(context: contextvars.Context, generator: Generator[Any]) -> Any:
+    """The generator's next value in `context`, or `END` when exhausted (for worker threads)."""
+    return context.run(next, generator, END)

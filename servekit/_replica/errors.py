@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, cast
 
 from servekit.errors import ServekitError, UserCodeError
 
@@ -21,8 +22,8 @@ def attribute_to_deployment(exc: Exception, deployment: str) -> Exception:
     if isinstance(exc, ServekitError | UserCodeError):
         return exc
     try:
-        attributed = _attributed_type(type(exc))
-        new = attributed.__new__(attributed, *exc.args)
+        attributed = _attributed_type(cast(Hashable, type(exc)))
+        new: Any = attributed.__new__(attributed, *exc.args)
         new.args = exc.args
         new.__dict__.update(exc.__dict__)
     except TypeError:
@@ -30,7 +31,7 @@ def attribute_to_deployment(exc: Exception, deployment: str) -> Exception:
         return exc
     setattr(new, _DEPLOYMENT_ATTR, deployment)
     new.message = str(new)
-    return new.with_traceback(exc.__traceback__)
+    return new.with_traceback(exc.__traceback__)  # type: ignore[no-any-return]
 
 
 def deployment_of(exc: BaseException) -> str | None:
@@ -40,11 +41,11 @@ def deployment_of(exc: BaseException) -> str | None:
 
 
 @functools.lru_cache(maxsize=512)
-def _attributed_type(cls: type[Exception]) -> type[Exception]:
-    def __str__(self: Exception) -> str:  # noqa: N807
+def _attributed_type(cls: Any) -> type[Exception]:
+    def __str__(self: Exception) -> str:
         return f"deployment {deployment_of(self)!r}: {cls.__str__(self)}"
 
-    def __reduce__(self: Exception) -> tuple[Any, ...]:  # noqa: N807
+    def __reduce__(self: Exception) -> tuple[Any, ...]:
         return (_rebuild, (cls, self.args, dict(self.__dict__)))
 
     namespace = {"__str__": __str__, "__reduce__": __reduce__, "__module__": cls.__module__}
@@ -52,8 +53,8 @@ def _attributed_type(cls: type[Exception]) -> type[Exception]:
 
 
 def _rebuild(cls: type[Exception], args: tuple[Any, ...], state: dict[str, Any]) -> Exception:
-    attributed = _attributed_type(cls)
-    new = attributed.__new__(attributed, *args)
+    attributed = _attributed_type(cast(Hashable, cls))
+    new: Any = attributed.__new__(attributed, *args)
     new.args = args
     new.__dict__.update(state)
-    return new
+    return new  # type: ignore[no-any-return]

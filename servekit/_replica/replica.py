@@ -16,12 +16,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any, NoReturn
 
-from servekit._replica.batching import BatchedFunction, batched_state
+from servekit._replica.batching import END, BatchedFunction, batched_state, next_in_context
 from servekit._replica.context import ReplicaContext, enter_replica, exit_replica
 from servekit._replica.errors import attribute_to_deployment
 from servekit.errors import DeploymentStartError, NotFoundError
-
-_END = object()
 
 
 def _reraise_attributed(exc: Exception, deployment: str) -> NoReturn:
@@ -122,9 +120,7 @@ class Replica:
         finally:
             exit_replica(token)
 
-    async def stream(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncIterator[Any]:
+    async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Call a generator method and yield its chunks."""
         func, kind = self._resolve(method)
         if not kind.streaming:
@@ -205,10 +201,8 @@ class Replica:
         generator = context.run(func, *args, **kwargs)
         try:
             while True:
-                chunk = await loop.run_in_executor(
-                    self._executor, context.run, next, generator, _END
-                )
-                if chunk is _END:
+                chunk = await loop.run_in_executor(self._executor, next_in_context, context, generator)
+                if chunk is END:
                     return
                 yield chunk
         finally:

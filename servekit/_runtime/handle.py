@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator
 from typing import Any, Protocol
-
-from servekit.errors import RequestTimeoutError
 
 
 class Dispatcher(Protocol):
@@ -54,8 +52,14 @@ class DeploymentResponse:
 
     __slots__ = ("_future", "_loop")
 
-    def __init__(self, dispatcher: Dispatcher, deployment: str, method: str,
-                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         loop = dispatcher.loop
         self._loop = loop
         coro = _resolved_call(dispatcher, deployment, method, args, kwargs)
@@ -77,9 +81,7 @@ class DeploymentResponse:
     def result(self, timeout: float | None = None) -> Any:
         """Block until the result is ready (from sync code, never on the runtime's loop)."""
         if _on_loop(self._loop):
-            raise RuntimeError(
-                "DeploymentResponse.result() would block the event loop; use 'await response'"
-            )
+            raise RuntimeError("DeploymentResponse.result() would block the event loop; use 'await response'")
         future = self._future
         if not isinstance(future, concurrent.futures.Future):
             future = asyncio.run_coroutine_threadsafe(_await_task(future), self._loop)
@@ -115,8 +117,9 @@ async def _resolve_args(
     return args, kwargs
 
 
-async def _resolved_call(dispatcher: Dispatcher, deployment: str, method: str,
-                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:  # fmt: skip
+async def _resolved_call(
+    dispatcher: Dispatcher, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     args, kwargs = await _resolve_args(args, kwargs)
     return await dispatcher.call(deployment, method, args, kwargs)
 
@@ -124,8 +127,14 @@ async def _resolved_call(dispatcher: Dispatcher, deployment: str, method: str,
 class DeploymentResponseGenerator:
     """The stream of a generator method: `async for chunk in ...` or `for chunk in ...`."""
 
-    def __init__(self, dispatcher: Dispatcher, deployment: str, method: str,
-                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        deployment: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         self._loop = dispatcher.loop
         self._chunks = _resolved_stream(dispatcher, deployment, method, args, kwargs)
 
@@ -164,8 +173,9 @@ class DeploymentResponseGenerator:
         await self._chunks.aclose()
 
 
-async def _resolved_stream(dispatcher: Dispatcher, deployment: str, method: str,
-                           args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:  # fmt: skip
+async def _resolved_stream(
+    dispatcher: Dispatcher, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AsyncGenerator[Any]:
     args, kwargs = await _resolve_args(args, kwargs)
     async for chunk in dispatcher.stream(deployment, method, args, kwargs):
         yield chunk
@@ -228,5 +238,4 @@ __all__ = [
     "DeploymentResponse",
     "DeploymentResponseGenerator",
     "Dispatcher",
-    "RequestTimeoutError",
 ]

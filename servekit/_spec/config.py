@@ -11,10 +11,21 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from servekit.errors import DeploymentOptionError
 
 _MEMORY_UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-    "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30,
-}  # fmt: skip
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "ki": 2**10,
+    "kib": 2**10,
+    "mi": 2**20,
+    "mib": 2**20,
+    "gi": 2**30,
+    "gib": 2**30,
+}
 _MEMORY_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -37,9 +48,7 @@ class Resources(_Options):
     """What one replica needs. GPUs may be fractional (0.5 packs two replicas on one device)."""
 
     cpus: float = Field(1.0, ge=0, description="CPU cores per replica.")
-    gpus: float = Field(
-        0.0, ge=0, description="GPUs per replica: a fraction below 1, or a whole number."
-    )
+    gpus: float = Field(0.0, ge=0, description="GPUs per replica: a fraction below 1, or a whole number.")
     memory: Annotated[int | None, BeforeValidator(_parse_memory)] = Field(
         None, ge=0, description="Memory per replica in bytes (or a string like '2GiB')."
     )
@@ -47,9 +56,7 @@ class Resources(_Options):
     @model_validator(mode="after")
     def _gpus_fraction_or_whole(self) -> Self:
         if self.gpus > 1 and not self.gpus.is_integer():
-            raise ValueError(
-                f"gpus must be a fraction below 1 (e.g. 0.5) or a whole number, got {self.gpus}"
-            )
+            raise ValueError(f"gpus must be a fraction below 1 (e.g. 0.5) or a whole number, got {self.gpus}")
         return self
 
 
@@ -81,8 +88,7 @@ class Autoscaling(_Options):
     def _bounds_ordered(self) -> Self:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
-                f"min_replicas ({self.min_replicas}) must not exceed "
-                f"max_replicas ({self.max_replicas})"
+                f"min_replicas ({self.min_replicas}) must not exceed max_replicas ({self.max_replicas})"
             )
         initial = self.initial_replicas
         if initial is not None and not self.min_replicas <= initial <= self.max_replicas:

@@ -1,4 +1,4 @@
-"""Markers the HTTP edge reads: `@endpoint` on ingress methods and `@ingress` for a user's ASGI app."""
+"""Markers the HTTP edge reads: `@endpoint` on ingress methods, `@ingress` for a user ASGI app."""
 
 from __future__ import annotations
 
@@ -32,9 +32,7 @@ def endpoint(path: str, methods: Sequence[str] = ("POST",)) -> Callable[[F], F]:
     `starlette.requests.Request` receives the raw request.
     """
     if not path.startswith("/"):
-        raise DeploymentOptionError(
-            f"endpoint path must start with '/', like '/{path}'; got {path!r}"
-        )
+        raise DeploymentOptionError(f"endpoint path must start with '/', like '/{path}'; got {path!r}")
     upper = tuple(method.upper() for method in methods)
     unknown = sorted(set(upper) - _HTTP_METHODS)
     if unknown or not upper:

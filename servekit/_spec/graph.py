@@ -1,4 +1,4 @@
-"""Build an application graph from bound deployments: unique node names, cycle and signature checks."""
+"""Build an app graph from bound deployments: unique node names, cycle and signature checks."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class HandleRef:
 
 @dataclass(frozen=True)
 class DeploymentNode:
-    """One deployment of a built graph: its unique name and arguments, with handles as `HandleRef`."""
+    """One deployment of a built graph: unique name, arguments (handles as `HandleRef`)."""
 
     name: str
     deployment: Deployment
@@ -50,8 +50,7 @@ def build_graph(app: object) -> AppGraph:
         )
     if not isinstance(app, Application):
         raise GraphError(
-            "no ingress: expected an application made with Deployment.bind(...), "
-            f"got {type(app).__name__}"
+            f"no ingress: expected an application made with Deployment.bind(...), got {type(app).__name__}"
         )
     builder = _GraphBuilder()
     ingress = builder.visit(app, path=())
@@ -110,9 +109,7 @@ def _check_signature(app: Application) -> None:
     deployment = app.deployment
     if deployment.is_function:
         if app.args or app.kwargs:
-            raise GraphError(
-                f"deployment {deployment.name!r} is a function and takes no bind() arguments"
-            )
+            raise GraphError(f"deployment {deployment.name!r} is a function and takes no bind() arguments")
         return
     try:
         inspect.signature(deployment.target).bind(*app.args, **app.kwargs)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from servekit._spec.config import Resources
 
 
 def cuda_device_count() -> int:
     """CUDA devices torch can see; 0 without torch or CUDA. Imports torch only if installed."""
-    torch = sys.modules.get("torch")
+    torch: Any = sys.modules.get("torch")
     if torch is None:
         try:
             import torch  # noqa: PLC0415

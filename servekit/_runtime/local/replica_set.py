@@ -132,14 +132,21 @@ class ReplicaSet:
     def status(self) -> dict[str, Any]:
         """JSON-ready view: replicas with their load, totals, rejected count."""
         return {
-            "replicas": [
-                {"id": s.replica.context.replica_id, "state": "running", "ongoing": s.ongoing,
-                 "device": s.replica.context.device, "batching": s.replica.batch_stats()}
-                for s in self._slots
-            ],  # fmt: skip
+            "replicas": [self._slot_status(slot) for slot in self._slots],
             "ongoing": self.ongoing,
             "queued": self.queued,
             "rejected": self.rejected,
+        }
+
+    @staticmethod
+    def _slot_status(slot: ReplicaSlot) -> dict[str, Any]:
+        context = slot.replica.context
+        return {
+            "id": context.replica_id,
+            "state": "running",
+            "ongoing": slot.ongoing,
+            "device": context.device,
+            "batching": slot.replica.batch_stats(),
         }
 
     def _choose(self) -> ReplicaSlot | None:

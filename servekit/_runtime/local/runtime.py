@@ -153,7 +153,9 @@ class LocalRuntime:
         deployments = {}
         for name, node in self._graph.nodes.items():
             replica_set = self._sets.get(name)
-            view = replica_set.status() if replica_set else {"replicas": [], "ongoing": 0, "queued": 0}
+            view: dict[str, Any] = (
+                replica_set.status() if replica_set else {"replicas": [], "ongoing": 0, "queued": 0}
+            )
             deployments[name] = {
                 "version": node.deployment.config.version,
                 "target_replicas": self._targets[name],

@@ -1,0 +1,75 @@
+"""Load an app from a target string: `pkg.module:app` or `path/to/file.py:app`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from servekit._spec.deployment import Application, Deployment
+
+
+class TargetError(Exception):
+    """The target cannot be loaded; the message is one line naming what was not found."""
+
+
+def load_app(target: str) -> Application:
+    """Import `target` and return the application it names (a bare deployment is bound)."""
+    location, _, attribute = target.partition(":")
+    attribute = attribute or "app"
+    module = _import(location)
+    value: object = module
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            raise TargetError(f"{location!r} has no attribute {attribute!r}")
+        value = getattr(value, part)
+    if isinstance(value, Deployment):
+        return value.bind()
+    if not isinstance(value, Application):
+        raise TargetError(
+            f"{target!r} is a {type(value).__name__}, not an app; point at the result of Deployment.bind(...)"
+        )
+    return value
+
+
+def watch_paths(target: str) -> list[Path]:
+    """Folders whose changes should reload `target`."""
+    location = target.partition(":")[0]
+    paths = {Path.cwd()}
+    if location.endswith(".py"):
+        paths.add(Path(location).resolve().parent)
+    return sorted(paths)
+
+
+def _import(location: str) -> ModuleType:
+    if location.endswith(".py") or "/" in location:
+        return _import_file(Path(location))
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.import_module(location)
+    except ModuleNotFoundError as exc:
+        if (exc.name and location.startswith(exc.name)) or exc.name == location:
+            raise TargetError(f"cannot import module {location!r}: no module named {exc.name!r}") from None
+        raise TargetError(f"importing {location!r} failed: {exc}") from None
+    except ImportError as exc:
+        raise TargetError(f"importing {location!r} failed: {exc}") from None
+
+
+def _import_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise TargetError(f"file not found: {str(path)!r}")
+    resolved = path.resolve()
+    sys.path.insert(0, str(resolved.parent))
+    name = resolved.stem
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise TargetError(f"cannot import {str(path)!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as exc:
+        raise TargetError(f"importing {str(path)!r} failed: {exc}") from None
+    return module
