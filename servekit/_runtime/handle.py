@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import AsyncGenerator, AsyncIterator, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator
 from typing import Any, Protocol
+
+from servekit.errors import DeploymentUnavailableError
 
 
 class Dispatcher(Protocol):
@@ -66,8 +68,12 @@ class DeploymentResponse:
         self._future: asyncio.Future[Any] | concurrent.futures.Future[Any]
         if _on_loop(loop):
             self._future = loop.create_task(coro)
-        else:
+            return
+        try:
             self._future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # the loop is closed: the app was shut down
+            coro.close()
+            raise DeploymentUnavailableError(f"deployment {deployment!r} is shut down") from None
 
     def __await__(self) -> Generator[Any, None, Any]:
         future = self._future
@@ -87,7 +93,9 @@ class DeploymentResponse:
             future = asyncio.run_coroutine_threadsafe(_await_task(future), self._loop)
         try:
             return future.result(timeout)
-        except concurrent.futures.TimeoutError:
+        except TimeoutError:
+            if future.done():  # the call itself failed with a TimeoutError (e.g. a 504)
+                raise
             raise TimeoutError(f"no result within {timeout} s") from None
 
     def cancel(self) -> None:
@@ -144,8 +152,7 @@ class DeploymentResponseGenerator:
     async def __anext__(self) -> Any:
         if _on_loop(self._loop):
             return await self._chunks.__anext__()
-        next_chunk = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
-        return await asyncio.wrap_future(next_chunk)
+        return await asyncio.wrap_future(self._submit(self._next()))
 
     def __iter__(self) -> DeploymentResponseGenerator:
         return self
@@ -154,7 +161,7 @@ class DeploymentResponseGenerator:
         if _on_loop(self._loop):
             raise RuntimeError("iterating a stream with 'for' would block the loop; use 'async for'")
         try:
-            return asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
+            return self._submit(self._next()).result()
         except StopAsyncIteration:
             raise StopIteration from None
 
@@ -163,8 +170,14 @@ class DeploymentResponseGenerator:
         if _on_loop(self._loop):
             await self._chunks.aclose()
         else:
-            closed = asyncio.run_coroutine_threadsafe(self._close(), self._loop)
-            await asyncio.wrap_future(closed)
+            await asyncio.wrap_future(self._submit(self._close()))
+
+    def _submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop is closed: the app was shut down
+            coro.close()
+            raise DeploymentUnavailableError("the app is shut down") from None
 
     async def _next(self) -> Any:
         return await self._chunks.__anext__()

@@ -45,7 +45,6 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         if threading.current_thread() is not self._thread:
             self._thread.join()
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
     def _run(self) -> None:
@@ -60,3 +59,4 @@ async def _cancel_pending() -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()

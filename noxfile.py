@@ -1,0 +1,37 @@
+"""Quality gates: `nox -s tests`, `nox -s lint`, `nox -s docs`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["lint", "tests"]
+
+TORCH = "torch==2.13.0"  # the CPU build; any other spec may pull a multi-GB CUDA build
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """Unit and integration tests with a coverage gate."""
+    session.install(TORCH)
+    session.install("-e", ".[test,fast]")
+    session.run("python", "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3")
+    session.run("coverage", "run", "--parallel-mode", "-m", "pytest", *session.posargs)
+    session.run("coverage", "combine", success_codes=[0, 1])
+    session.run("coverage", "report")
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check) on everything, mypy --strict on the package."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """Build the documentation site, failing on warnings."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict")
