@@ -11,7 +11,6 @@ Each parameter has one source, decided once from its annotation:
 
 from __future__ import annotations
 
-import enum
 import inspect
 import types
 import typing
@@ -27,8 +26,6 @@ from starlette.routing import compile_path
 
 from servekit.errors import BadRequestError, GraphError, RequestValidationError
 
-_SCALARS = (str, int, float, bool, type(None))
-
 
 @dataclass
 class EndpointParams:
@@ -38,7 +35,6 @@ class EndpointParams:
     raw_body_param: str | None = None
     path_params: list[str] = field(default_factory=list)
     query_params: list[str] = field(default_factory=list)
-    list_query_params: set[str] = field(default_factory=set)
     body_params: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     params_adapter: TypeAdapter[Any] | None = None
     body_adapter: TypeAdapter[Any] | None = None
@@ -68,7 +64,7 @@ class EndpointParams:
         query = request.query_params
         for name in self.query_params:
             if name in query:
-                raw[name] = query.getlist(name) if name in self.list_query_params else query[name]
+                raw[name] = query[name]
         try:
             model = self.params_adapter.validate_python(raw)
         except pydantic.ValidationError as exc:
@@ -144,8 +140,6 @@ def analyse(func: Callable[..., Any], path: str, owner: str) -> EndpointParams:
         else:
             params.query_params.append(name)
             fields[name] = (annotation, default)
-            if typing.get_origin(annotation) in (list, tuple, set):
-                params.list_query_params.add(name)
     missing = path_names - set(params.path_params)
     if missing:
         raise GraphError(
@@ -198,11 +192,3 @@ def _union_members(annotation: Any) -> tuple[Any, ...]:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return typing.get_args(annotation)
     return (annotation,)
-
-
-def is_scalar(annotation: Any) -> bool:
-    """Whether `annotation` is a plain scalar type (used for OpenAPI parameter schemas)."""
-    return all(
-        member in _SCALARS or (inspect.isclass(member) and issubclass(member, enum.Enum))
-        for member in _union_members(annotation)
-    )

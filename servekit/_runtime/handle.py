@@ -52,7 +52,7 @@ class DeploymentResponse:
     It can be passed as an argument to another handle call without awaiting it first.
     """
 
-    __slots__ = ("_future", "_loop")
+    __slots__ = ("_future", "_loop", "_pending")
 
     def __init__(
         self,
@@ -64,10 +64,17 @@ class DeploymentResponse:
     ) -> None:
         loop = dispatcher.loop
         self._loop = loop
-        coro = _resolved_call(dispatcher, deployment, method, args, kwargs)
-        self._future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+        if _has_response(args, kwargs):
+            coro = _resolved_call(dispatcher, deployment, method, args, kwargs)
+        else:
+            coro = dispatcher.call(deployment, method, args, kwargs)
+        self._future: asyncio.Future[Any] | concurrent.futures.Future[Any] | None = None
+        self._pending: Coroutine[Any, Any, Any] | None = None
         if _on_loop(loop):
-            self._future = loop.create_task(coro)
+            # Awaited right away (the common case), the call runs inline in the caller's task;
+            # otherwise it starts as a task on the next loop tick, so calls still overlap.
+            self._pending = coro
+            loop.call_soon(self._start)
             return
         try:
             self._future = asyncio.run_coroutine_threadsafe(coro, loop)
@@ -76,13 +83,17 @@ class DeploymentResponse:
             raise DeploymentUnavailableError(f"deployment {deployment!r} is shut down") from None
 
     def __await__(self) -> Generator[Any, None, Any]:
+        on_loop = _on_loop(self._loop)
+        if self._pending is not None and on_loop:
+            coro, self._pending = self._pending, None
+            self._future = future = self._loop.create_future()
+            return _run_inline(coro, future).__await__()
         future = self._future
         if isinstance(future, concurrent.futures.Future):
             return asyncio.wrap_future(future).__await__()
-        if _on_loop(self._loop):
+        if on_loop and future is not None:
             return future.__await__()
-        bridged = asyncio.run_coroutine_threadsafe(_await_task(future), self._loop)
-        return asyncio.wrap_future(bridged).__await__()
+        return asyncio.wrap_future(self._on_runtime_loop()).__await__()
 
     def result(self, timeout: float | None = None) -> Any:
         """Block until the result is ready (from sync code, never on the runtime's loop)."""
@@ -90,7 +101,7 @@ class DeploymentResponse:
             raise RuntimeError("DeploymentResponse.result() would block the event loop; use 'await response'")
         future = self._future
         if not isinstance(future, concurrent.futures.Future):
-            future = asyncio.run_coroutine_threadsafe(_await_task(future), self._loop)
+            future = self._on_runtime_loop()
         try:
             return future.result(timeout)
         except TimeoutError:
@@ -101,27 +112,57 @@ class DeploymentResponse:
     def cancel(self) -> None:
         """Ask the runtime to cancel the call."""
         future = self._future
-        if isinstance(future, concurrent.futures.Future) or _on_loop(self._loop):
+        if isinstance(future, concurrent.futures.Future):
             future.cancel()
-        else:
-            self._loop.call_soon_threadsafe(future.cancel)
+        elif not _on_loop(self._loop):
+            self._loop.call_soon_threadsafe(self.cancel)
+        elif self._pending is not None:
+            self._pending.close()
+            self._pending = None
+            self._future = self._loop.create_future()
+            self._future.cancel()
+        elif future is not None:
+            future.cancel()
 
-    async def _resolve(self) -> Any:
-        """Await on the runtime's loop (used when passed into another call)."""
+    def _start(self) -> None:
+        if self._pending is not None:
+            self._future = self._loop.create_task(self._pending)
+            self._pending = None
+
+    def _on_runtime_loop(self) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(self._wait(), self._loop)
+
+    async def _wait(self) -> Any:
         return await self
 
 
-async def _await_task(task: asyncio.Future[Any]) -> Any:
-    return await task
+async def _run_inline(coro: Coroutine[Any, Any, Any], future: asyncio.Future[Any]) -> Any:
+    """Run a call in the awaiting task, recording the outcome for any later awaiter."""
+    try:
+        result = await coro
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: nobody else may be waiting on it
+        raise
+    future.set_result(result)
+    return result
+
+
+def _has_response(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    for value in args:
+        if isinstance(value, DeploymentResponse):
+            return True
+    return bool(kwargs) and any(isinstance(value, DeploymentResponse) for value in kwargs.values())
 
 
 async def _resolve_args(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if any(isinstance(a, DeploymentResponse) for a in args):
-        args = tuple([await a if isinstance(a, DeploymentResponse) else a for a in args])
-    if any(isinstance(v, DeploymentResponse) for v in kwargs.values()):
-        kwargs = {k: await v if isinstance(v, DeploymentResponse) else v for k, v in kwargs.items()}
+    args = tuple([await a if isinstance(a, DeploymentResponse) else a for a in args])
+    kwargs = {k: await v if isinstance(v, DeploymentResponse) else v for k, v in kwargs.items()}
     return args, kwargs
 
 
@@ -225,7 +266,9 @@ class DeploymentHandle:
     def __getattr__(self, method: str) -> _MethodCaller:
         if method.startswith("_"):
             raise AttributeError(method)
-        return _MethodCaller(self, method)
+        caller = _MethodCaller(self, method)
+        self.__dict__[method] = caller  # later lookups skip __getattr__
+        return caller
 
     def method(self, name: str) -> _MethodCaller:
         """The caller for method `name`, for names that clash with the handle's own attributes."""
