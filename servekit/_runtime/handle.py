@@ -86,8 +86,9 @@ class DeploymentResponse:
         on_loop = _on_loop(self._loop)
         if self._pending is not None and on_loop:
             coro, self._pending = self._pending, None
-            self._future = future = self._loop.create_future()
-            return _run_inline(coro, future).__await__()
+            inline = self._loop.create_future()
+            self._future = inline
+            return _run_inline(coro, inline).__await__()
         future = self._future
         if isinstance(future, concurrent.futures.Future):
             return asyncio.wrap_future(future).__await__()
