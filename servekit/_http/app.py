@@ -24,6 +24,7 @@ from servekit.errors import PayloadTooLargeError
 Handler = Callable[[Request], Awaitable[Response]]
 INSTANCE_SCOPE_KEY = "servekit.instance"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def build_asgi_app(runtime: LocalRuntime, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
@@ -36,7 +37,7 @@ def build_asgi_app(runtime: LocalRuntime, max_body_bytes: int = DEFAULT_MAX_BODY
         for r in found.endpoints
     ]
     if found.raw_call:
-        routes.append(Route("/{path:path}", _raw_handler(runtime, ingress.name)))
+        routes.append(Route("/{path:path}", _raw_handler(runtime, ingress.name), methods=list(ALL_METHODS)))
     app = Starlette(
         routes=routes,
         middleware=[Middleware(BodyLimit, max_body_bytes=max_body_bytes)],
