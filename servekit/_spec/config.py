@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Annotated, Any, Self
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -38,6 +39,10 @@ def _parse_memory(value: object) -> object:
     if match is None or unit not in _MEMORY_UNITS:
         raise ValueError(f"memory must be bytes or a size like '512MiB' or '2GB', got {value!r}")
     return int(float(match.group(1)) * _MEMORY_UNITS[unit])
+
+
+BUILTIN_POLICIES = ("ongoing_requests", "queue_depth", "latency")
+Isolation = Literal["in_process", "process"]
 
 
 class _Options(BaseModel):
@@ -83,12 +88,39 @@ class Autoscaling(_Options):
     smoothing_factor: float = Field(
         1.0, gt=0, description="Multiplies each scaling step (below 1 damps, above 1 amplifies)."
     )
+    policy: str | Callable[..., Any] = Field(
+        "ongoing_requests",
+        description=(
+            "What drives scaling: 'ongoing_requests' (Ray Serve's target per replica), 'queue_depth', "
+            "'latency' (p95 against target_latency_ms), or your own policy as a callable or "
+            "'module:function'."
+        ),
+    )
+    target_queue_depth: float = Field(
+        4.0, gt=0, description="Queued requests per replica the 'queue_depth' policy tolerates."
+    )
+    target_latency_ms: float | None = Field(
+        None, gt=0, description="p95 latency the 'latency' policy keeps requests under."
+    )
+    metrics_interval_s: float = Field(
+        1.0, gt=0, description="How often the controller samples metrics and decides."
+    )
+    look_back_period_s: float = Field(
+        10.0, gt=0, description="Window over which metrics are averaged for a decision."
+    )
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> Self:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"min_replicas ({self.min_replicas}) must not exceed max_replicas ({self.max_replicas})"
+            )
+        if self.policy == "latency" and self.target_latency_ms is None:
+            raise ValueError("policy 'latency' needs target_latency_ms (the p95 to stay under)")
+        if isinstance(self.policy, str) and self.policy not in BUILTIN_POLICIES and ":" not in self.policy:
+            raise ValueError(
+                f"policy {self.policy!r} is unknown; use one of {', '.join(BUILTIN_POLICIES)}, "
+                "a callable, or 'module:function'"
             )
         initial = self.initial_replicas
         if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
@@ -124,6 +156,13 @@ class DeploymentConfig(_Options):
         None, gt=0, description="Cancel a request after this many seconds (HTTP 504)."
     )
     version: str | None = Field(None, description="Version label of the code and weights.")
+    isolation: Isolation = Field(
+        "in_process",
+        description=(
+            "Where replicas run: 'in_process' (on the server's event loop and threads) or "
+            "'process' (one worker process per replica, with its own devices)."
+        ),
+    )
     autoscaling: Autoscaling | None = Field(
         None, description="Autoscaling bounds and target; excludes num_replicas."
     )
