@@ -17,7 +17,7 @@ from servekit._runtime.handle import (
 )
 from servekit._spec.config import Autoscaling, DeploymentConfig, Resources
 from servekit._spec.deployment import Application, Deployment, deployment
-from servekit._spec.endpoint import endpoint, ingress
+from servekit._spec.endpoint import endpoint, idempotent, ingress
 from servekit._version import __version__
 from servekit.errors import DeploymentOptionError, GraphError, ServekitError
 
@@ -41,6 +41,7 @@ __all__ = [
     "deployment",
     "endpoint",
     "errors",
+    "idempotent",
     "ingress",
     "ingress_instance",
     "replica_context",

@@ -14,6 +14,7 @@ ServekitError                      500  base of everything servekit raises
 ├── UserCodeError                  500  user code raised; see `servekit.errors.UserCodeError`
 ├── OverloadedError                503  replicas busy and the queue full (carries retry_after_s)
 ├── DeploymentUnavailableError     503  no replica can take the request (stopped, not started)
+│   └── ReplicaDiedError           503  the replica serving the request died (crash, kill -9)
 └── RequestTimeoutError            504  request_timeout_s elapsed; the work was cancelled
 ```
 
@@ -174,6 +175,12 @@ class DeploymentUnavailableError(ServekitError):
         return {"Retry-After": "1"}
 
 
+class ReplicaDiedError(DeploymentUnavailableError):
+    """The replica serving the request died before answering; methods marked `idempotent` retry once."""
+
+    error_type = "replica_died"
+
+
 class RequestTimeoutError(ServekitError, TimeoutError):
     """The request ran past the deployment's request_timeout_s; its work was cancelled."""
 
@@ -191,6 +198,7 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "ReplicaDiedError",
     "RequestError",
     "RequestTimeoutError",
     "RequestValidationError",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from servekit._cli.target import TargetError, load_app, watch_paths
@@ -38,12 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.reload:
-        return _serve_with_reload(args)
+        return _serve_with_reload(args, [a for a in argv if a != "--reload"])
     return _serve(args)
 
 
@@ -51,18 +53,24 @@ def _serve(args: argparse.Namespace) -> int:
     from servekit._http.server import serve  # noqa: PLC0415 (keeps --version fast)
 
     try:
-        app = load_app(args.target)
-        server = serve(
-            app,
-            args.host,
-            args.port,
-            blocking=False,
-            max_body_bytes=args.max_body_bytes,
-            graceful_shutdown_s=args.grace_period,
-            access_log=args.access_log,
-        )
+        with _tracebacks_logged(args.log_level == "debug"):
+            app = load_app(args.target)
+            server = serve(
+                app,
+                args.host,
+                args.port,
+                blocking=False,
+                max_body_bytes=args.max_body_bytes,
+                graceful_shutdown_s=args.grace_period,
+                access_log=args.access_log,
+            )
     except (TargetError, ServekitError, OSError) as exc:
-        print(f"servekit: error: {exc}", file=sys.stderr)
+        hint = (
+            ""
+            if exc.__cause__ is None or args.log_level == "debug"
+            else " (--log-level debug shows the traceback)"
+        )
+        print(f"servekit: error: {_one_line(exc)}{hint}", file=sys.stderr)
         return 1
     print(f"servekit: serving {args.target} at {server.url}", file=sys.stderr)
     for methods, path in server.routes:
@@ -79,14 +87,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_with_reload(args: argparse.Namespace) -> int:
+def _serve_with_reload(args: argparse.Namespace, child_args: list[str]) -> int:
     import watchfiles  # noqa: PLC0415
 
     def stop_on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    child_args = [a for a in sys.argv[1:] if a != "--reload"]
     paths = watch_paths(args.target)
     print(f"servekit: reloading on changes in {', '.join(map(str, paths))}", file=sys.stderr)
     watchfiles.run_process(
@@ -97,6 +104,32 @@ def _serve_with_reload(args: argparse.Namespace) -> int:
         callback=lambda changes: print("servekit: code changed, restarting", file=sys.stderr),
     )
     return 0
+
+
+@contextlib.contextmanager
+def _tracebacks_logged(enabled: bool) -> Iterator[None]:
+    """While starting, log errors without their tracebacks unless `enabled`: the CLI prints one line."""
+    handlers: list[logging.Handler] = [] if enabled else list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(_drop_traceback)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(_drop_traceback)
+
+
+def _drop_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info = None
+    record.exc_text = None
+    return True
+
+
+def _one_line(exc: BaseException) -> str:
+    """`exc` as one line, without the `[Errno N]` prefix an OSError adds."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if exc.filename is None else f"{exc.strerror}: {str(exc.filename)!r}"
+    return str(exc)
 
 
 def _child(argv: list[str]) -> None:

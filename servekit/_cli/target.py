@@ -50,7 +50,7 @@ def _import(location: str) -> ModuleType:
     try:
         return importlib.import_module(location)
     except ModuleNotFoundError as exc:
-        if (exc.name and location.startswith(exc.name)) or exc.name == location:
+        if exc.name and (location == exc.name or location.startswith(f"{exc.name}.")):
             raise TargetError(f"cannot import module {location!r}: no module named {exc.name!r}") from None
         raise TargetError(f"importing {location!r} failed: {exc}") from None
     except ImportError as exc:

@@ -106,6 +106,7 @@ def _builtin_routes(runtime: LocalRuntime, found: IngressRoutes) -> list[BaseRou
         return JSONResponse({"ready": ready, "state": runtime.state}, 200 if ready else 503)
 
     async def status(request: Request) -> Response:
+        await runtime.refresh_stats()
         return JSONResponse(runtime.status())
 
     async def openapi(request: Request) -> Response:

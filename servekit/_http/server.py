@@ -14,8 +14,12 @@ from typing import Any
 import uvicorn
 
 from servekit._http.app import DEFAULT_MAX_BODY_BYTES, build_asgi_app
+from servekit._http.routes import ingress_routes
 from servekit._runtime.app import AppHandle, RunningApp
+from servekit._spec.config import Isolation
 from servekit._spec.deployment import Application
+from servekit._spec.graph import build_graph
+from servekit.errors import GraphError
 
 logger = logging.getLogger("servekit.server")
 
@@ -30,17 +34,20 @@ class Server:
         task: asyncio.Task[None],
         *,
         address: tuple[str, int],
-        routes: list[tuple[str, str]],
+        asgi: SwappableApp,
+        max_body_bytes: int,
     ) -> None:
         host, port = address
         self._running = running
+        self._asgi = asgi
+        self._max_body_bytes = max_body_bytes
         self._http = http
         self._task = task
         self.host = host
         """The address the server listens on."""
         self.port = port
         """The port the server listens on (the real one when started with port=0)."""
-        self.routes = routes
+        self.routes: list[tuple[str, str]] = asgi.app.state.servekit_routes
         """(methods, path) of each user route."""
         self.handle = AppHandle(running)
         """The ingress handle, to call the app in-process too."""
@@ -52,6 +59,23 @@ class Server:
         """The base URL, like ``http://127.0.0.1:8000``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    def redeploy(self, app: Application) -> None:
+        """Update the served app to `app` without dropping requests.
+
+        Changed deployments roll replica by replica (a new one is ready before an old one
+        drains), new ones start, removed ones stop, and the HTTP routes switch to the new
+        ingress's once every deployment runs. The ingress must keep its name.
+        """
+        graph = build_graph(app)
+        current = self._running.runtime.graph.ingress
+        if graph.ingress != current:
+            raise GraphError(
+                f"a redeploy must keep the ingress {current!r}; the new app's ingress is {graph.ingress!r}"
+            )
+        self._running.update(app)
+        self._asgi.app = build_asgi_app(self._running.runtime, self._max_body_bytes)
+        self.routes = self._asgi.app.state.servekit_routes
 
     def shutdown(self, grace_s: float | None = None) -> None:
         """Stop accepting connections, let in-flight requests finish (up to `grace_s`), stop the app."""
@@ -87,6 +111,8 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     graceful_shutdown_s: float = 30.0,
     access_log: bool = False,
+    isolation: Isolation | None = None,
+    gpus: str | None = None,
 ) -> Server:
     """Run `app` and serve its ingress over HTTP at `host`:`port` (0 picks a free port).
 
@@ -94,6 +120,10 @@ def serve(
     serves until SIGINT or SIGTERM, then stops accepting, lets in-flight requests finish
     within `graceful_shutdown_s`, stops the app and returns. Bodies larger than
     `max_body_bytes` are refused with 413.
+
+    `isolation` sets where replicas run for deployments that do not choose ("in_process" or
+    "process"); an ingress that serves raw requests or an ASGI app stays in-process. `gpus`
+    declares the GPU ids to plan with (like "0,1"), overriding detection and `SERVEKIT_GPUS`.
     """
     server = _start(
         app,
@@ -102,6 +132,8 @@ def serve(
         max_body_bytes=max_body_bytes,
         grace_s=graceful_shutdown_s,
         access_log=access_log,
+        isolation=isolation,
+        gpus=gpus,
     )
     if blocking:
         _serve_until_signal(server)
@@ -109,12 +141,23 @@ def serve(
 
 
 def _start(
-    app: Application, host: str, port: int, *, max_body_bytes: int, grace_s: float, access_log: bool
+    app: Application,
+    host: str,
+    port: int,
+    *,
+    max_body_bytes: int,
+    grace_s: float,
+    access_log: bool,
+    isolation: Isolation | None,
+    gpus: str | None,
 ) -> Server:
+    ingress = build_graph(app).ingress_node
+    found = ingress_routes(ingress.deployment)
+    in_process_only = [ingress.name] if found.raw_call or found.asgi_app is not None else []
     sock = _bind(host, port)
-    running = RunningApp(app)
+    running = RunningApp(app, isolation=isolation, gpus=gpus, in_process_only=in_process_only)
     try:
-        asgi = build_asgi_app(running.runtime, max_body_bytes)
+        asgi = SwappableApp(build_asgi_app(running.runtime, max_body_bytes))
         config = uvicorn.Config(
             asgi,
             lifespan="off",
@@ -131,7 +174,17 @@ def _start(
         raise
     bound_host, bound_port = sock.getsockname()[:2]
     address = (bound_host, bound_port)
-    return Server(running, http, task, address=address, routes=asgi.state.servekit_routes)
+    return Server(running, http, task, address=address, asgi=asgi, max_body_bytes=max_body_bytes)
+
+
+class SwappableApp:
+    """The ASGI app uvicorn serves, replaced in one step on a redeploy."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
 
 
 def _bind(host: str, port: int) -> socket.socket:

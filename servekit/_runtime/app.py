@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from types import TracebackType
 from typing import Any
 
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.local.runtime import LocalRuntime
 from servekit._runtime.loop_thread import LoopThread
+from servekit._spec.config import Isolation
 from servekit._spec.deployment import Application
 from servekit._spec.graph import build_graph
 
@@ -16,10 +18,18 @@ from servekit._spec.graph import build_graph
 class RunningApp:
     """An app's runtime on its own event-loop thread; `stop()` drains and joins it."""
 
-    def __init__(self, app: Application, start_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        app: Application,
+        start_timeout_s: float | None = None,
+        *,
+        isolation: Isolation | None = None,
+        gpus: str | None = None,
+        in_process_only: Collection[str] = (),
+    ) -> None:
         graph = build_graph(app)
         self.thread = LoopThread(f"servekit-{graph.ingress}")
-        self.runtime = LocalRuntime(graph)
+        self.runtime = LocalRuntime(graph, isolation=isolation, gpus=gpus, in_process_only=in_process_only)
         self._lock = threading.Lock()
         self._stopped = False
         try:
@@ -27,6 +37,10 @@ class RunningApp:
         except BaseException:
             self.thread.stop()
             raise
+
+    def update(self, app: Application) -> None:
+        """Redeploy `app` over the running one, rolling changed deployments replica by replica."""
+        self.thread.run(self.runtime.update(build_graph(app)))
 
     def stop(self, grace_s: float | None = None) -> None:
         """Drain in-flight requests (up to `grace_s`), stop replicas and the loop. Idempotent."""
@@ -58,6 +72,15 @@ class AppHandle(DeploymentHandle):
         """The app's state, each deployment's replicas and queues (as served at `/-/status`)."""
         return self._running.runtime.status()
 
+    def redeploy(self, app: Application) -> None:
+        """Update the running app to `app` without downtime.
+
+        Deployments whose code, options or arguments changed get new replicas one at a time,
+        each ready before an old one drains; new deployments start, removed ones stop. The
+        ingress must keep its name.
+        """
+        self._running.update(app)
+
     def get_handle(self, deployment: str) -> DeploymentHandle:
         """A handle to another deployment of the app, by its name in the graph."""
         return self._running.runtime.handle(deployment)
@@ -74,11 +97,21 @@ class AppHandle(DeploymentHandle):
         self.shutdown()
 
 
-def run(app: Application, *, start_timeout_s: float | None = None) -> AppHandle:
-    """Start `app` in this process (no HTTP, no cluster) and return its ingress handle.
+def run(
+    app: Application,
+    *,
+    start_timeout_s: float | None = None,
+    isolation: Isolation | None = None,
+    gpus: str | None = None,
+) -> AppHandle:
+    """Start `app` on this machine (no HTTP, no cluster) and return its ingress handle.
 
     Works in plain scripts and inside a running event loop (Jupyter): the app runs on its own
     event-loop thread. `await handle.method(x)` from async code, `handle.method(x).result()`
     from sync code. Stop it with `handle.shutdown()` or `with servekit.run(app) as handle:`.
+
+    `isolation` sets where replicas of deployments that do not choose run: "in_process" (the
+    default) or "process" (a worker process each). `gpus` declares the GPU ids to plan with
+    (like "0,1"), overriding detection and `SERVEKIT_GPUS`.
     """
-    return AppHandle(RunningApp(app, start_timeout_s))
+    return AppHandle(RunningApp(app, start_timeout_s, isolation=isolation, gpus=gpus))

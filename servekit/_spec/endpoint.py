@@ -74,3 +74,21 @@ def ingress(asgi_app: Any) -> Callable[[C], C]:
 def asgi_app_of(target: object) -> Any | None:
     """The ASGI app attached with `@ingress`, if any."""
     return getattr(target, ASGI_ATTR, None)
+
+
+_IDEMPOTENT_ATTR = "__servekit_idempotent__"
+
+
+def idempotent(func: F) -> F:
+    """Mark a deployment method as safe to run twice.
+
+    When the replica running a call to it dies (a crash, kill -9), the call is retried once on
+    another replica instead of failing with 503. Without the mark, such calls fail fast.
+    """
+    setattr(func, _IDEMPOTENT_ATTR, True)
+    return func
+
+
+def is_idempotent(func: object) -> bool:
+    """Whether `func` was marked with `@idempotent`."""
+    return bool(getattr(func, _IDEMPOTENT_ATTR, False))

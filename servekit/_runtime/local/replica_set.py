@@ -11,20 +11,23 @@ import asyncio
 import contextlib
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from servekit._replica.replica import Replica
-from servekit.errors import DeploymentUnavailableError, OverloadedError
+from servekit.errors import DeploymentUnavailableError, OverloadedError, ServekitError
 
 
 @dataclass(eq=False)
 class ReplicaSlot:
-    """A running replica and how many requests it is serving now."""
+    """A running replica (in-process `Replica` or `ProcessReplica`) and its current load."""
 
-    replica: Replica
+    replica: Any
     ongoing: int = 0
     drained: asyncio.Event | None = None
+    healthy: bool = True
+    last_probe: float = 0.0
+    probing: bool = False
 
 
 class ReplicaSet:
@@ -46,6 +49,8 @@ class ReplicaSet:
         self._closed = False
         self._idle: asyncio.Event | None = None
         self.rejected = 0
+        self.on_wait: Callable[[], None] | None = None
+        """Called when a request starts waiting while no replica runs (to trigger a cold start)."""
 
     @property
     def slots(self) -> list[ReplicaSlot]:
@@ -62,11 +67,37 @@ class ReplicaSet:
         """Requests waiting for a replica."""
         return sum(1 for waiter in self._waiters if not waiter.done())
 
-    def add(self, replica: Replica) -> None:
+    def add(self, replica: Any, now: float = 0.0) -> ReplicaSlot:
         """Start sending requests to `replica`; it takes queued requests first."""
-        slot = ReplicaSlot(replica)
+        slot = ReplicaSlot(replica, last_probe=now)
         self._slots.append(slot)
         self._hand_over(slot)
+        return slot
+
+    def remove(self, slot: ReplicaSlot) -> None:
+        """Stop routing to `slot` at once (its replica died; its requests fail on their own)."""
+        if slot in self._slots:
+            self._slots.remove(slot)
+        slot.ongoing = 0
+        if slot.drained is not None:
+            slot.drained.set()
+
+    def fail_waiting(self, error: ServekitError) -> int:
+        """Fail every queued request with `error` (no replica will come soon); returns how many."""
+        failed = 0
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+                failed += 1
+        return failed
+
+    def configure(self, max_ongoing_requests: int, max_queued_requests: int) -> None:
+        """Apply new limits (a redeploy changed them)."""
+        self._max_ongoing = max_ongoing_requests
+        self._max_queued = max_queued_requests
+        for slot in self._slots:
+            self._hand_over(slot)
 
     async def acquire(self) -> ReplicaSlot:
         """A replica slot with room, waiting in the queue if none has room now."""
@@ -85,6 +116,8 @@ class ReplicaSet:
             )
         waiter: asyncio.Future[ReplicaSlot] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        if not self._slots and self.on_wait is not None:
+            self.on_wait()
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -94,23 +127,27 @@ class ReplicaSet:
 
     def release(self, slot: ReplicaSlot) -> None:
         """Give back the room taken by `acquire`; a queued request takes it at once."""
-        slot.ongoing -= 1
+        slot.ongoing = max(0, slot.ongoing - 1)
         self._hand_over(slot)
         if slot.drained is not None and slot.ongoing == 0:
             slot.drained.set()
         if self._idle is not None and self.ongoing == 0:
             self._idle.set()
 
-    async def retire(self, slot: ReplicaSlot, grace_s: float) -> None:
-        """Stop routing to `slot`, wait up to `grace_s` for its requests to finish, stop it."""
-        self._slots.remove(slot)
+    async def retire(self, slot: ReplicaSlot, grace_s: float) -> Any:
+        """Stop routing to `slot`, wait up to `grace_s` for its requests to finish.
+
+        Returns the replica, which the caller stops.
+        """
+        if slot in self._slots:
+            self._slots.remove(slot)
         if slot.ongoing:
             slot.drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(slot.drained.wait(), grace_s)
-        slot.replica.stop()
+        return slot.replica
 
-    async def close(self, grace_s: float) -> list[Replica]:
+    async def close(self, grace_s: float) -> list[Any]:
         """Refuse new requests, fail queued ones, wait up to `grace_s` for running ones to finish.
 
         Returns the replicas, which the caller stops.
@@ -143,9 +180,11 @@ class ReplicaSet:
         context = slot.replica.context
         return {
             "id": context.replica_id,
-            "state": "running",
+            "state": "running" if slot.healthy else "unhealthy",
             "ongoing": slot.ongoing,
             "device": context.device,
+            "gpu_ids": list(context.gpu_ids),
+            "pid": getattr(slot.replica, "pid", None),
             "batching": slot.replica.batch_stats(),
         }
 

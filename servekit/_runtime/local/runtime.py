@@ -1,4 +1,10 @@
-"""`LocalRuntime`: runs an app graph's replicas in this process, on one event loop."""
+"""`LocalRuntime`: runs an app graph's replicas on one machine, in-process or in worker processes.
+
+Implements the runtime interface (`start`, `handle`, `scale`, `update`, `status`, `shutdown`)
+and the `Dispatcher` that handles call through. A `Controller` task keeps each deployment at
+its target: it replaces dead and unhealthy replicas, retries failed starts with backoff, and
+applies autoscaling decisions.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +12,27 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from servekit._replica.autoscaling import Autoscaler
 from servekit._replica.context import ReplicaContext
-from servekit._replica.replica import Replica, user_method
+from servekit._replica.replica import Replica, method_kind, user_method
 from servekit._runtime.handle import DeploymentHandle
-from servekit._runtime.local.devices import assign_device, cuda_device_count
-from servekit._runtime.local.replica_set import ReplicaSet
+from servekit._runtime.local.controller import Controller
+from servekit._runtime.local.deployment_state import DeploymentState, method_table
+from servekit._runtime.local.placement import GpuInventory, ResourcePlanner, detect_gpus
+from servekit._runtime.local.replica_set import ReplicaSet, ReplicaSlot
+from servekit._runtime.local.workers.process_replica import ProcessReplica
+from servekit._spec.config import Isolation
 from servekit._spec.graph import AppGraph, DeploymentNode, HandleRef
 from servekit.errors import (
     DeploymentStartError,
     DeploymentUnavailableError,
     NotFoundError,
+    ReplicaDiedError,
     RequestTimeoutError,
 )
 
@@ -27,24 +40,36 @@ logger = logging.getLogger("servekit.runtime")
 
 
 class LocalRuntime:
-    """Hosts every replica of an app in-process: async methods on the loop, sync ones on threads.
+    """Hosts every replica of an app on this machine.
 
-    Implements the runtime interface (`start`, `handle`, `scale`, `status`, `shutdown`) and
-    the `Dispatcher` that handles call through.
+    In-process replicas run async methods on the runtime's loop and sync ones on threads;
+    process replicas (`isolation="process"`) run in worker processes with their own devices.
     """
 
-    def __init__(self, graph: AppGraph, max_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        graph: AppGraph,
+        max_threads: int | None = None,
+        *,
+        isolation: Isolation | None = None,
+        gpus: str | None = None,
+        in_process_only: Collection[str] = (),
+    ) -> None:
         self._graph = graph
-        self._sets: dict[str, ReplicaSet] = {}
-        self._timeouts = {
-            name: node.deployment.config.request_timeout_s for name, node in graph.nodes.items()
-        }
-        self._targets = {name: node.deployment.config.start_replicas for name, node in graph.nodes.items()}
-        self._next_index = dict.fromkeys(graph.nodes, 0)
-        threads = max_threads or max(8, min(64, 8 * (os.cpu_count() or 1)))
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="servekit-replica")
+        self._states: dict[str, DeploymentState] = {}
+        self._default_isolation = isolation
+        self._in_process_only = set(in_process_only)
+        self._declared_gpus = gpus
+        self._next_index: dict[str, int] = {}
+        self._threads = max_threads or max(8, min(64, 8 * (os.cpu_count() or 1)))
+        self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="servekit-replica")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._gpu_count: int | None = None
+        self._planner: ResourcePlanner | None = None
+        self._methods: dict[str, dict[str, bool]] = {}
+        self._controller = Controller(self)
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._live: set[ProcessReplica] = set()
+        """Worker processes not yet reaped, whatever state their replica is in."""
         self.state = "new"
 
     @property
@@ -63,13 +88,38 @@ class LocalRuntime:
     def ready(self) -> bool:
         """Whether every deployment runs its target number of replicas."""
         return self.state == "running" and all(
-            len(self._sets[name].slots) >= target for name, target in self._targets.items()
+            state.running >= state.target or state.autoscaler is not None for state in self._states.values()
         )
 
+    @property
+    def states(self) -> dict[str, DeploymentState]:
+        """Each deployment's state (for the controller and tests)."""
+        return self._states
+
+    @property
+    def planner(self) -> ResourcePlanner:
+        """The GPU and CPU planner (set by `start`)."""
+        if self._planner is None:
+            raise RuntimeError("the runtime has not been started")
+        return self._planner
+
     async def start(self) -> None:
-        """Start every deployment, dependencies first; raises `DeploymentStartError` on failure."""
+        """Plan resources, start every deployment (dependencies first) and the controller.
+
+        Raises `DeploymentStartError` (or its `InsufficientResourcesError`) before serving
+        anything when a deployment cannot fit or fails to start.
+        """
         self._loop = asyncio.get_running_loop()
         self.state = "starting"
+        inventory: GpuInventory = await asyncio.to_thread(detect_gpus, self._declared_gpus)
+        self._planner = ResourcePlanner(inventory)
+        self._planner.check(
+            {
+                name: (node.deployment.config.start_replicas, node.deployment.config.resources)
+                for name, node in self._graph.nodes.items()
+            }
+        )
+        self._methods = method_table(self._graph.nodes)
         try:
             for node in self._graph.nodes.values():
                 await self._start_deployment(node)
@@ -77,6 +127,7 @@ class LocalRuntime:
             await self.shutdown(grace_s=0)
             raise
         self.state = "running"
+        self._controller.start()
 
     def handle(self, deployment: str | None = None) -> DeploymentHandle:
         """A handle to `deployment` (the ingress by default)."""
@@ -87,27 +138,31 @@ class LocalRuntime:
 
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a unary method on one replica, within the deployment's request timeout."""
-        replica_set = self._replica_set(deployment)
-        timeout = self._timeouts[deployment]
-        if timeout is None:
-            return await self._call_replica(replica_set, method, args, kwargs)
-        deadline = asyncio.timeout(timeout)
+        state = self._state(deployment)
+        timeout = state.node.deployment.config.request_timeout_s
+        started = time.perf_counter()
         try:
-            async with deadline:
-                return await self._call_replica(replica_set, method, args, kwargs)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            raise RequestTimeoutError(
-                f"deployment {deployment!r} did not answer {method}() within "
-                f"request_timeout_s={timeout}; the request was cancelled"
-            ) from None
+            if timeout is None:
+                return await self._call_replica(state, method, args, kwargs)
+            deadline = asyncio.timeout(timeout)
+            try:
+                async with deadline:
+                    return await self._call_replica(state, method, args, kwargs)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise RequestTimeoutError(
+                    f"deployment {deployment!r} did not answer {method}() within "
+                    f"request_timeout_s={timeout}; the request was cancelled"
+                ) from None
+        finally:
+            state.latencies_ms.append((time.perf_counter() - started) * 1000)
 
     async def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         """Run a generator method on one replica and yield its chunks."""
-        replica_set = self._replica_set(deployment)
+        replica_set = self._state(deployment).replicas
         slot = await replica_set.acquire()
         try:
             async for chunk in slot.replica.stream(method, args, kwargs):
@@ -116,9 +171,9 @@ class LocalRuntime:
             replica_set.release(slot)
 
     @contextlib.asynccontextmanager
-    async def replica(self, deployment: str) -> AsyncIterator[Replica]:
+    async def replica(self, deployment: str) -> AsyncIterator[Any]:
         """Hold a replica of `deployment` (with admission control) for custom work, like ASGI apps."""
-        replica_set = self._replica_set(deployment)
+        replica_set = self._state(deployment).replicas
         slot = await replica_set.acquire()
         try:
             yield slot.replica
@@ -128,98 +183,277 @@ class LocalRuntime:
     def is_streaming(self, deployment: str, method: str) -> bool:
         """Whether `method` is a generator method; raises `NotFoundError` if it does not exist."""
         node = self._node(deployment)
-        replicas = self._sets[deployment].slots if deployment in self._sets else []
-        if replicas:
-            return replicas[0].replica.is_streaming(method)
         func = user_method(node.deployment.target, node.deployment.is_function, method)
-        from servekit._replica.replica import method_kind  # noqa: PLC0415
-
         return method_kind(func).streaming
+
+    def isolation_of(self, node: DeploymentNode) -> Isolation:
+        """Where `node`'s replicas run: its own option, else the runtime default."""
+        config = node.deployment.config
+        if node.name in self._in_process_only:
+            if "isolation" in config.model_fields_set and config.isolation == "process":
+                raise DeploymentStartError(
+                    f"deployment {node.name!r} is an ingress that needs its instance in the server "
+                    "(an @ingress ASGI app or a raw __call__(request)); it cannot use isolation='process'"
+                )
+            return "in_process"
+        if "isolation" in config.model_fields_set or self._default_isolation is None:
+            return config.isolation
+        return self._default_isolation
 
     async def scale(self, deployment: str, replicas: int) -> None:
         """Run `replicas` replicas of `deployment`: start new ones, or drain and stop extra ones."""
-        node = self._node(deployment)
-        self._targets[deployment] = replicas
-        replica_set = self._sets[deployment]
-        current = replica_set.slots
-        if replicas > len(current):
-            await self._add_replicas(node, replica_set, replicas - len(current))
-            return
-        for slot in current[replicas:]:
-            await replica_set.retire(slot, node.deployment.config.graceful_shutdown_timeout_s)
+        state = self._state(deployment)
+        state.target = replicas
+        await self.reconcile(state, raise_errors=True)
+
+    async def reconcile(self, state: DeploymentState, raise_errors: bool = False) -> None:
+        """Start or retire replicas until `state` runs its target (the controller calls this)."""
+        async with state.lock:
+            missing = state.target - state.running
+            if missing > 0:
+                await self._add_replicas(state, missing, raise_errors=raise_errors)
+            elif missing < 0:
+                grace = state.node.deployment.config.graceful_shutdown_timeout_s
+                extra = sorted(state.replicas.slots, key=lambda slot: slot.ongoing)[:-missing]
+                await asyncio.gather(*(self.retire(state, slot, grace) for slot in extra))
+
+    async def retire(self, state: DeploymentState, slot: ReplicaSlot, grace_s: float) -> None:
+        """Stop routing to `slot`, drain it for up to `grace_s`, then stop its replica."""
+        replica = await state.replicas.retire(slot, grace_s)
+        await self._stop_replica(replica)
+
+    async def update(self, graph: AppGraph) -> None:
+        """Redeploy: roll changed deployments one replica at a time, start new ones, stop removed ones.
+
+        Each changed deployment gets a new replica that is ready before an old one drains, so
+        requests keep being served throughout.
+        """
+        old = self._graph
+        self._methods = method_table(graph.nodes)
+        self._graph = graph
+        for name, node in graph.nodes.items():
+            state = self._states.get(name)
+            if state is None:
+                self._planner_check({name: node})
+                await self._start_deployment(node)
+            elif _changed(state.node, node):
+                await self._roll(state, node)
+        for name in set(old.nodes) - set(graph.nodes):
+            state = self._states.pop(name)
+            for replica in await state.replicas.close(
+                state.node.deployment.config.graceful_shutdown_timeout_s
+            ):
+                await self._stop_replica(replica)
 
     def status(self) -> dict[str, Any]:
         """JSON-ready state of the app and each deployment's replicas."""
         deployments = {}
-        for name, node in self._graph.nodes.items():
-            replica_set = self._sets.get(name)
-            view: dict[str, Any] = (
-                replica_set.status() if replica_set else {"replicas": [], "ongoing": 0, "queued": 0}
-            )
-            deployments[name] = {
-                "version": node.deployment.config.version,
-                "target_replicas": self._targets[name],
-                "running_replicas": len(view["replicas"]),
-                **view,
-            }
+        for name in self._graph.nodes:
+            state = self._states.get(name)
+            if state is None:
+                deployments[name] = {"replicas": [], "running_replicas": 0, "ongoing": 0, "queued": 0}
+            else:
+                deployments[name] = state.status()
         return {
             "state": self.state,
             "ready": self.ready,
             "ingress": self._graph.ingress,
+            "gpus": self._planner.usage() if self._planner is not None else {},
             "deployments": deployments,
         }
+
+    async def refresh_stats(self, timeout_s: float = 1.0) -> None:
+        """Fetch fresh batch stats from process replicas (in-process ones are always current)."""
+        probes = [
+            slot.replica.probe(health=False)
+            for state in self._states.values()
+            for slot in state.replicas.slots
+            if isinstance(slot.replica, ProcessReplica)
+        ]
+        if probes:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*probes, return_exceptions=True), timeout_s)
 
     async def shutdown(self, grace_s: float | None = None) -> None:
         """Stop taking requests, let running ones finish (up to each deployment's grace), stop all."""
         if self.state in ("stopping", "stopped"):
             return
         self.state = "stopping"
+        await self._controller.stop()
         closing = []
-        for name, replica_set in self._sets.items():
+        for state in self._states.values():
             grace = grace_s
             if grace is None:
-                grace = self._graph.nodes[name].deployment.config.graceful_shutdown_timeout_s
-            closing.append(replica_set.close(grace))
-        for replicas in await asyncio.gather(*closing):
-            for replica in replicas:
-                replica.stop()
+                grace = state.node.deployment.config.graceful_shutdown_timeout_s
+            closing.append(state.replicas.close(grace))
+        stops = [
+            self._stop_replica(replica) for replicas in await asyncio.gather(*closing) for replica in replicas
+        ]
+        await asyncio.gather(*stops, *self._stopping, return_exceptions=True)
+        await asyncio.gather(*(self._reap(replica) for replica in list(self._live)), return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.state = "stopped"
 
+    # -- replicas -------------------------------------------------------------------------------
     async def _start_deployment(self, node: DeploymentNode) -> None:
         config = node.deployment.config
-        replica_set = ReplicaSet(node.name, config.max_ongoing_requests, config.max_queued_requests)
-        self._sets[node.name] = replica_set
-        await self._add_replicas(node, replica_set, config.start_replicas)
-
-    async def _add_replicas(self, node: DeploymentNode, replica_set: ReplicaSet, count: int) -> None:
-        args = self._with_handles(node.init_args)
-        kwargs = self._with_handles(node.init_kwargs)
-        replicas = [self._new_replica(node) for _ in range(count)]
-        results = await asyncio.gather(
-            *(replica.start(args, kwargs) for replica in replicas), return_exceptions=True
+        autoscaling = config.autoscaling
+        state = DeploymentState(
+            node=node,
+            replicas=ReplicaSet(node.name, config.max_ongoing_requests, config.max_queued_requests),
+            target=config.start_replicas,
+            isolation=self.isolation_of(node),
+            autoscaler=None if autoscaling is None else Autoscaler(autoscaling, time.monotonic()),
         )
+        self._states[node.name] = state
+        self._next_index.setdefault(node.name, 0)
+        await self.reconcile(state, raise_errors=True)
+
+    async def _add_replicas(self, state: DeploymentState, count: int, raise_errors: bool) -> None:
+        state.starting += count
+        try:
+            results = await asyncio.gather(
+                *(self._start_replica(state, state.node) for _ in range(count)), return_exceptions=True
+            )
+        finally:
+            state.starting -= count
         errors = [result for result in results if isinstance(result, BaseException)]
-        for replica, result in zip(replicas, results, strict=True):
-            if result is None:
-                replica_set.add(replica)
-        if errors:
-            for error in errors:
-                logger.error("%s", error, exc_info=error)
-            first = errors[0]
+        for result in results:
+            if not isinstance(result, BaseException):
+                state.replicas.add(result, time.monotonic())
+        if not errors:
+            state.start_failures = 0
+            return
+        state.start_failures += 1
+        state.next_start_at = time.monotonic() + state.backoff_s()
+        first = errors[0]
+        state.last_error = str(first)
+        for error in errors:
+            logger.error("%s", error, exc_info=error if not isinstance(error, DeploymentStartError) else None)
+        if state.running == 0 and not raise_errors:
+            state.replicas.fail_waiting(
+                DeploymentUnavailableError(
+                    f"deployment {state.name!r} has no running replica; the last start failed "
+                    f"(retrying in {state.backoff_s():g} s): {first}"
+                )
+            )
+        if raise_errors:
             if isinstance(first, DeploymentStartError):
                 raise first
-            raise DeploymentStartError(f"deployment {node.name!r} failed to start: {first}") from first
+            raise DeploymentStartError(f"deployment {state.name!r} failed to start: {first}") from first
 
-    def _new_replica(self, node: DeploymentNode) -> Replica:
+    async def _start_replica(self, state: DeploymentState, node: DeploymentNode) -> Any:
         index = self._next_index[node.name]
         self._next_index[node.name] = index + 1
-        resources = node.deployment.config.resources
-        if resources.gpus > 0 and self._gpu_count is None:
-            self._gpu_count = cuda_device_count()
-        device, gpu_ids = assign_device(resources, index, self._gpu_count or 0)
-        context = ReplicaContext(node.name, f"{node.name}#{index}", device, gpu_ids)
-        return Replica(context, node.deployment.target, node.deployment.is_function, self._executor)
+        replica_id = f"{node.name}#{index}"
+        config = node.deployment.config
+        process = state.isolation == "process"
+        explicit_cpus = "cpus" in config.resources.model_fields_set
+        placement = self.planner.allocate(replica_id, config.resources, pin_cpus=process and explicit_cpus)
+        context = ReplicaContext(node.name, replica_id, placement.device(process), placement.gpu_ids)
+        replica: Any
+        if process:
+            replica = ProcessReplica(
+                context,
+                node.deployment.target,
+                node.deployment.is_function,
+                runtime=self,
+                methods=self._methods,
+                env=placement.worker_env(),
+                gpu_fraction=placement.gpu_fraction,
+                cpu_ids=placement.cpu_ids,
+                max_threads=min(self._threads, 32),
+            )
+            replica.on_death = lambda dead, reason: self._on_replica_death(state, dead, reason)
+            self._live.add(replica)
+            args, kwargs = node.init_args, node.init_kwargs
+        else:
+            replica = Replica(context, node.deployment.target, node.deployment.is_function, self._executor)
+            args, kwargs = self._with_handles(node.init_args), self._with_handles(node.init_kwargs)
+        try:
+            await replica.start(args, kwargs)
+        except BaseException:
+            self.planner.release(replica_id)
+            if isinstance(replica, ProcessReplica):
+                await asyncio.shield(self._reap(replica))
+            raise
+        return replica
+
+    def _on_replica_death(self, state: DeploymentState, replica: ProcessReplica, reason: str) -> None:
+        for slot in state.replicas.slots:
+            if slot.replica is replica:
+                state.replicas.remove(slot)
+                if self.state == "running":
+                    logger.error(
+                        "deployment %r: replica %s (pid %s) %s; starting a replacement",
+                        state.name,
+                        replica.context.replica_id,
+                        replica.pid,
+                        reason,
+                    )
+                    state.restarts += 1
+                    state.last_error = f"replica {replica.context.replica_id} {reason}"
+                break
+        task = asyncio.get_running_loop().create_task(self._stop_replica(replica))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        self._controller.wake()
+
+    async def _stop_replica(self, replica: Any) -> None:
+        try:
+            if isinstance(replica, ProcessReplica):
+                await asyncio.shield(self._reap(replica))
+            else:
+                replica.stop()
+        finally:
+            if self._planner is not None:
+                self._planner.release(replica.context.replica_id)
+
+    async def _reap(self, replica: ProcessReplica) -> None:
+        await replica.aclose()
+        self._live.discard(replica)
+
+    async def _roll(self, state: DeploymentState, node: DeploymentNode) -> None:
+        """Replace `state`'s replicas with `node`'s, one by one: start new, then drain an old one."""
+        state.updating = True
+        try:
+            async with state.lock:
+                old_slots = state.replicas.slots
+                config = node.deployment.config
+                state.node = node
+                state._idempotent.clear()
+                state.isolation = self.isolation_of(node)
+                state.replicas.configure(config.max_ongoing_requests, config.max_queued_requests)
+                if config.autoscaling is None:
+                    state.target = config.num_replicas
+                    state.autoscaler = None
+                elif state.autoscaler is None or state.autoscaler.config != config.autoscaling:
+                    state.autoscaler = Autoscaler(config.autoscaling, time.monotonic())
+                    state.target = max(
+                        config.autoscaling.min_replicas, min(state.target, config.autoscaling.max_replicas)
+                    )
+                old_grace = config.graceful_shutdown_timeout_s
+                for slot in old_slots:
+                    state.starting += 1
+                    try:
+                        new = await self._start_replica(state, node)
+                    finally:
+                        state.starting -= 1
+                    state.replicas.add(new, time.monotonic())
+                    await self.retire(state, slot, old_grace)
+                missing = state.target - state.running
+                if missing > 0:
+                    await self._add_replicas(state, missing, raise_errors=True)
+        finally:
+            state.updating = False
+
+    def _planner_check(self, nodes: dict[str, DeploymentNode]) -> None:
+        self.planner.check(
+            {
+                name: (node.deployment.config.start_replicas, node.deployment.config.resources)
+                for name, node in nodes.items()
+            }
+        )
 
     def _with_handles(self, value: Any) -> Any:
         if isinstance(value, HandleRef):
@@ -239,19 +473,37 @@ class LocalRuntime:
             )
         return node
 
-    def _replica_set(self, deployment: str) -> ReplicaSet:
-        replica_set = self._sets.get(deployment)
-        if replica_set is None:
+    def _state(self, deployment: str) -> DeploymentState:
+        state = self._states.get(deployment)
+        if state is None:
             self._node(deployment)
             raise DeploymentUnavailableError(f"deployment {deployment!r} is not running")
-        return replica_set
+        return state
 
     @staticmethod
     async def _call_replica(
-        replica_set: ReplicaSet, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        state: DeploymentState, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        replica_set = state.replicas
         slot = await replica_set.acquire()
+        try:
+            return await slot.replica.call(method, args, kwargs)
+        except ReplicaDiedError:
+            if not state.idempotent(method):
+                raise
+        finally:
+            replica_set.release(slot)
+        slot = await replica_set.acquire()  # retry once, on another replica
         try:
             return await slot.replica.call(method, args, kwargs)
         finally:
             replica_set.release(slot)
+
+
+def _changed(old: DeploymentNode, new: DeploymentNode) -> bool:
+    """Whether a redeploy changes `old`: other code, options or constructor arguments."""
+    if old.deployment is new.deployment and old.init_args == new.init_args:
+        return False
+    from servekit._runtime.local.fingerprint import fingerprint  # noqa: PLC0415
+
+    return fingerprint(old) != fingerprint(new)

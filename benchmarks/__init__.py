@@ -1,0 +1,1 @@
+"""servekit benchmarks: workloads, baselines and the ``run`` harness (see README.md)."""

@@ -1,0 +1,1 @@
+"""Harness used by ``benchmarks/run.py``: wrk driver, server processes, probes, report."""

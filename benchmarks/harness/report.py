@@ -1,0 +1,282 @@
+"""Turn the raw results into target checks and a markdown report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+Row = dict[str, Any]
+
+WORKLOAD_TITLES = {
+    "W1": "W1 echo",
+    "W2": "W2 pipeline: normalize -> MLP 16-256-256-10 -> softmax/argmax",
+    "W3": "W3 batched: deep narrow MLP 16 -> 256 x16 -> 10, max batch 32, 5 ms wait",
+}
+W1_TARGET = 0.85
+W2_TARGET = 0.70
+W3_TARGET = 0.90
+W3_MIN_MEAN_BATCH = 28.0
+CLASSIFIER_TARGET_S = 0.5
+
+
+def find(rows: Iterable[Row], workload: str, role: str, concurrency: int) -> Row | None:
+    """The successful row of ``workload``/``role`` at ``concurrency``, if any."""
+    for row in rows:
+        if (row["workload"], row["role"], row["concurrency"]) == (workload, role, concurrency):
+            return row if not row["error"] else None
+    return None
+
+
+def rps(rows: Iterable[Row], workload: str, role: str, concurrency: int) -> float | None:
+    """req/s of one row, or None when it is missing or failed."""
+    row = find(rows, workload, role, concurrency)
+    return row["rps"] if row else None
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den else None
+
+
+def _check(name: str, value: float | None, goal: float, *, at_most: bool = False) -> Row:
+    passed = value is not None and (value <= goal if at_most else value >= goal)
+    verdict = "n/a" if value is None else ("PASS" if passed else "FAIL")
+    return {"target": name, "value": value, "goal": goal, "at_most": at_most, "result": verdict}
+
+
+def w3_ceiling(results: Row, top: int) -> Row:
+    """Throughput bounds for W3: model-only, model+HTTP floor, and the hand-rolled batcher."""
+    rows, capacity = results["runs"], results.get("capacity", {})
+    model = capacity.get("ceiling_items_per_s")
+    floor = rps(rows, "W1", "baseline", top)
+    per_item_s = capacity["call_32_ms"] / 1e3 / capacity["batch_size"] if model else None
+    combined = 1 / (1 / floor + per_item_s) if floor and per_item_s else None
+    batcher = rps(rows, "W3", "baseline", top)
+    bounds = [v for v in (model, batcher) if v]
+    return {
+        "model_items_per_s": model,
+        "http_floor_w1_rps": floor,
+        "model_plus_floor_rps": combined,
+        "hand_rolled_batcher_rps": batcher,
+        "bound_rps": min(bounds) if bounds else None,
+    }
+
+
+def targets(results: Row) -> list[Row]:
+    """Evaluate the README's targets at the highest concurrency measured."""
+    rows, top = results["runs"], max(results["settings"]["concurrency"])
+    w3_sk = find(rows, "W3", "servekit", top)
+    ceiling = results["w3_ceiling"]
+    classifier = results.get("classifier", {})
+    sk_rps = {w: rps(rows, w, "servekit", top) for w in ("W1", "W2", "W3")}
+    return [
+        _check(
+            f"W1 c={top} servekit/Starlette req/s",
+            _ratio(sk_rps["W1"], rps(rows, "W1", "baseline", top)),
+            W1_TARGET,
+        ),
+        _check(
+            f"W2 c={top} servekit (3 deployments)/Starlette (one function) req/s",
+            _ratio(sk_rps["W2"], rps(rows, "W2", "baseline", top)),
+            W2_TARGET,
+        ),
+        _check(
+            f"W3 c={top} servekit / min(batch-32 model ceiling, hand-rolled batcher) req/s",
+            _ratio(sk_rps["W3"], ceiling["bound_rps"]),
+            W3_TARGET,
+        ),
+        _check(
+            f"W3 c={top} servekit mean batch size",
+            w3_sk.get("mean_batch") if w3_sk else None,
+            W3_MIN_MEAN_BATCH,
+        ),
+        _check(
+            "examples/classifier sk.run ready beyond import torch (s)",
+            classifier.get("ready_beyond_torch_s"),
+            CLASSIFIER_TARGET_S,
+            at_most=True,
+        ),
+    ]
+
+
+def _fmt(value: float | None, spec: str = ".0f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out.extend("| " + " | ".join(line) + " |" for line in lines)
+    return out
+
+
+def _run_line(row: Row) -> list[str]:
+    if row["error"]:
+        message = row["error"].splitlines()[0][:120].replace("|", "/")
+        return [row["label"], str(row["concurrency"]), f"error: {message}", "", "", "", "", "", ""]
+    return [
+        row["label"],
+        str(row["concurrency"]),
+        _fmt(row["rps"]),
+        _fmt(row["p50_ms"], ".2f"),
+        _fmt(row["p99_ms"], ".2f"),
+        str(row["errors"]),
+        _fmt(row.get("mean_batch"), ".1f"),
+        f"{row['server_cpu_pct']:.0f}% / {row['wrk_cpu_pct']:.0f}%",
+        f"{row['steal_pct']:.0f}%",
+    ]
+
+
+def _ratio_lines(rows: Sequence[Row], workload: str, concurrency: Sequence[int]) -> list[str]:
+    lines = []
+    for c in concurrency:
+        base, sk = find(rows, workload, "baseline", c), find(rows, workload, "servekit", c)
+        if base and sk:
+            lines.append([str(c), f"{sk['rps'] / base['rps']:.2f}x", f"{sk['p99_ms'] / base['p99_ms']:.2f}x"])
+    if not lines:
+        return []
+    return ["", *_table(["concurrency", "servekit/baseline req/s", "p99 ratio"], lines)]
+
+
+def workload_section(results: Row, workload: str) -> list[str]:
+    """Markdown table (and ratios) of one workload."""
+    rows = [r for r in results["runs"] if r["workload"] == workload]
+    if not rows:
+        return []
+    header = [
+        "server",
+        "c",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "mean batch",
+        "CPU server / wrk",
+        "steal",
+    ]
+    out = [f"## {WORKLOAD_TITLES[workload]}", "", *_table(header, map(_run_line, rows))]
+    out += _ratio_lines(rows, workload, results["settings"]["concurrency"])
+    return [*out, ""]
+
+
+def _w3_notes(results: Row) -> list[str]:
+    cap, ceil = results.get("capacity", {}), results["w3_ceiling"]
+    if "call_32_ms" not in cap:
+        return ["W3 model capacity: " + str(cap.get("error", "not measured")), ""]
+    return [
+        f"W3 model cost in torch ({cap['torch_threads']} thread(s)),"
+        " list -> tensor -> forward -> list:"
+        f" batch 1 = {cap['call_1_ms']:.3f} ms, batch 32 = {cap['call_32_ms']:.3f} ms"
+        f" ({cap['per_item_speedup']:.1f}x cheaper per item; bare forward"
+        f" {cap['forward_1_ms']:.3f} / {cap['forward_32_ms']:.3f} ms).",
+        f"Ceilings: model alone at batch 32 = {_fmt(ceil['model_items_per_s'])} items/s;"
+        f" W1 HTTP floor = {_fmt(ceil['http_floor_w1_rps'])} req/s;"
+        f" both on one core (1 / (1/floor + t32/32)) = {_fmt(ceil['model_plus_floor_rps'])} req/s;"
+        f" hand-rolled batcher measured = {_fmt(ceil['hand_rolled_batcher_rps'])} req/s."
+        f" Target bound = min(model, batcher) = {_fmt(ceil['bound_rps'])} req/s.",
+        "",
+    ]
+
+
+def _startup_section(results: Row) -> list[str]:
+    lines = [
+        [
+            s["server"],
+            _fmt(s["cold_start_s"], ".2f"),
+            ", ".join(f"{v:.2f}" for v in s["cold_start_samples_s"]),
+            _fmt(s["idle_rss_mb"], ".0f"),
+            (s["error"] or "").splitlines()[0][:80] if s["error"] else "",
+        ]
+        for s in results.get("startup", [])
+    ]
+    header = ["server", "cold start s (median)", "samples s", "idle RSS MB", "error"]
+    return [
+        "## W1 cold start (process start -> first 200) and idle RSS",
+        "",
+        *_table(header, lines),
+        "",
+    ]
+
+
+def _classifier_section(results: Row) -> list[str]:
+    c = results.get("classifier", {})
+    head = ["## examples/classifier: `sk.run(app)` ready beyond `import torch`", ""]
+    if "ready_beyond_torch_s" not in c:
+        return [*head, str(c.get("skipped") or c.get("error", "not measured")), ""]
+    return [
+        *head,
+        f"Median of {len(c['samples'])} fresh processes: **{c['ready_beyond_torch_s']:.3f} s**"
+        f" (import servekit {c['import_servekit_s']:.3f} s,"
+        f" import app.py {c['import_app_s']:.3f} s,"
+        f" sk.run {c['sk_run_s']:.3f} s).",
+        "",
+    ]
+
+
+def _loadgen_section(results: Row) -> list[str]:
+    top = max(results["settings"]["concurrency"])
+    row = find(results["runs"], "W1", "baseline", top)
+    head = ["## Is the load generator the bottleneck?", ""]
+    if not row:
+        return [*head, "W1 baseline not measured.", ""]
+    per_req_us = row["wrk_cpu_pct"] / 100 / row["rps"] * 1e6
+    return [
+        *head,
+        f"The floor (Starlette W1, c={top}) reached {row['rps']:.0f} req/s with the server process"
+        f" at {row['server_cpu_pct']:.0f}% of a core and wrk at {row['wrk_cpu_pct']:.0f}%"
+        f" ({per_req_us:.1f} µs of wrk CPU per request). The server is the bottleneck when it"
+        " sits near 100% (one Python process) while wrk has headroom on the other core.",
+        "",
+    ]
+
+
+def _machine_section(results: Row) -> list[str]:
+    m, s = results["machine"], results["settings"]
+    keys = ["cpu", "nproc", "ram_gib", "os", "python", "torch", "uvicorn", "starlette", "uvloop"]
+    keys += ["httptools", "pydantic", "servekit", "wrk"]
+    settings = (
+        f"wrk 1 thread, connections = concurrency {list(s['concurrency'])},"
+        f" warm-up {s['warmup_s']} s then {s['duration_s']} s measured per point;"
+        f" best of {s.get('repeat', 1)} interleaved round(s) per point (all req/s in the JSON);"
+        f" torch threads {s['torch_threads']}; uvicorn one worker, loop=uvloop,"
+        " http=httptools, access log off, one server at a time."
+        " CPU server / wrk: CPU time of the server process tree and of wrk, in % of one core."
+        " steal: CPU time the hypervisor took from this VM during the window, in % of the"
+        " machine (a noisy neighbour makes every number lower; compare ratios within one run)."
+    )
+    return [
+        "## Machine and settings",
+        "",
+        *_table(["", ""], ([k, str(m[k])] for k in keys)),
+        "",
+        settings,
+        "",
+    ]
+
+
+def markdown(results: Row) -> str:
+    """The full markdown report."""
+    checks = [
+        [
+            t["target"],
+            _fmt(t["value"], ".2f"),
+            ("<= " if t["at_most"] else ">= ") + f"{t['goal']}",
+            t["result"],
+        ]
+        for t in results["targets"]
+    ]
+    out = [
+        f"# servekit benchmarks — {results['machine']['date']}, {results['machine']['host']}",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        "## Targets",
+        "",
+        *_table(["target", "measured", "goal", "result"], checks),
+        "",
+    ]
+    for workload in WORKLOAD_TITLES:
+        out += workload_section(results, workload)
+        if workload == "W3":
+            out += _w3_notes(results)
+    out += _startup_section(results) + _classifier_section(results)
+    out += _loadgen_section(results) + _machine_section(results)
+    return "\n".join(out)

@@ -1,0 +1,115 @@
+"""What the local runtime tracks per deployment: its replicas, target, failures and scaling."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from servekit._replica.autoscaling import Autoscaler, ScalingDecision
+from servekit._replica.replica import method_kind, user_method
+from servekit._runtime.local.replica_set import ReplicaSet
+from servekit._spec.config import Isolation
+from servekit._spec.endpoint import is_idempotent
+from servekit._spec.graph import DeploymentNode
+
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+
+
+@dataclass(eq=False)
+class DeploymentState:
+    """One deployment of a running app, as the runtime and its controller see it."""
+
+    node: DeploymentNode
+    replicas: ReplicaSet
+    target: int
+    isolation: Isolation
+    autoscaler: Autoscaler | None = None
+    starting: int = 0
+    restarts: int = 0
+    """Replicas started to replace ones that died or failed health checks."""
+    start_failures: int = 0
+    """Consecutive failed starts; drives the backoff and resets on a successful start."""
+    next_start_at: float = 0.0
+    last_error: str | None = None
+    updating: bool = False
+    latencies_ms: list[float] = field(default_factory=list)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _idempotent: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The deployment's name in the graph."""
+        return self.node.name
+
+    @property
+    def running(self) -> int:
+        """Replicas taking requests."""
+        return len(self.replicas.slots)
+
+    @property
+    def last_decision(self) -> ScalingDecision | None:
+        """The autoscaler's most recent decision."""
+        return self.autoscaler.last_decision if self.autoscaler is not None else None
+
+    def backoff_s(self) -> float:
+        """How long to wait before the next start after `start_failures` failures in a row."""
+        if not self.start_failures:
+            return 0.0
+        return RESTART_BACKOFF_S[min(self.start_failures, len(RESTART_BACKOFF_S)) - 1]
+
+    def idempotent(self, method: str) -> bool:
+        """Whether `method` is marked safe to retry on another replica."""
+        known = self._idempotent.get(method)
+        if known is None:
+            deployment = self.node.deployment
+            try:
+                func = user_method(deployment.target, deployment.is_function, method)
+            except Exception:
+                return False
+            known = self._idempotent[method] = is_idempotent(func)
+        return known
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready view for `/-/status`."""
+        config = self.node.deployment.config
+        decision = self.last_decision
+        return {
+            "version": config.version,
+            "isolation": self.isolation,
+            "target_replicas": self.target,
+            "running_replicas": self.running,
+            "starting_replicas": self.starting,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "autoscaling": None
+            if decision is None
+            else {
+                "desired": decision.desired,
+                "reason": decision.reason,
+                "at": decision.at,
+            },
+            **self.replicas.status(),
+        }
+
+
+def method_table(nodes: dict[str, DeploymentNode]) -> dict[str, dict[str, bool]]:
+    """For each deployment: its public methods and whether each is a generator (for workers)."""
+    table: dict[str, dict[str, bool]] = {}
+    for name, node in nodes.items():
+        deployment = node.deployment
+        target = deployment.target
+        if deployment.is_function:
+            table[name] = {"__call__": method_kind(target).streaming}
+            continue
+        methods: dict[str, bool] = {}
+        for attr in dir(target):
+            if attr.startswith("_") and attr != "__call__":
+                continue
+            value = getattr(target, attr, None)
+            if callable(value) and not isinstance(value, type):
+                if attr == "__call__" and value is getattr(object, "__call__", None):  # noqa: B004
+                    continue
+                methods[attr] = method_kind(value).streaming
+        table[name] = methods
+    return table

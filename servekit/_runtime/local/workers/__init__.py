@@ -1,0 +1,1 @@
+"""Process replicas: worker processes, the wire protocol between them and the server."""

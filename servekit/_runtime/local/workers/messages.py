@@ -1,0 +1,111 @@
+"""The typed messages between the server and a worker process.
+
+Server to worker: `Init`, `Request`, `Cancel`, `Probe`, `Stop`, and the answers to the
+worker's own handle calls (`Reply`, `Chunk`, `End` with the call's id).
+Worker to server: `Started` or `StartFailed`, then `Reply` / `Chunk` / `End` for requests,
+`ProbeResult`, and `HandleRequest` / `Cancel` for calls the worker's user code makes to other
+deployments. Ids are chosen by the side that starts the exchange; each side keeps its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from servekit._replica.context import ReplicaContext
+
+
+class Init(NamedTuple):
+    """Everything a worker needs to build its replica."""
+
+    context: ReplicaContext
+    target: bytes
+    """The user's class or function, cloudpickled (so `__main__` and notebook code works)."""
+    is_function: bool
+    init_args: bytes
+    """Cloudpickled `(args, kwargs)`; bound deployments appear as `HandleRef`s."""
+    sys_path: list[str]
+    methods: dict[str, dict[str, bool]]
+    """For each deployment of the app: its methods and whether each streams (for handles)."""
+    gpu_fraction: float
+    cpu_ids: tuple[int, ...] | None
+    max_threads: int
+
+
+class Started(NamedTuple):
+    """The replica's constructor returned; the worker takes requests."""
+
+    pid: int
+
+
+class StartFailed(NamedTuple):
+    """The replica's constructor raised."""
+
+    error: BaseException
+    traceback: str
+
+
+class Request(NamedTuple):
+    """Run `method` (server to worker), or another deployment's method (`HandleRequest`)."""
+
+    id: int
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    stream: bool
+
+
+class HandleRequest(NamedTuple):
+    """User code in the worker calls another deployment through a handle."""
+
+    id: int
+    deployment: str
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    stream: bool
+
+
+class Reply(NamedTuple):
+    """The outcome of a unary call, or the error that ended a stream."""
+
+    id: int
+    ok: bool
+    value: Any
+
+
+class Chunk(NamedTuple):
+    """One item of a stream."""
+
+    id: int
+    value: Any
+
+
+class End(NamedTuple):
+    """A stream finished normally."""
+
+    id: int
+
+
+class Cancel(NamedTuple):
+    """The caller gave up on call `id` (timeout, disconnect)."""
+
+    id: int
+
+
+class Probe(NamedTuple):
+    """Run the health check and report batch stats."""
+
+    id: int
+    health: bool
+
+
+class ProbeResult(NamedTuple):
+    """Health (None when healthy, else the error) and each batched method's stats."""
+
+    id: int
+    error: BaseException | None
+    batch_stats: dict[str, dict[str, Any]]
+
+
+class Stop(NamedTuple):
+    """Release the replica and exit; in-flight work has drained already."""

@@ -1,0 +1,421 @@
+"""`ProcessReplica`: the server's side of a replica that runs in a worker process.
+
+It has the interface of the in-process `Replica` (start, call, stream, check_health, stop), so
+the replica set, the controller and the HTTP edge do not care where a replica runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import cloudpickle
+
+from servekit._replica.context import ReplicaContext
+from servekit._runtime.local.workers import codec
+from servekit._runtime.local.workers.messages import (
+    Cancel,
+    Chunk,
+    End,
+    HandleRequest,
+    Init,
+    Probe,
+    ProbeResult,
+    Reply,
+    Request,
+    Started,
+    StartFailed,
+    Stop,
+)
+from servekit.errors import DeploymentStartError, ReplicaDiedError
+
+logger = logging.getLogger("servekit.runtime")
+
+
+class HandleServer(Protocol):
+    """What a process replica needs to serve its user code's handle calls: the runtime."""
+
+    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run a unary method of `deployment`."""
+        ...
+
+    def stream(
+        self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        """Run a generator method of `deployment`."""
+        ...
+
+
+class ProcessReplica:
+    """A replica in its own worker process, reached over a socket pair."""
+
+    def __init__(
+        self,
+        context: ReplicaContext,
+        target: Any,
+        is_function: bool,
+        *,
+        runtime: HandleServer,
+        methods: dict[str, dict[str, bool]],
+        env: dict[str, str] | None = None,
+        gpu_fraction: float = 1.0,
+        cpu_ids: tuple[int, ...] | None = None,
+        max_threads: int = 8,
+    ) -> None:
+        self.context = context
+        self._target = target
+        self._is_function = is_function
+        self._runtime = runtime
+        self._methods = methods
+        self._env = env or {}
+        self._gpu_fraction = gpu_fraction
+        self._cpu_ids = cpu_ids
+        self._max_threads = max_threads
+        self._process: asyncio.subprocess.Process | None = None
+        self._link: codec.FrameProtocol | None = None
+        self._ids = itertools.count()
+        self._calls: dict[int, asyncio.Future[Any] | asyncio.Queue[Any]] = {}
+        self._served: dict[int, asyncio.Task[None]] = {}
+        self._started: asyncio.Future[Started | StartFailed] | None = None
+        self._log_tasks: list[asyncio.Task[None]] = []
+        self._stats: dict[str, dict[str, Any]] = {}
+        self.death: asyncio.Future[str] | None = None
+        """Resolves with a description when the worker process exits or the link breaks."""
+        self.on_death: Callable[[ProcessReplica, str], None] | None = None
+
+    @property
+    def instance(self) -> Any:
+        """Process replicas have no instance in the server process."""
+        raise RuntimeError(
+            f"replica {self.context.replica_id} runs in a worker process; an ingress that needs its "
+            "instance in the server (an ASGI app or a raw __call__(request)) must be isolation='in_process'"
+        )
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker runs and its link is up."""
+        return self.death is not None and not self.death.done()
+
+    async def start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Start the worker and build the user's instance there; raises `DeploymentStartError`."""
+        loop = asyncio.get_running_loop()
+        self.death = loop.create_future()
+        self._started = loop.create_future()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "servekit._runtime.local.workers.worker",
+                str(child.fileno()),
+                str(os.getpid()),
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**os.environ, **self._env},
+            )
+        finally:
+            child.close()
+        link = codec.FrameProtocol(self._on_message, self._on_lost)
+        await loop.connect_accepted_socket(lambda: link, parent)
+        self._link = link
+        self._log_tasks = [
+            loop.create_task(self._forward_output(self._process.stdout)),
+            loop.create_task(self._forward_output(self._process.stderr)),
+        ]
+        self._log_tasks.append(loop.create_task(self._watch_exit(self._process)))
+        try:
+            link.send(self._init_message(args, kwargs))
+        except Exception as exc:
+            await self._kill()
+            raise DeploymentStartError(
+                f"deployment {self.context.deployment!r}: cannot send the deployment to a worker "
+                f"process: {type(exc).__name__}: {exc}"
+            ) from exc
+        waits: list[asyncio.Future[Any]] = [self._started, self.death]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        started = self._started.result() if self._started.done() else None
+        if isinstance(started, Started):
+            return
+        await self._kill()
+        if isinstance(started, StartFailed):
+            raise DeploymentStartError(
+                f"deployment {self.context.deployment!r}: replica {self.context.replica_id} failed to "
+                f"start: {_describe(started.error)}\n{started.traceback.rstrip()}"
+            ) from started.error
+        reason = self.death.result() if self.death.done() else "unknown"
+        raise DeploymentStartError(
+            f"deployment {self.context.deployment!r}: replica {self.context.replica_id} failed to "
+            f"start: the worker process {reason}"
+        )
+
+    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run a unary method in the worker and return its result."""
+        key = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[key] = future
+        try:
+            self._send(Request(key, method, args, kwargs, False))
+            return await future
+        except asyncio.CancelledError:
+            self._cancel(key)
+            raise
+        finally:
+            self._calls.pop(key, None)
+
+    async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        """Run a generator method in the worker and yield its chunks."""
+        key = next(self._ids)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._calls[key] = queue
+        finished = False
+        try:
+            self._send(Request(key, method, args, kwargs, True))
+            while True:
+                message = await queue.get()
+                if isinstance(message, Chunk):
+                    yield message.value
+                    continue
+                finished = True
+                if isinstance(message, Reply):
+                    raise message.value
+                return
+        finally:
+            self._calls.pop(key, None)
+            if not finished:
+                self._cancel(key)
+
+    def is_streaming(self, method: str) -> bool:
+        """Whether `method` is a generator method."""
+        from servekit._replica.replica import method_kind, user_method  # noqa: PLC0415
+
+        return method_kind(user_method(self._target, self._is_function, method)).streaming
+
+    def batch_stats(self) -> dict[str, dict[str, Any]]:
+        """Batch stats as of the last probe."""
+        return self._stats
+
+    async def check_health(self) -> None:
+        """Run the user's `check_health()` in the worker; raises if unhealthy or gone."""
+        await self.probe(health=True)
+
+    async def probe(self, health: bool) -> None:
+        """Refresh batch stats, and with `health` run the health check."""
+        key = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[key] = future
+        try:
+            self._send(Probe(key, health))
+            result: ProbeResult = await future
+        finally:
+            self._calls.pop(key, None)
+        self._stats = result.batch_stats
+        if result.error is not None:
+            raise result.error
+
+    def stop(self) -> None:
+        """Ask the worker to exit (it has drained); a worker that lingers is killed by `aclose`."""
+        with contextlib.suppress(ConnectionError, ReplicaDiedError):
+            self._send(Stop())
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Stop the worker and wait for it: Stop, then SIGTERM, then SIGKILL."""
+        process = self._process
+        if process is None:
+            return
+        self.stop()
+        for escalate in (None, signal.SIGTERM, signal.SIGKILL):
+            if escalate is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(escalate)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), timeout_s)
+                break
+        for task in self._log_tasks:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 1.0)
+        if self._link is not None and self._link.transport is not None:
+            self._link.transport.close()
+
+    def kill(self) -> None:
+        """SIGKILL the worker now (used by the controller for a hung replica)."""
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _init_message(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Init:
+        return Init(
+            context=self.context,
+            target=cloudpickle.dumps(self._target, protocol=5),
+            is_function=self._is_function,
+            init_args=cloudpickle.dumps((args, kwargs), protocol=5),
+            sys_path=[path for path in sys.path if path],
+            methods=self._methods,
+            gpu_fraction=self._gpu_fraction,
+            cpu_ids=self._cpu_ids,
+            max_threads=self._max_threads,
+        )
+
+    def _send(self, message: Any) -> None:
+        link = self._link
+        if link is None or not self.alive:
+            raise self._died_error()
+        try:
+            link.send(message)
+        except ConnectionError:
+            raise self._died_error() from None
+
+    def _cancel(self, key: int) -> None:
+        with contextlib.suppress(ConnectionError, ReplicaDiedError):
+            self._send(Cancel(key))
+
+    def _on_message(self, message: Any) -> None:
+        match message:
+            case Reply() | Chunk() | End():
+                self._on_answer(message)
+            case ProbeResult():
+                probe = self._calls.get(message.id)
+                if isinstance(probe, asyncio.Future) and not probe.done():
+                    probe.set_result(message)
+            case HandleRequest():
+                task = asyncio.get_running_loop().create_task(self._serve_handle(message))
+                self._served[message.id] = task
+                task.add_done_callback(functools.partial(self._forget_served, message.id))
+            case Cancel(id=key):
+                served = self._served.get(key)
+                if served is not None:
+                    served.cancel()
+            case Started() | StartFailed():
+                if self._started is not None and not self._started.done():
+                    self._started.set_result(message)
+            case _:
+                logger.error("replica %s sent an unexpected %r", self.context.replica_id, message)
+
+    def _on_answer(self, message: Reply | Chunk | End) -> None:
+        waiter = self._calls.get(message.id)
+        if waiter is None:
+            return
+        if isinstance(waiter, asyncio.Queue):
+            waiter.put_nowait(message)
+        elif waiter.done():
+            return
+        elif isinstance(message, Reply) and not message.ok:
+            waiter.set_exception(message.value)
+        else:
+            waiter.set_result(getattr(message, "value", None))
+
+    def _forget_served(self, key: int, task: asyncio.Task[None]) -> None:
+        self._served.pop(key, None)
+
+    async def _serve_handle(self, request: HandleRequest) -> None:
+        """Run a call that user code in the worker made through a handle, and send the answer."""
+        try:
+            if request.stream:
+                chunks = self._runtime.stream(
+                    request.deployment, request.method, request.args, request.kwargs
+                )
+                async for chunk in chunks:
+                    self._send_answer(Chunk(request.id, chunk))
+                    if self._link is not None:
+                        await self._link.drain()
+                self._send_answer(End(request.id))
+            else:
+                result = await self._runtime.call(
+                    request.deployment, request.method, request.args, request.kwargs
+                )
+                self._send_answer(Reply(request.id, True, result))
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            self._send_answer(Reply(request.id, False, exc))
+
+    def _send_answer(self, message: Reply | Chunk | End) -> None:
+        try:
+            self._send(message)
+        except ReplicaDiedError:
+            return
+        except Exception as exc:
+            error = TypeError(f"the answer cannot be sent to the worker: {type(exc).__name__}: {exc}")
+            with contextlib.suppress(Exception):
+                self._send(Reply(message.id, False, error))
+
+    def _on_lost(self, exc: BaseException | None) -> None:
+        reason = "closed its connection" if exc is None else f"lost its connection ({exc})"
+        process = self._process
+        if process is None or process.returncode is not None:
+            self._mark_dead(reason)
+            return
+        # The socket closes a moment before the exit is reaped: wait briefly for the real cause.
+        asyncio.get_running_loop().create_task(self._dead_after(process, reason))
+
+    async def _dead_after(self, process: asyncio.subprocess.Process, reason: str) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(process.wait()), 0.5)
+        if process.returncode is None:
+            self.kill()
+        self._mark_dead(reason)  # a no-op when _watch_exit got there first with the exit code
+
+    async def _watch_exit(self, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        reason = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        self._mark_dead(reason)
+
+    def _mark_dead(self, reason: str) -> None:
+        death = self.death
+        if death is None or death.done():
+            return
+        death.set_result(reason)
+        error = self._died_error()
+        for waiter in list(self._calls.values()):
+            if isinstance(waiter, asyncio.Queue):
+                waiter.put_nowait(Reply(-1, False, error))
+            elif not waiter.done():
+                waiter.set_exception(error)
+        for task in list(self._served.values()):
+            task.cancel()
+        if self.on_death is not None:
+            self.on_death(self, reason)
+
+    def _died_error(self) -> ReplicaDiedError:
+        reason = self.death.result() if self.death is not None and self.death.done() else "is not running"
+        return ReplicaDiedError(
+            f"deployment {self.context.deployment!r}: replica {self.context.replica_id} "
+            f"(pid {self.pid}) {reason}; the request was not completed"
+        )
+
+    async def _forward_output(self, stream: asyncio.StreamReader | None) -> None:
+        if stream is None:
+            return
+        prefix = f"({self.context.replica_id} pid={self.pid}) "
+        while line := await stream.readline():
+            text = line.decode(errors="replace").rstrip("\n")
+            sys.stderr.write(prefix + text + "\n")
+        with contextlib.suppress(ValueError):
+            sys.stderr.flush()
+
+    async def _kill(self) -> None:
+        self.kill()
+        if self._process is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._process.wait(), 5.0)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,300 @@
+"""The worker process: hosts one replica and serves the server's requests over a socket.
+
+Started as ``python -m servekit._runtime.local.workers.worker FD`` with one end of a socket
+pair. It exits when the server says `Stop`, and on its own when the server goes away (the
+socket closes, or the parent dies), so a crashed server leaves no workers behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cloudpickle
+
+from servekit._replica.context import ReplicaContext
+from servekit._replica.replica import Replica
+from servekit._runtime.handle import DeploymentHandle
+from servekit._runtime.local.workers import codec
+from servekit._runtime.local.workers.messages import (
+    Cancel,
+    Chunk,
+    End,
+    HandleRequest,
+    Init,
+    Probe,
+    ProbeResult,
+    Reply,
+    Request,
+    Started,
+    StartFailed,
+    Stop,
+)
+from servekit._spec.graph import HandleRef
+from servekit.errors import DeploymentUnavailableError, NotFoundError
+
+logger = logging.getLogger("servekit.worker")
+_PR_SET_PDEATHSIG = 1
+
+
+class Worker:
+    """Runs one replica and the calls the server sends it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.link = codec.FrameProtocol(self._on_message, self._on_lost)
+        self.replica: Replica | None = None
+        self.done = loop.create_future()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._calls: dict[int, asyncio.Future[Any] | asyncio.Queue[Any]] = {}
+        self._ids = itertools.count()
+        self._methods: dict[str, dict[str, bool]] = {}
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- server -> worker ------------------------------------------------------------------
+    def _on_message(self, message: Any) -> None:
+        match message:
+            case Request():
+                task = self.loop.create_task(self._serve(message))
+                self._tasks[message.id] = task
+                task.add_done_callback(functools.partial(self._forget, message.id))
+            case Cancel(id=key):
+                running = self._tasks.get(key)
+                if running is not None:
+                    running.cancel()
+            case Reply() | Chunk() | End():
+                self._on_answer(message)
+            case Probe():
+                self.loop.create_task(self._probe(message))
+            case Init():
+                self.loop.create_task(self._start(message))
+            case Stop():
+                self._finish()
+            case _:
+                logger.error("unexpected message %r", type(message).__name__)
+
+    def _forget(self, key: int, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(key, None)
+
+    def _on_lost(self, exc: BaseException | None) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.replica is not None:
+            self.replica.stop()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def _start(self, init: Init) -> None:
+        for path in reversed(init.sys_path):
+            if path not in sys.path:
+                sys.path.insert(0, path)
+        self._methods = init.methods
+        _apply_placement(init)
+        self._executor = ThreadPoolExecutor(init.max_threads, thread_name_prefix="servekit-replica")
+        try:
+            target = cloudpickle.loads(init.target)
+            args, kwargs = cloudpickle.loads(init.init_args)
+            args, kwargs = _with_handles(args, self), _with_handles(kwargs, self)
+            replica = Replica(init.context, target, init.is_function, self._executor)
+            await replica.start(args, kwargs)
+        except BaseException as exc:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            text = "".join(traceback.format_exception(cause))
+            self._send(StartFailed(_portable(exc), text))
+            return
+        self.replica = replica
+        self._send(Started(os.getpid()))
+
+    async def _serve(self, request: Request) -> None:
+        replica = self.replica
+        if replica is None:
+            self._send(Reply(request.id, False, DeploymentUnavailableError("the replica is not started")))
+            return
+        try:
+            if request.stream:
+                async for chunk in replica.stream(request.method, request.args, request.kwargs):
+                    self._send(Chunk(request.id, chunk))
+                    await self.link.drain()
+                self._send(End(request.id))
+            else:
+                result = await replica.call(request.method, request.args, request.kwargs)
+                self._send(Reply(request.id, True, result))
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            self._send(Reply(request.id, False, exc))
+
+    async def _probe(self, probe: Probe) -> None:
+        error: BaseException | None = None
+        replica = self.replica
+        if replica is None:
+            error = DeploymentUnavailableError("the replica is not started")
+        elif probe.health:
+            try:
+                await replica.check_health()
+            except Exception as exc:
+                error = exc
+        stats = replica.batch_stats() if replica is not None else {}
+        self._send(ProbeResult(probe.id, error, stats))
+
+    def _send(self, message: Any) -> None:
+        try:
+            self.link.send(message)
+        except ConnectionError:
+            self._finish()
+        except Exception as exc:
+            if isinstance(message, Reply | Chunk):
+                text = f"{type(exc).__name__}: {exc}"
+                error = TypeError(f"the result of the call cannot be sent to the server: {text}")
+                self._send(Reply(message.id, False, error))
+            elif isinstance(message, StartFailed):
+                self._send(StartFailed(RuntimeError(str(message.error)), message.traceback))
+            elif isinstance(message, ProbeResult):
+                self._send(ProbeResult(message.id, RuntimeError(str(message.error)), {}))
+            else:
+                raise
+
+    # -- worker -> server: handle calls from user code ---------------------------------------
+    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        key = next(self._ids)
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self._calls[key] = future
+        try:
+            self._send_or_fail(HandleRequest(key, deployment, method, args, kwargs, False))
+            return await future
+        except asyncio.CancelledError:
+            with contextlib.suppress(ConnectionError):
+                self.link.send(Cancel(key))
+            raise
+        finally:
+            self._calls.pop(key, None)
+
+    async def stream(
+        self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        key = next(self._ids)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._calls[key] = queue
+        finished = False
+        try:
+            self._send_or_fail(HandleRequest(key, deployment, method, args, kwargs, True))
+            while True:
+                message = await queue.get()
+                if isinstance(message, End):
+                    finished = True
+                    return
+                if isinstance(message, Reply):
+                    finished = True
+                    raise message.value
+                yield message.value
+        finally:
+            self._calls.pop(key, None)
+            if not finished:
+                with contextlib.suppress(ConnectionError):
+                    self.link.send(Cancel(key))
+
+    def is_streaming(self, deployment: str, method: str) -> bool:
+        methods = self._methods.get(deployment)
+        if methods is None:
+            raise NotFoundError(f"no deployment named {deployment!r}; deployments: {sorted(self._methods)}")
+        if method not in methods:
+            raise NotFoundError(f"deployment {deployment!r} has no public method {method!r}")
+        return methods[method]
+
+    def _send_or_fail(self, message: HandleRequest) -> None:
+        try:
+            self.link.send(message)
+        except ConnectionError:
+            raise DeploymentUnavailableError("the server is gone") from None
+
+    def _on_answer(self, message: Reply | Chunk | End) -> None:
+        waiter = self._calls.get(message.id)
+        if waiter is None:
+            return
+        if isinstance(waiter, asyncio.Queue):
+            waiter.put_nowait(message)
+        elif not waiter.done():
+            if message.ok:  # type: ignore[union-attr]
+                waiter.set_result(message.value)  # type: ignore[union-attr]
+            else:
+                waiter.set_exception(message.value)  # type: ignore[union-attr]
+
+
+def _with_handles(value: Any, worker: Worker) -> Any:
+    if isinstance(value, HandleRef):
+        return DeploymentHandle(worker, value.deployment)
+    if isinstance(value, list | tuple):
+        replaced = [_with_handles(item, worker) for item in value]
+        return replaced if isinstance(value, list) else type(value)(replaced)
+    if isinstance(value, dict):
+        return {key: _with_handles(item, worker) for key, item in value.items()}
+    return value
+
+
+def _portable(exc: BaseException) -> BaseException:
+    try:
+        codec.encode(exc)
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _apply_placement(init: Init) -> None:
+    from servekit._runtime.local.placement import Placement, apply_placement_in_process  # noqa: PLC0415
+
+    context: ReplicaContext = init.context
+    placement = Placement(context.gpu_ids, init.gpu_fraction, init.cpu_ids)
+    apply_placement_in_process(placement)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this process when its parent exits (the socket EOF is the backstop)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+async def _main(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    worker = Worker(loop)
+    sock = socket.socket(fileno=fd)
+    await loop.connect_accepted_socket(lambda: worker.link, sock)
+    loop.add_signal_handler(signal.SIGTERM, worker._finish)
+    await worker.done
+
+
+def main() -> None:
+    """Entry point of a worker process."""
+    fd, parent = int(sys.argv[1]), int(sys.argv[2])
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C goes to the server, which stops us
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        import uvloop  # noqa: PLC0415
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(_main(fd))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # don't wait for user threads still running sync code
+
+
+if __name__ == "__main__":
+    main()

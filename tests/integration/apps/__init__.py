@@ -1,0 +1,1 @@
+"""Small apps the CLI tests serve as `apps.<module>:<attribute>` or `apps/<file>.py:<attribute>`."""
