@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from servekit._cli.target import TargetError, load_app, watch_paths
 from servekit._version import __version__
 from servekit.errors import ServekitError
+
+logger = logging.getLogger("servekit.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("target", help="the app: pkg.module:app or path/to/file.py:app")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one")
-    serve.add_argument("--reload", action="store_true", help="restart the app when its code changes")
+    serve.add_argument(
+        "--reload",
+        action="store_true",
+        help="redeploy the app when its code changes (rolling, no dropped requests)",
+    )
+    serve.add_argument(
+        "--isolation",
+        choices=["in_process", "process"],
+        default=None,
+        help="where replicas run for deployments that do not choose (default: in_process)",
+    )
+    serve.add_argument(
+        "--gpus",
+        default=None,
+        help="GPU ids to plan with, like 0,1 (overrides detection and SERVEKIT_GPUS; '' for none)",
+    )
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="413 above this")
     serve.add_argument(
         "--grace-period",
@@ -44,14 +62,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.reload:
-        return _serve_with_reload(args, [a for a in argv if a != "--reload"])
     return _serve(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from servekit._http.server import serve  # noqa: PLC0415 (keeps --version fast)
 
+    if args.gpus is not None:
+        from servekit._runtime.local.placement import parse_gpu_ids  # noqa: PLC0415
+
+        try:
+            parse_gpu_ids(args.gpus, "--gpus")
+        except ValueError as exc:
+            print(f"servekit: error: {exc}", file=sys.stderr)
+            return 2
     try:
         with _tracebacks_logged(args.log_level == "debug"):
             app = load_app(args.target)
@@ -63,6 +87,8 @@ def _serve(args: argparse.Namespace) -> int:
                 max_body_bytes=args.max_body_bytes,
                 graceful_shutdown_s=args.grace_period,
                 access_log=args.access_log,
+                isolation=args.isolation,
+                gpus=args.gpus,
             )
     except (TargetError, ServekitError, OSError) as exc:
         hint = (
@@ -82,28 +108,70 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from servekit._http.server import _serve_until_signal  # noqa: PLC0415
 
-    _serve_until_signal(server)
+    reloader = Reloader(args.target, server) if args.reload else None
+    try:
+        _serve_until_signal(server)
+    finally:
+        if reloader is not None:
+            reloader.stop()
     print("servekit: stopped", file=sys.stderr)
     return 0
 
 
-def _serve_with_reload(args: argparse.Namespace, child_args: list[str]) -> int:
-    import watchfiles  # noqa: PLC0415
+class Reloader:
+    """Watches the app's code and redeploys it in place: changed deployments roll replica by replica.
 
-    def stop_on_sigterm(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+    A change that fails to import or start is reported and the running version keeps serving.
+    """
 
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
-    paths = watch_paths(args.target)
-    print(f"servekit: reloading on changes in {', '.join(map(str, paths))}", file=sys.stderr)
-    watchfiles.run_process(
-        *paths,
-        target=_child,
-        args=(child_args,),
-        watch_filter=watchfiles.PythonFilter(),
-        callback=lambda changes: print("servekit: code changed, restarting", file=sys.stderr),
-    )
-    return 0
+    def __init__(self, target: str, server: Any) -> None:
+        self._target = target
+        self._server = server
+        self._paths = watch_paths(target)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="servekit-reload", daemon=True)
+        print(f"servekit: reloading on changes in {', '.join(map(str, self._paths))}", file=sys.stderr)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        import watchfiles  # noqa: PLC0415
+
+        for _changes in watchfiles.watch(
+            *self._paths, watch_filter=watchfiles.PythonFilter(), stop_event=self._stop, debounce=200
+        ):
+            self.reload()
+
+    def reload(self) -> None:
+        """Import the target afresh and redeploy it."""
+        print("servekit: code changed, redeploying", file=sys.stderr, flush=True)
+        forget_modules(self._paths)
+        try:
+            app = load_app(self._target)
+            self._server.redeploy(app)
+        except Exception as exc:
+            logger.error("reload failed, still serving the previous version: %s", exc, exc_info=exc)
+            return
+        print("servekit: redeployed", file=sys.stderr, flush=True)
+
+
+def forget_modules(paths: Sequence[Path]) -> None:
+    """Drop the user's modules under `paths` from `sys.modules`, so the next import reads them anew."""
+    roots = [path.resolve() for path in paths]
+    protected = (Path(sys.prefix).resolve(), Path(__file__).resolve().parents[1])
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not file or name.startswith("servekit"):
+            continue
+        location = Path(file).resolve()
+        if any(location.is_relative_to(root) for root in protected):
+            continue
+        if any(location.is_relative_to(root) for root in roots):
+            del sys.modules[name]
 
 
 @contextlib.contextmanager
@@ -130,10 +198,6 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror if exc.filename is None else f"{exc.strerror}: {str(exc.filename)!r}"
     return str(exc)
-
-
-def _child(argv: list[str]) -> None:
-    sys.exit(main(argv))
 
 
 if __name__ == "__main__":

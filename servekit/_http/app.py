@@ -76,7 +76,8 @@ def _endpoint_handler(runtime: LocalRuntime, deployment: str, route: EndpointRou
             chunks = runtime.stream(deployment, method, (), await bind(request))
             first = await anext(chunks)
         except StopAsyncIteration:
-            return StreamingResponse(iter(()))
+            empty = "text/event-stream" if wants_sse(request) else "application/x-ndjson"
+            return StreamingResponse(iter(()), media_type=empty)
         except Exception as exc:
             return error_response(exc, request)
         return stream_response(first, chunks, wants_sse(request))

@@ -43,10 +43,10 @@ def json_error(status: int, error: dict[str, Any], headers: dict[str, str] | Non
 
 
 def error_response(exc: BaseException, request: Request | None = None) -> Response:
-    """The response for any exception: servekit errors by their status, user errors as 500."""
+    """The response for any exception: servekit errors and HTTPExceptions by their status, others 500."""
     if isinstance(exc, ServekitError) and not isinstance(exc, UserCodeError):
         return json_error(exc.status_code, exc.to_dict(), exc.headers())
-    if isinstance(exc, HTTPException) and not isinstance(exc, UserCodeError):
+    if isinstance(exc, HTTPException):  # raised on purpose by user code: keep its status
         return _http_exception(exc)
     return internal_error(exc, request)
 

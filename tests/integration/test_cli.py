@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -313,7 +314,63 @@ def reloadable_app(tmp_path: Path) -> Path:
     return app
 
 
-def test_reload_serves_edited_code_and_leaves_no_process_behind(
+def test_reload_redeploys_edited_code_without_dropping_requests(
+    start_cli: StartCli, free_port: int, reloadable_app: Path
+) -> None:
+    cli = start_cli(
+        "serve",
+        "reloadable.py:app",
+        "--reload",
+        "--isolation",
+        "process",
+        "--port",
+        str(free_port),
+        cwd=reloadable_app.parent,
+    )
+    url = f"http://127.0.0.1:{free_port}"
+    wait_ready(cli, url)
+    assert httpx.get(f"{url}/version", timeout=10).json() == {"version": "v1"}
+    workers_before = psutil.Process(cli.process.pid).children(recursive=True)
+    assert workers_before, "--isolation process runs the replica in a worker process"
+
+    failures: list[int] = []
+    answers: set[str] = set()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                response = client.get(f"{url}/version")
+                if response.status_code != 200:
+                    failures.append(response.status_code)
+                else:
+                    answers.add(response.json()["version"])
+
+    load = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in load:
+        thread.start()
+    try:
+        reloadable_app.write_text(reloadable_app.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
+        poll_until(lambda: version(url) == "v2", "reload to v2", cli, RELOAD_DEADLINE_S)
+    finally:
+        stop.set()
+        for thread in load:
+            thread.join(10)
+    assert failures == [], "no request fails during a reload"
+    assert answers == {"v1", "v2"}
+    _, alive = psutil.wait_procs(workers_before, timeout=EXIT_DEADLINE_S)
+    assert not [p for p in alive if still_running(p)], "the old worker was stopped"
+
+    workers_after = psutil.Process(cli.process.pid).children(recursive=True)
+    cli.process.send_signal(signal.SIGTERM)
+    assert cli.wait_exit() == 0
+    _, alive = psutil.wait_procs(workers_after, timeout=EXIT_DEADLINE_S)
+    assert not [p for p in alive if still_running(p)], alive
+    assert "Traceback" not in cli.output()
+    assert refuses_connections(f"{url}/healthz")
+
+
+def test_a_broken_edit_keeps_the_previous_version_serving(
     start_cli: StartCli, free_port: int, reloadable_app: Path
 ) -> None:
     cli = start_cli(
@@ -321,19 +378,13 @@ def test_reload_serves_edited_code_and_leaves_no_process_behind(
     )
     url = f"http://127.0.0.1:{free_port}"
     wait_ready(cli, url)
+    reloadable_app.write_text(reloadable_app.read_text() + "\nraise ImportError('half-saved file')\n")
+    poll_until(
+        lambda: "reload failed" in cli.output(), "the failed reload to be reported", cli, RELOAD_DEADLINE_S
+    )
     assert httpx.get(f"{url}/version", timeout=10).json() == {"version": "v1"}
-
-    reloadable_app.write_text(reloadable_app.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
-    poll_until(lambda: version(url) == "v2", "reload to v2", cli, RELOAD_DEADLINE_S)
-    tree = psutil.Process(cli.process.pid).children(recursive=True)
-    assert tree, "the reloading servekit runs the app in a child process"
     cli.process.send_signal(signal.SIGTERM)
-
     assert cli.wait_exit() == 0
-    _, alive = psutil.wait_procs(tree, timeout=EXIT_DEADLINE_S)
-    assert not [p for p in alive if still_running(p)], alive
-    assert "Traceback" not in cli.output()
-    assert refuses_connections(f"{url}/healthz")
 
 
 def still_running(process: psutil.Process) -> bool:

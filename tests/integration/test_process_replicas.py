@@ -183,7 +183,9 @@ def test_kill_9_under_load_fails_fast_and_the_replica_is_replaced() -> None:
         served = [o for o in outcomes if not isinstance(o, ReplicaDiedError)]
         assert died, "calls on the killed replica fail with ReplicaDiedError (503)"
         assert all(pid == survivor for pid in served)
-        assert all("was killed by signal 9" in str(error) for error in died)
+        for error in died:  # the exit status when it is reaped in time, else the broken link
+            assert f"pid {victim})" in str(error)
+            assert "was killed by signal 9" in str(error) or "closed its connection" in str(error)
         view = wait_for(
             lambda: (v := handle.status()["deployments"]["Echo"])["running_replicas"] == 2 and v,
             "a replacement replica",

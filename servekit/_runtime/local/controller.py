@@ -90,7 +90,7 @@ class Controller:
         config = state.node.deployment.config.autoscaling
         if autoscaler is None or config is None:
             return
-        cold = state.running == 0 and state.replicas.queued > 0
+        cold = state.target == 0 and state.replicas.queued > 0
         if now < self._next_sample.get(state.name, 0.0) and not cold:
             return
         self._next_sample[state.name] = now + config.metrics_interval_s

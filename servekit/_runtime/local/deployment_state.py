@@ -24,6 +24,8 @@ class DeploymentState:
     replicas: ReplicaSet
     target: int
     isolation: Isolation
+    fingerprint: str
+    """Code, options and arguments as deployed; a redeploy rolls the replicas when it differs."""
     autoscaler: Autoscaler | None = None
     starting: int = 0
     restarts: int = 0

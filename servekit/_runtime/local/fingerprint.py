@@ -11,9 +11,9 @@ from servekit._spec.graph import DeploymentNode
 def fingerprint(node: DeploymentNode) -> str:
     """A digest of the node's code, options and constructor arguments.
 
-    The code is the source of the class or function (and of what it is defined with, for a
-    class: every method); where no source is available the object's identity stands in, so a
-    reloaded object without source always counts as changed.
+    The code is the source of the whole module that defines the class or function (a change
+    to a constant or helper beside it counts), else of the object itself; where no source is
+    available the object's identity stands in, so a reloaded object always counts as changed.
     """
     deployment = node.deployment
     digest = hashlib.sha256()
@@ -24,7 +24,11 @@ def fingerprint(node: DeploymentNode) -> str:
 
 
 def _source(target: object) -> str:
-    try:
-        return inspect.getsource(target)  # type: ignore[arg-type]
-    except (OSError, TypeError):
-        return f"<no source: id {id(target)}>"
+    for holder in (inspect.getmodule(target), target):
+        if holder is None:
+            continue
+        try:
+            return inspect.getsource(holder)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            continue
+    return f"<no source: id {id(target)}>"

@@ -23,7 +23,14 @@ from servekit._replica.replica import Replica, method_kind, user_method
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.local.controller import Controller
 from servekit._runtime.local.deployment_state import DeploymentState, method_table
-from servekit._runtime.local.placement import GpuInventory, ResourcePlanner, detect_gpus
+from servekit._runtime.local.fingerprint import fingerprint
+from servekit._runtime.local.placement import (
+    GpuInventory,
+    InsufficientResourcesError,
+    ResourcePlanner,
+    detect_gpus,
+    packing_order,
+)
 from servekit._runtime.local.replica_set import ReplicaSet, ReplicaSlot
 from servekit._runtime.local.workers.process_replica import ProcessReplica
 from servekit._spec.config import Isolation
@@ -111,14 +118,21 @@ class LocalRuntime:
         """
         self._loop = asyncio.get_running_loop()
         self.state = "starting"
-        inventory: GpuInventory = await asyncio.to_thread(detect_gpus, self._declared_gpus)
+        demands = {
+            name: (node.deployment.config.start_replicas, node.deployment.config.resources)
+            for name, node in self._graph.nodes.items()
+        }
+        inventory = GpuInventory((), "none")
+        if self._declared_gpus is not None or any(resources.gpus > 0 for _, resources in demands.values()):
+            inventory = await asyncio.to_thread(detect_gpus, self._declared_gpus)
         self._planner = ResourcePlanner(inventory)
-        self._planner.check(
-            {
-                name: (node.deployment.config.start_replicas, node.deployment.config.resources)
-                for name, node in self._graph.nodes.items()
-            }
-        )
+        self._planner.check(demands)
+        for name in packing_order(demands):  # place the first replicas the way check() packed them
+            count, resources = demands[name]
+            for index in range(count):
+                process = self.isolation_of(self._graph.nodes[name]) == "process"
+                pin = process and "cpus" in resources.model_fields_set
+                self._planner.allocate(f"{name}#{index}", resources, pin_cpus=pin)
         self._methods = method_table(self._graph.nodes)
         try:
             for node in self._graph.nodes.values():
@@ -236,7 +250,7 @@ class LocalRuntime:
             if state is None:
                 self._planner_check({name: node})
                 await self._start_deployment(node)
-            elif _changed(state.node, node):
+            elif state.fingerprint != fingerprint(node):
                 await self._roll(state, node)
         for name in set(old.nodes) - set(graph.nodes):
             state = self._states.pop(name)
@@ -303,7 +317,10 @@ class LocalRuntime:
             replicas=ReplicaSet(node.name, config.max_ongoing_requests, config.max_queued_requests),
             target=config.start_replicas,
             isolation=self.isolation_of(node),
-            autoscaler=None if autoscaling is None else Autoscaler(autoscaling, time.monotonic()),
+            fingerprint=fingerprint(node),
+            autoscaler=None
+            if autoscaling is None
+            else Autoscaler(autoscaling, time.monotonic(), max_ongoing_requests=config.max_ongoing_requests),
         )
         self._states[node.name] = state
         self._next_index.setdefault(node.name, 0)
@@ -349,7 +366,9 @@ class LocalRuntime:
         config = node.deployment.config
         process = state.isolation == "process"
         explicit_cpus = "cpus" in config.resources.model_fields_set
-        placement = self.planner.allocate(replica_id, config.resources, pin_cpus=process and explicit_cpus)
+        placement = self.planner.placement(replica_id) or self.planner.allocate(
+            replica_id, config.resources, pin_cpus=process and explicit_cpus
+        )
         context = ReplicaContext(node.name, replica_id, placement.device(process), placement.gpu_ids)
         replica: Any
         if process:
@@ -421,6 +440,7 @@ class LocalRuntime:
                 old_slots = state.replicas.slots
                 config = node.deployment.config
                 state.node = node
+                state.fingerprint = fingerprint(node)
                 state._idempotent.clear()
                 state.isolation = self.isolation_of(node)
                 state.replicas.configure(config.max_ongoing_requests, config.max_queued_requests)
@@ -428,7 +448,9 @@ class LocalRuntime:
                     state.target = config.num_replicas
                     state.autoscaler = None
                 elif state.autoscaler is None or state.autoscaler.config != config.autoscaling:
-                    state.autoscaler = Autoscaler(config.autoscaling, time.monotonic())
+                    state.autoscaler = Autoscaler(
+                        config.autoscaling, time.monotonic(), max_ongoing_requests=config.max_ongoing_requests
+                    )
                     state.target = max(
                         config.autoscaling.min_replicas, min(state.target, config.autoscaling.max_replicas)
                     )
@@ -437,6 +459,11 @@ class LocalRuntime:
                     state.starting += 1
                     try:
                         new = await self._start_replica(state, node)
+                    except InsufficientResourcesError:  # no GPU room for a surge replica: swap in place
+                        await self.retire(state, slot, old_grace)
+                        new = await self._start_replica(state, node)
+                        state.replicas.add(new, time.monotonic())
+                        continue
                     finally:
                         state.starting -= 1
                     state.replicas.add(new, time.monotonic())
@@ -500,10 +527,3 @@ class LocalRuntime:
             replica_set.release(slot)
 
 
-def _changed(old: DeploymentNode, new: DeploymentNode) -> bool:
-    """Whether a redeploy changes `old`: other code, options or constructor arguments."""
-    if old.deployment is new.deployment and old.init_args == new.init_args:
-        return False
-    from servekit._runtime.local.fingerprint import fingerprint  # noqa: PLC0415
-
-    return fingerprint(old) != fingerprint(new)
