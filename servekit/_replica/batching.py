@@ -62,6 +62,7 @@ class _Item:
     future: asyncio.Future[Any] | None = None
     stream: asyncio.Queue[Any] | None = None
     closed: bool = False
+    arrived: float = 0.0
 
     @property
     def abandoned(self) -> bool:
@@ -103,14 +104,14 @@ class BatchQueue:
 
     async def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Queue one item and wait for its result."""
-        item = _Item(args, kwargs, future=self._loop.create_future())
+        item = _Item(args, kwargs, future=self._loop.create_future(), arrived=self._loop.time())
         self._enqueue(item)
         assert item.future is not None
         return await item.future
 
     async def submit_stream(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Queue one item of a batched generator and yield its share of each step."""
-        item = _Item(args, kwargs, stream=asyncio.Queue())
+        item = _Item(args, kwargs, stream=asyncio.Queue(), arrived=self._loop.time())
         self._enqueue(item)
         assert item.stream is not None
         try:
@@ -152,9 +153,13 @@ class BatchQueue:
         while not self._pending:
             self._wakeup = self._loop.create_future()
             await self._wakeup
-        if len(self._pending) < self._max_batch_size and self._max_wait_s > 0:
+        # The wait counts from the oldest item's arrival: items that queued while the previous
+        # batch ran have waited already, so a busy queue flushes sooner and no item waits longer
+        # than max_wait_ms for its batch to start.
+        remaining = self._pending[0].arrived + self._max_wait_s - self._loop.time()
+        if len(self._pending) < self._max_batch_size and remaining > 0:
             self._full = self._loop.create_future()
-            timer = self._loop.call_later(self._max_wait_s, _resolve, self._full)
+            timer = self._loop.call_later(remaining, _resolve, self._full)
             try:
                 await self._full
             finally:
