@@ -16,18 +16,19 @@ def tests(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-e", ".[test,fast]")
     session.run("python", "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3")
-    session.run("coverage", "run", "--parallel-mode", "-m", "pytest", *session.posargs)
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
     session.run("coverage", "combine", success_codes=[0, 1])
     session.run("coverage", "report")
 
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff (lint + format check) on everything, mypy --strict on the package."""
-    session.install("-e", ".[lint]")
+    """ruff (lint + format check) on everything, mypy --strict on the package, the docs build."""
+    session.install("-e", ".[lint,docs]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    session.run("mkdocs", "build", "--strict", "--site-dir", session.create_tmp())
 
 
 @nox.session(python="3.11")

@@ -291,9 +291,22 @@ def main() -> None:
     except ImportError:
         runner = asyncio.run
     runner(_main(fd))
+    _save_coverage()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # don't wait for user threads still running sync code
+
+
+def _save_coverage() -> None:
+    """Write coverage data when the test suite measures this worker (os._exit skips atexit)."""
+    if "coverage" not in sys.modules:
+        return
+    import coverage  # noqa: PLC0415
+
+    current = coverage.Coverage.current()
+    if current is not None:
+        current.stop()
+        current.save()
 
 
 if __name__ == "__main__":
