@@ -525,5 +525,3 @@ class LocalRuntime:
             return await slot.replica.call(method, args, kwargs)
         finally:
             replica_set.release(slot)
-
-

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ import cloudpickle
 
 from servekit._replica.context import ReplicaContext
 from servekit._runtime.local.workers import codec
+from servekit._runtime.local.workers.calls import OutgoingCalls
 from servekit._runtime.local.workers.messages import (
     Cancel,
     Chunk,
@@ -83,8 +83,7 @@ class ProcessReplica:
         self._max_threads = max_threads
         self._process: asyncio.subprocess.Process | None = None
         self._link: codec.FrameProtocol | None = None
-        self._ids = itertools.count()
-        self._calls: dict[int, asyncio.Future[Any] | asyncio.Queue[Any]] = {}
+        self._outgoing = OutgoingCalls(self._send)
         self._served: dict[int, asyncio.Task[None]] = {}
         self._started: asyncio.Future[Started | StartFailed] | None = None
         self._log_tasks: list[asyncio.Task[None]] = []
@@ -167,39 +166,11 @@ class ProcessReplica:
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a unary method in the worker and return its result."""
-        key = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls[key] = future
-        try:
-            self._send(Request(key, method, args, kwargs, False))
-            return await future
-        except asyncio.CancelledError:
-            self._cancel(key)
-            raise
-        finally:
-            self._calls.pop(key, None)
+        return await self._outgoing.call(lambda key: Request(key, method, args, kwargs, False))
 
-    async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+    def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Run a generator method in the worker and yield its chunks."""
-        key = next(self._ids)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._calls[key] = queue
-        finished = False
-        try:
-            self._send(Request(key, method, args, kwargs, True))
-            while True:
-                message = await queue.get()
-                if isinstance(message, Chunk):
-                    yield message.value
-                    continue
-                finished = True
-                if isinstance(message, Reply):
-                    raise message.value
-                return
-        finally:
-            self._calls.pop(key, None)
-            if not finished:
-                self._cancel(key)
+        return self._outgoing.stream(lambda key: Request(key, method, args, kwargs, True))
 
     def is_streaming(self, method: str) -> bool:
         """Whether `method` is a generator method."""
@@ -217,14 +188,7 @@ class ProcessReplica:
 
     async def probe(self, health: bool) -> None:
         """Refresh batch stats, and with `health` run the health check."""
-        key = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls[key] = future
-        try:
-            self._send(Probe(key, health))
-            result: ProbeResult = await future
-        finally:
-            self._calls.pop(key, None)
+        result: ProbeResult = await self._outgoing.call(lambda key: Probe(key, health))
         self._stats = result.batch_stats
         if result.error is not None:
             raise result.error
@@ -282,18 +246,10 @@ class ProcessReplica:
         except ConnectionError:
             raise self._died_error() from None
 
-    def _cancel(self, key: int) -> None:
-        with contextlib.suppress(ConnectionError, ReplicaDiedError):
-            self._send(Cancel(key))
-
     def _on_message(self, message: Any) -> None:
         match message:
-            case Reply() | Chunk() | End():
-                self._on_answer(message)
-            case ProbeResult():
-                probe = self._calls.get(message.id)
-                if isinstance(probe, asyncio.Future) and not probe.done():
-                    probe.set_result(message)
+            case Reply() | Chunk() | End() | ProbeResult():
+                self._outgoing.answer(message)
             case HandleRequest():
                 task = asyncio.get_running_loop().create_task(self._serve_handle(message))
                 self._served[message.id] = task
@@ -307,19 +263,6 @@ class ProcessReplica:
                     self._started.set_result(message)
             case _:
                 logger.error("replica %s sent an unexpected %r", self.context.replica_id, message)
-
-    def _on_answer(self, message: Reply | Chunk | End) -> None:
-        waiter = self._calls.get(message.id)
-        if waiter is None:
-            return
-        if isinstance(waiter, asyncio.Queue):
-            waiter.put_nowait(message)
-        elif waiter.done():
-            return
-        elif isinstance(message, Reply) and not message.ok:
-            waiter.set_exception(message.value)
-        else:
-            waiter.set_result(getattr(message, "value", None))
 
     def _forget_served(self, key: int, task: asyncio.Task[None]) -> None:
         self._served.pop(key, None)
@@ -382,12 +325,7 @@ class ProcessReplica:
         if death is None or death.done():
             return
         death.set_result(reason)
-        error = self._died_error()
-        for waiter in list(self._calls.values()):
-            if isinstance(waiter, asyncio.Queue):
-                waiter.put_nowait(Reply(-1, False, error))
-            elif not waiter.done():
-                waiter.set_exception(error)
+        self._outgoing.fail_all(self._died_error())
         for task in list(self._served.values()):
             task.cancel()
         if self.on_death is not None:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import ctypes
 import functools
-import itertools
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ from servekit._replica.context import ReplicaContext
 from servekit._replica.replica import Replica
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.local.workers import codec
+from servekit._runtime.local.workers.calls import OutgoingCalls
 from servekit._runtime.local.workers.messages import (
     Cancel,
     Chunk,
@@ -58,8 +58,7 @@ class Worker:
         self.replica: Replica | None = None
         self.done = loop.create_future()
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._calls: dict[int, asyncio.Future[Any] | asyncio.Queue[Any]] = {}
-        self._ids = itertools.count()
+        self._outgoing = OutgoingCalls(self._send_or_fail)
         self._methods: dict[str, dict[str, bool]] = {}
         self._executor: ThreadPoolExecutor | None = None
 
@@ -75,7 +74,7 @@ class Worker:
                 if running is not None:
                     running.cancel()
             case Reply() | Chunk() | End():
-                self._on_answer(message)
+                self._outgoing.answer(message)
             case Probe():
                 self.loop.create_task(self._probe(message))
             case Init():
@@ -89,6 +88,7 @@ class Worker:
         self._tasks.pop(key, None)
 
     def _on_lost(self, exc: BaseException | None) -> None:
+        self._outgoing.fail_all(DeploymentUnavailableError("the server is gone"))
         self._finish()
 
     def _finish(self) -> None:
@@ -169,42 +169,16 @@ class Worker:
 
     # -- worker -> server: handle calls from user code ---------------------------------------
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        key = next(self._ids)
-        future: asyncio.Future[Any] = self.loop.create_future()
-        self._calls[key] = future
-        try:
-            self._send_or_fail(HandleRequest(key, deployment, method, args, kwargs, False))
-            return await future
-        except asyncio.CancelledError:
-            with contextlib.suppress(ConnectionError):
-                self.link.send(Cancel(key))
-            raise
-        finally:
-            self._calls.pop(key, None)
+        """Run a unary method of another deployment, through the server."""
+        return await self._outgoing.call(
+            lambda key: HandleRequest(key, deployment, method, args, kwargs, False)
+        )
 
-    async def stream(
+    def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
-        key = next(self._ids)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._calls[key] = queue
-        finished = False
-        try:
-            self._send_or_fail(HandleRequest(key, deployment, method, args, kwargs, True))
-            while True:
-                message = await queue.get()
-                if isinstance(message, End):
-                    finished = True
-                    return
-                if isinstance(message, Reply):
-                    finished = True
-                    raise message.value
-                yield message.value
-        finally:
-            self._calls.pop(key, None)
-            if not finished:
-                with contextlib.suppress(ConnectionError):
-                    self.link.send(Cancel(key))
+        """Run a generator method of another deployment, through the server."""
+        return self._outgoing.stream(lambda key: HandleRequest(key, deployment, method, args, kwargs, True))
 
     def is_streaming(self, deployment: str, method: str) -> bool:
         methods = self._methods.get(deployment)
@@ -214,23 +188,11 @@ class Worker:
             raise NotFoundError(f"deployment {deployment!r} has no public method {method!r}")
         return methods[method]
 
-    def _send_or_fail(self, message: HandleRequest) -> None:
+    def _send_or_fail(self, message: Any) -> None:
         try:
             self.link.send(message)
         except ConnectionError:
             raise DeploymentUnavailableError("the server is gone") from None
-
-    def _on_answer(self, message: Reply | Chunk | End) -> None:
-        waiter = self._calls.get(message.id)
-        if waiter is None:
-            return
-        if isinstance(waiter, asyncio.Queue):
-            waiter.put_nowait(message)
-        elif not waiter.done():
-            if message.ok:  # type: ignore[union-attr]
-                waiter.set_result(message.value)  # type: ignore[union-attr]
-            else:
-                waiter.set_exception(message.value)  # type: ignore[union-attr]
 
 
 def _with_handles(value: Any, worker: Worker) -> Any:
