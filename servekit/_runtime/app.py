@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Collection
 from types import TracebackType
@@ -37,6 +38,7 @@ class RunningApp:
         except BaseException:
             self.thread.stop()
             raise
+        gc.freeze()  # models and state built at start-up stay out of every later GC pass
 
     def update(self, app: Application) -> None:
         """Redeploy `app` over the running one, rolling changed deployments replica by replica."""

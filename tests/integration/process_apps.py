@@ -14,6 +14,13 @@ import torch
 import servekit as sk
 
 
+class Poison:
+    """Pickles fine, fails to unpickle: stands for a CUDA tensor sent to a process without CUDA."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (int, ("not a number",))
+
+
 @sk.deployment(isolation="process", health_check_period_s=0.2, health_check_timeout_s=2)
 class Echo:
     """Reports where it runs; echoes, streams, batches, fails and sleeps on demand."""
@@ -54,6 +61,9 @@ class Echo:
 
     async def boom(self) -> None:
         raise KeyError("nope")
+
+    def poison(self) -> Poison:
+        return Poison()
 
     async def sleep(self, seconds: float) -> int:
         await asyncio.sleep(seconds)

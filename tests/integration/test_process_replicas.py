@@ -18,7 +18,7 @@ import psutil
 import pytest
 import torch
 from conftest import StartServer
-from process_apps import Echo, Elastic, Front, Pipeline, Sleepy, TorchModel
+from process_apps import Echo, Elastic, Front, Pipeline, Poison, Sleepy, TorchModel
 
 import servekit as sk
 from servekit.errors import DeploymentStartError, ReplicaDiedError
@@ -74,6 +74,17 @@ def test_user_errors_keep_their_type_and_name_the_deployment(echo: sk.AppHandle)
     with pytest.raises(KeyError, match="deployment 'Echo'"):
         echo.boom().result()
     assert echo.echo(1).result() == 1, "the replica keeps serving after a user error"
+
+
+def test_a_payload_that_cannot_cross_fails_only_its_own_call() -> None:
+    with sk.run(Echo.options(max_ongoing_requests=10).bind()) as handle:
+        bystanders = [handle.sleep(0.5) for _ in range(3)]
+        with pytest.raises(TypeError, match="the result is unusable"):
+            handle.poison().result(timeout=DEADLINE_S)
+        with pytest.raises(TypeError, match="cannot be used in the worker"):
+            handle.echo(Poison()).result(timeout=DEADLINE_S)
+        assert len({call.result(timeout=DEADLINE_S) for call in bystanders}) == 1
+        assert handle.status()["deployments"]["Echo"]["restarts"] == 0
 
 
 def test_unknown_methods_are_404_before_reaching_the_worker(echo: sk.AppHandle) -> None:

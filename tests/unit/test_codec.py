@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from servekit._runtime.local.workers import codec
-from servekit._runtime.local.workers.messages import Reply, Request
+from servekit._runtime.local.workers.messages import Reply, Request, Undecodable
 
 
 class _Feed:
@@ -110,3 +110,21 @@ def test_importable_classes_go_by_reference() -> None:
     assert b"ValueError" in body
     assert b"cloudpickle" not in body
     assert isinstance(pickle.loads(body).value, ValueError)
+
+
+class _Poison:
+    """Pickles fine, fails to unpickle (like a CUDA tensor sent to a process without CUDA)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (int, ("not a number",))
+
+
+def test_an_undecodable_message_becomes_undecodable_with_its_id_and_the_stream_goes_on() -> None:
+    feed = _Feed()
+    feed.push(_wire(Request(7, "f", (_Poison(),), {}, False), Reply(8, True, np.zeros(3))), 5)
+    first, second = feed.received
+    assert isinstance(first, Undecodable)
+    assert (first.id, first.starts_exchange) == (7, True)
+    assert "could not be decoded" in str(first.error)
+    assert isinstance(second, Reply)
+    assert second.id == 8

@@ -25,7 +25,9 @@ from typing import Any
 
 import cloudpickle
 
-_HEADER = struct.Struct("<QQ")
+from servekit._runtime.local.workers.messages import STARTS_EXCHANGE, Undecodable
+
+_HEADER = struct.Struct("<QQq?")  # pickle length, buffer count, message id, starts an exchange
 _LENGTH = struct.Struct("<Q")
 MAX_FRAME_BYTES = 1 << 40
 
@@ -39,8 +41,8 @@ class _Pickler(pickle.Pickler):
             if not _importable(obj):
                 return _load_by_value, (_by_value_blob(obj),)
             return NotImplemented
-        if _is_cpu_tensor(obj):
-            return _tensor_from_numpy, (obj.detach().numpy(),)
+        if _is_plain_tensor(obj):  # CUDA tensors arrive on the CPU: device numbers differ per process
+            return _tensor_from_numpy, (obj.detach().cpu().numpy(),)
         return NotImplemented
 
 
@@ -50,16 +52,23 @@ def encode(message: Any) -> list[bytes | memoryview]:
     stream = io.BytesIO()
     _Pickler(stream, protocol=5, buffer_callback=buffers.append).dump(message)
     body = stream.getbuffer()
+    key = getattr(message, "id", -1)
+    key = key if isinstance(key, int) else -1
+    starts = isinstance(message, STARTS_EXCHANGE)
     if not buffers:
-        return [_HEADER.pack(len(body), 0), body]
+        return [_HEADER.pack(len(body), 0, key, starts), body]
     views = [buffer.raw() for buffer in buffers]
     lengths = b"".join(_LENGTH.pack(view.nbytes) for view in views)
-    return [_HEADER.pack(len(body), len(views)), lengths, body, *views]
+    return [_HEADER.pack(len(body), len(views), key, starts), lengths, body, *views]
 
 
-def decode(body: bytes | memoryview, buffers: list[bytearray]) -> Any:
-    """The message in a frame's pickle, with its out-of-band buffers."""
-    return pickle.loads(body, buffers=buffers)
+def decode(body: bytes | memoryview, buffers: list[bytearray], key: int = -1, starts: bool = False) -> Any:
+    """The message in a frame's pickle, with its out-of-band buffers; `Undecodable` if it fails."""
+    try:
+        return pickle.loads(body, buffers=buffers)
+    except Exception as exc:
+        error = TypeError(f"a message could not be decoded on arrival: {type(exc).__name__}: {exc}")
+        return Undecodable(key, starts, error)
 
 
 class FrameProtocol(asyncio.BufferedProtocol):
@@ -124,7 +133,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
             pending.advance(nbytes)
             if pending.complete():
                 self._pending = None
-                self._on_message(decode(pending.body, pending.buffers))
+                self._on_message(decode(pending.body, pending.buffers, pending.key, pending.starts))
             return
         self._filled += nbytes
         self._parse()
@@ -133,7 +142,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         start = 0
         view = self._view
         while self._filled - start >= _HEADER.size:
-            body_length, count = _HEADER.unpack_from(view, start)
+            body_length, count, key, starts = _HEADER.unpack_from(view, start)
             table = start + _HEADER.size
             body_start = table + count * _LENGTH.size
             body_end = body_start + body_length
@@ -146,15 +155,15 @@ class FrameProtocol(asyncio.BufferedProtocol):
             body = bytes(view[body_start:body_end])
             start = body_end
             if not count:
-                self._on_message(decode(body, []))
+                self._on_message(decode(body, [], key, starts))
                 continue
             lengths = [_LENGTH.unpack_from(view, table + i * _LENGTH.size)[0] for i in range(count)]
-            pending = _PendingFrame(body, lengths)
+            pending = _PendingFrame(body, lengths, key, starts)
             start += pending.take(view[start : self._filled])
             if not pending.complete():
                 self._pending = pending
                 break
-            self._on_message(decode(pending.body, pending.buffers))
+            self._on_message(decode(pending.body, pending.buffers, key, starts))
         self._compact(start)
 
     def _compact(self, start: int) -> None:
@@ -176,8 +185,10 @@ class FrameProtocol(asyncio.BufferedProtocol):
 class _PendingFrame:
     """A frame whose out-of-band buffers are still arriving."""
 
-    def __init__(self, body: bytes, lengths: list[int]) -> None:
+    def __init__(self, body: bytes, lengths: list[int], key: int, starts: bool) -> None:
         self.body = body
+        self.key = key
+        self.starts = starts
         self.buffers = [bytearray(length) for length in lengths]
         self._index = 0
         self._offset = 0
@@ -272,11 +283,12 @@ def _load_by_value(blob: bytes) -> Any:
     return loaded
 
 
-def _is_cpu_tensor(obj: Any) -> bool:
+def _is_plain_tensor(obj: Any) -> bool:
+    """A dense tensor without autograd history whose dtype numpy has."""
     torch = sys.modules.get("torch")
     if torch is None or type(obj) is not torch.Tensor:
         return False
-    return bool(obj.device.type == "cpu" and not obj.requires_grad and obj.layout == torch.strided) and (
+    return bool(not obj.requires_grad and obj.layout == torch.strided) and (
         obj.dtype not in (torch.bfloat16, getattr(torch, "float8_e4m3fn", None))
     )
 

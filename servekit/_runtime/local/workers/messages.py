@@ -109,3 +109,19 @@ class ProbeResult(NamedTuple):
 
 class Stop(NamedTuple):
     """Release the replica and exit; in-flight work has drained already."""
+
+
+class Undecodable(NamedTuple):
+    """Made by the receiver (never sent) when a frame's pickle fails to load.
+
+    The frame header still carries the message's id and whether it started an exchange, so only
+    that call fails; the link and every other call go on.
+    """
+
+    id: int
+    starts_exchange: bool
+    error: BaseException
+
+
+STARTS_EXCHANGE = (Request, HandleRequest, Probe)
+"""Messages the receiver must answer (with a `Reply`, `Chunk`/`End` or `ProbeResult`)."""

@@ -36,6 +36,7 @@ from servekit._runtime.local.workers.messages import (
     Started,
     StartFailed,
     Stop,
+    Undecodable,
 )
 from servekit.errors import DeploymentStartError, ReplicaDiedError
 
@@ -261,8 +262,22 @@ class ProcessReplica:
             case Started() | StartFailed():
                 if self._started is not None and not self._started.done():
                     self._started.set_result(message)
+            case Undecodable(id=key, starts_exchange=starts, error=error):
+                self._on_undecodable(key, starts, error)
             case _:
                 logger.error("replica %s sent an unexpected %r", self.context.replica_id, message)
+
+    def _on_undecodable(self, key: int, starts: bool, error: BaseException) -> None:
+        """Fail only the call whose message could not be decoded here."""
+        where = f"deployment {self.context.deployment!r}: replica {self.context.replica_id}"
+        if starts:  # a handle call from the worker's user code
+            self._send_answer(Reply(key, False, TypeError(f"{where}: handle call refused: {error}")))
+        elif key >= 0:  # the answer to one of our calls
+            self._outgoing.answer(Reply(key, False, TypeError(f"{where}: the result is unusable: {error}")))
+        elif self._started is not None and not self._started.done():
+            self._started.set_result(StartFailed(RuntimeError(str(error)), ""))
+        else:
+            logger.error("%s sent a message that could not be decoded: %s", where, error)
 
     def _forget_served(self, key: int, task: asyncio.Task[None]) -> None:
         self._served.pop(key, None)

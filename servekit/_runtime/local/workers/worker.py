@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import gc
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ from servekit._runtime.local.workers.messages import (
     Started,
     StartFailed,
     Stop,
+    Undecodable,
 )
 from servekit._spec.graph import HandleRef
 from servekit.errors import DeploymentUnavailableError, NotFoundError
@@ -81,8 +83,19 @@ class Worker:
                 self.loop.create_task(self._start(message))
             case Stop():
                 self._finish()
+            case Undecodable(id=key, starts_exchange=starts, error=error):
+                self._on_undecodable(key, starts, error)
             case _:
                 logger.error("unexpected message %r", type(message).__name__)
+
+    def _on_undecodable(self, key: int, starts: bool, error: BaseException) -> None:
+        """Fail only the call whose message could not be decoded in this worker."""
+        if starts:  # a request from the server: its arguments cannot be loaded here
+            self._send(Reply(key, False, TypeError(f"the arguments cannot be used in the worker: {error}")))
+        elif key >= 0:  # the answer to one of this worker's handle calls
+            self._outgoing.answer(Reply(key, False, error))
+        else:  # the Init message: the deployment cannot be loaded here
+            self._send(StartFailed(RuntimeError(str(error)), ""))
 
     def _forget(self, key: int, task: asyncio.Task[None]) -> None:
         self._tasks.pop(key, None)
@@ -116,6 +129,7 @@ class Worker:
             self._send(StartFailed(_portable(exc), text))
             return
         self.replica = replica
+        gc.freeze()  # the model and everything built at start-up: keep it out of every GC pass
         self._send(Started(os.getpid()))
 
     async def _serve(self, request: Request) -> None:
