@@ -83,7 +83,7 @@ class Autoscaling(_Options):
         600.0, ge=0, description="How long demand must stay low before removing replicas."
     )
     downscale_to_zero_delay_s: float | None = Field(
-        None, ge=0, description="Extra wait before going from 1 to 0 replicas."
+        None, ge=0, description="Scaling to 0 also needs this long without any request."
     )
     smoothing_factor: float = Field(
         1.0, gt=0, description="Multiplies each scaling step (below 1 damps, above 1 amplifies)."
@@ -97,7 +97,9 @@ class Autoscaling(_Options):
         ),
     )
     target_queue_depth: float = Field(
-        4.0, gt=0, description="Queued requests per replica the 'queue_depth' policy tolerates."
+        4.0,
+        gt=0,
+        description="Requests allowed to wait per replica (beyond those it runs) under 'queue_depth'.",
     )
     target_latency_ms: float | None = Field(
         None, gt=0, description="p95 latency the 'latency' policy keeps requests under."
