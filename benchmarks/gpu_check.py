@@ -1,7 +1,7 @@
 """servekit on a real CUDA GPU: replica placement and batched throughput.
 
 ```bash
-python -m benchmarks.gpu_check                      # both parts, ~1-2 min on one H100
+python -m benchmarks.gpu_check                      # everything, ~2-3 min on one H100
 python -m benchmarks.gpu_check --json out.json      # also write every number as JSON
 python -m benchmarks.gpu_check --calls 2000 --concurrency 128
 ```
@@ -11,14 +11,20 @@ python -m benchmarks.gpu_check --calls 2000 --concurrency 128
    ``isolation="process", num_replicas=2, resources=Resources(gpus=0.5)``, whose replicas
    report `replica_context().device` / `gpu_ids`, ``CUDA_VISIBLE_DEVICES``,
    `torch.cuda.current_device()`, the per-process memory fraction, and whether allocating 60%
-   of the device is refused; the same deployment in-process; a CUDA tensor returned across
-   the process boundary; and 3 x 0.5 GPUs on one GPU (must be refused before anything starts).
-2. **Throughput**: an fp16 MLP 1024-4096-4096-1024 on the GPU, `@sk.batch(max_batch_size=64,
+   of the device is refused; the same deployment in-process; and 3 x 0.5 GPUs on one GPU
+   (must be refused before anything starts).
+2. **CUDA tensors across the process boundary**: a CUDA tensor sent to a GPU process replica
+   and to a CPU one (``CUDA_VISIBLE_DEVICES=''``) while 3 other calls are in flight on it, and
+   a CUDA tensor returned from it: what arrives, what the bystanders get, replica restarts.
+3. **Throughput**: an fp16 MLP 1024-4096-4096-1024 on the GPU, `@sk.batch(max_batch_size=64,
    max_wait_ms=5)` vs one forward pass per call, in-process and as a process replica, driven
    by `--concurrency` concurrent callers through handles, from outside the app (the caller's
    own event loop, as a notebook would) and from an in-process deployment (the runtime's loop,
    as an HTTP ingress would). Items/s, p50/p99 latency, mean batch size from
    ``status()`` (process replicas' stats refreshed first), and the model's own ceiling.
+   Each point is measured `--rounds` times. Note: an in-process async method that computes
+   without awaiting runs inline in the calling task when called from the runtime's loop, so
+   the in-app unbatched in-process latency is service time only (callers queue untimed).
 
 Without torch or without a CUDA device it says so and exits 0.
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -115,6 +122,13 @@ class GpuProbe:
     def cuda_tensor(self) -> Any:
         return torch.arange(4, device=self.context.device)
 
+    async def describe(self, x: Any) -> str:
+        return f"{type(x).__name__} on {getattr(x, 'device', '-')}"
+
+    async def slow(self, seconds: float) -> int:
+        await asyncio.sleep(seconds)
+        return os.getpid()
+
 
 def per_replica(call: Callable[[], Any], replicas: int, tries: int = 40) -> dict[str, Any]:
     """Call sequentially until `replicas` distinct replicas answered (keyed by replica_id)."""
@@ -125,18 +139,6 @@ def per_replica(call: Callable[[], Any], replicas: int, tries: int = 40) -> dict
         if len(seen) >= replicas:
             break
     return dict(sorted(seen.items()))
-
-
-def _cuda_tensor_return(handle: sk.AppHandle) -> dict[str, Any]:
-    try:
-        value = handle.cuda_tensor().result(timeout=60)
-        return {
-            "type": type(value).__name__,
-            "device": str(getattr(value, "device", "?")),
-            "value": value.tolist(),
-        }
-    except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
 
 
 def placement_run(label: str, app: sk.Application, replicas: int) -> dict[str, Any]:
@@ -159,8 +161,6 @@ def placement_run(label: str, app: sk.Application, replicas: int) -> dict[str, A
             "reports": reports,
             "allocate_60pct": allocations,
         }
-        if replicas and next(iter(reports.values()))["pid"] != os.getpid():
-            result["cuda_tensor_return"] = _cuda_tensor_return(handle)
     print(f"\n== placement: {label} (ready in {ready_s:.1f} s)")
     print(json.dumps({k: v for k, v in result.items() if k != "label"}, indent=1, default=str))
     return result
@@ -195,8 +195,12 @@ def placement_checks() -> dict[str, Any]:
     results: dict[str, Any] = {}
     with env_var("SERVEKIT_GPUS", None):
         results["process_detected"] = placement_run("process x2, gpus=0.5, detected", GpuProbe.bind(), 2)
-    # Whether servekit made a CUDA context in the server for replicas that run in workers.
+    # Whether servekit made a CUDA context in the server for replicas that run in workers
+    # (nothing in this script has touched CUDA in this process yet).
     results["server_cuda_initialized_after_process_replicas"] = bool(torch.cuda.is_initialized())
+    print(
+        "\n== server process has a CUDA context:", results["server_cuda_initialized_after_process_replicas"]
+    )
     with env_var("SERVEKIT_GPUS", "0"):
         results["process_servekit_gpus_0"] = placement_run(
             "process x2, gpus=0.5, SERVEKIT_GPUS=0", GpuProbe.bind(), 2
@@ -211,7 +215,53 @@ def placement_checks() -> dict[str, Any]:
     return results
 
 
+# -- CUDA tensors across the process boundary ---------------------------------------------------
+
+
+def _outcome(response: Any) -> str:
+    try:
+        return repr(response.result(timeout=60))[:200]
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _crossing(deployment: sk.Deployment, label: str) -> dict[str, Any]:
+    """Send a CUDA tensor to a process replica while 3 other calls are in flight on it; then
+    ask it for a CUDA tensor. Record what arrives, what the bystanders get, and restarts."""
+    with sk.run(deployment.bind(), start_timeout_s=START_TIMEOUT_S) as handle:
+        status = handle.status()["deployments"][deployment.name]["replicas"][0]
+        bystanders = [handle.slow(1.0) for _ in range(3)]
+        time.sleep(0.2)
+        result: dict[str, Any] = {
+            "label": label,
+            "replica": {k: status.get(k) for k in ("id", "device", "gpu_ids", "pid")},
+            "cuda_tensor_argument": _outcome(handle.describe(torch.ones(2, device="cuda:0"))),
+            "bystanders": [_outcome(call) for call in bystanders],
+        }
+        result["cuda_tensor_reply"] = _outcome(handle.cuda_tensor())
+        time.sleep(1.0)
+        result["restarts"] = handle.status()["deployments"][deployment.name].get("restarts")
+    print(f"\n== CUDA tensors, {label}:", json.dumps(result, indent=1))
+    return result
+
+
+def cuda_tensor_checks() -> dict[str, Any]:
+    gpu = GpuProbe.options(num_replicas=1, max_ongoing_requests=16)
+    cpu = GpuProbe.options(num_replicas=1, max_ongoing_requests=16, resources=sk.Resources(gpus=0))
+    return {
+        "gpu_replica": _crossing(gpu, "process replica with gpus=0.5"),
+        "cpu_replica": _crossing(cpu, "process replica with gpus=0 (CUDA_VISIBLE_DEVICES='')"),
+    }
+
+
 # -- throughput ---------------------------------------------------------------------------------
+
+
+def gc_freeze_and_disable() -> None:
+    """Move every object to the permanent generation and stop the cyclic GC (see --gc-off)."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
 
 
 def build_mlp(device: str) -> Any:
@@ -230,10 +280,12 @@ def build_mlp(device: str) -> Any:
 class Mlp:
     """fp16 MLP 1024-4096-4096-1024 on the replica's GPU; CPU float tensors in, argmax out."""
 
-    def __init__(self) -> None:
+    def __init__(self, gc_off: bool = False) -> None:
         self.device = sk.replica_context().device
         self.model = build_mlp(self.device)
         self.forward([torch.zeros(IN_DIM)] * MAX_BATCH)  # cuBLAS handles and kernels
+        if gc_off:
+            gc_freeze_and_disable()
 
     def forward(self, xs: list[Any]) -> list[int]:
         with torch.inference_mode():
@@ -351,12 +403,14 @@ def measure(handle: sk.AppHandle, method: str, client: str, args: argparse.Names
         "items_per_s": round(len(latencies) / run["wall_s"], 1),
         "p50_ms": round(percentile(latencies, 0.50) * 1e3, 2),
         "p99_ms": round(percentile(latencies, 0.99) * 1e3, 2),
+        "p999_ms": round(percentile(latencies, 0.999) * 1e3, 2),
+        "max_ms": round(latencies[-1] * 1e3, 2) if latencies else None,
         "mean_batch": round((items_after - items_before) / batches, 2) if batches else None,
         "batches": batches,
     }
     print(
         f"  {method:11s} client={client:8s} {result['items_per_s']:9.0f} items/s  "
-        f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  "
+        f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  max {result['max_ms']:7.2f} ms  "
         f"mean batch {result['mean_batch']}  errors {result['errors']}",
         flush=True,
     )
@@ -364,7 +418,7 @@ def measure(handle: sk.AppHandle, method: str, client: str, args: argparse.Names
 
 
 def throughput(isolation: str, args: argparse.Namespace) -> dict[str, Any]:
-    app = Driver.bind(Mlp.options(isolation=isolation).bind())
+    app = Driver.bind(Mlp.options(isolation=isolation).bind(args.gc_off))
     started = time.perf_counter()
     with sk.run(app, start_timeout_s=START_TIMEOUT_S) as handle:
         model = handle.get_handle("Mlp")
@@ -380,7 +434,8 @@ def throughput(isolation: str, args: argparse.Namespace) -> dict[str, Any]:
                 f"({ceiling['ms_per_batch']:.3f} ms per batch)"
             )
         runs = [
-            measure(handle, method, client, args)
+            {**measure(handle, method, client, args), "round": round_index}
+            for round_index in range(args.rounds)
             for method in ("predict", "predict_one")
             for client in ("external", "in_app")
         ]
@@ -420,9 +475,15 @@ def environment() -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=5000, help="measured calls per point")
-    parser.add_argument("--warmup", type=int, default=1000, help="warm-up calls per point")
+    parser.add_argument("--calls", type=int, default=20000, help="measured calls per point")
+    parser.add_argument("--warmup", type=int, default=2000, help="warm-up calls per point")
     parser.add_argument("--concurrency", type=int, default=256, help="concurrent callers")
+    parser.add_argument("--rounds", type=int, default=2, help="measure every point this many times")
+    parser.add_argument(
+        "--gc-off",
+        action="store_true",
+        help="gc.freeze() + gc.disable() in this process and in the model replicas (tail-latency probe)",
+    )
     parser.add_argument("--skip-placement", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--json", help="write all results to this JSON file")
@@ -450,7 +511,11 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(results["environment"], indent=1), flush=True)
     if not args.skip_placement:
         _section(results, "placement", placement_checks)
+    if not args.skip_placement:
+        _section(results, "cuda_tensors", cuda_tensor_checks)
     if not args.skip_throughput:
+        if args.gc_off:
+            gc_freeze_and_disable()
         for isolation in ("in_process", "process"):
             _section(
                 results, f"throughput_{isolation}", lambda isolation=isolation: throughput(isolation, args)

@@ -27,12 +27,14 @@ from typing import Any
 if __package__ in (None, ""):  # allow `python benchmarks/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import bench, machine, report
+from benchmarks.harness import bench, machine, report, results_file
 from benchmarks.harness.wrk import ensure_wrk, write_lua_script
 from benchmarks.workloads import SAMPLE_X
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-WORKLOADS = ("W1", "W2", "W3")
+WORKLOADS = ("W1", "W2", "W3", "W2P", "W3P")
+#: What runs without --workloads: the process-replica variants (W2P, W3P) are opt-in.
+DEFAULT_WORKLOADS = ("W1", "W2", "W3")
 SERVERS = ("baseline", "servekit")
 
 CASES: tuple[bench.Case, ...] = (
@@ -44,6 +46,9 @@ CASES: tuple[bench.Case, ...] = (
     bench.Case("W3", "Starlette + hand-rolled batcher", "baseline", "w3-batched", "baseline",
                "/stats"),
     bench.Case("W3", "servekit @sk.batch", "servekit", "w3", "servekit", "/-/status"),
+    bench.Case("W2P", "servekit, 3 stages as process replicas", "servekit", "w2-process", "servekit"),
+    bench.Case("W3P", "servekit @sk.batch, model as 2 process replicas", "servekit", "w3-process",
+               "servekit", "/-/status"),
 )  # fmt: skip
 
 
@@ -61,7 +66,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", type=_int_list, default=(1, 16, 64), help="comma-separated, e.g. 1,16,64"
     )
-    parser.add_argument("--workloads", type=_name_list(WORKLOADS), default=WORKLOADS, help="e.g. W1,W3")
+    parser.add_argument(
+        "--workloads",
+        type=_name_list(WORKLOADS),
+        default=DEFAULT_WORKLOADS,
+        help="e.g. W1,W3; W2P/W3P (process replicas) are compared with W2/W3 of the same run",
+    )
     parser.add_argument(
         "--servers", type=_name_list(SERVERS), default=SERVERS, help="baseline and/or servekit"
     )
@@ -159,12 +169,13 @@ def output_stem(args: argparse.Namespace) -> Path:
 
 
 def write_results(results: dict[str, Any], stem: Path) -> tuple[Path, Path]:
-    """Write ``<stem>.json`` (raw numbers) and ``<stem>.md`` (report)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(report.markdown(results) + "\n")
-    return json_path, md_path
+    """Write ``<stem>.json`` (raw numbers) and ``<stem>.md`` (report).
+
+    Sections that ``benchmarks.hops`` / ``benchmarks.step_load`` already wrote to the
+    same stem are kept (and reported), so the three commands can share one ``--out``.
+    """
+    results.update(results_file.keep_sections(results, stem))
+    return results_file.write(results, stem)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Self
 
 from benchmarks.harness.server import tree_cpu_s
-
 
 
 def _proc_stat() -> tuple[int, int, int]:
@@ -23,6 +23,23 @@ def _proc_stat() -> tuple[int, int, int]:
         fields = [int(v) for v in stat.readline().split()[1:9]]
     idle = fields[3] + fields[4]  # idle + iowait
     return sum(fields) - idle - fields[7], fields[7], sum(fields)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads, not its children)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reaped_children_cpu_s(pid: int) -> float:
+    """CPU seconds of the children ``pid`` has waited for (cutime + cstime)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 def loadavg() -> float:
@@ -44,7 +61,9 @@ class CpuWatch:
         self.result: dict[str, Any] = {}
 
     def _own_cpu_s(self) -> float:
-        return sum(tree_cpu_s(pid) for pid in self._pids())
+        # live descendants, plus what reaped children used (a worker that exits inside the
+        # window moves its CPU time into its parent's cutime/cstime)
+        return sum(tree_cpu_s(pid) + reaped_children_cpu_s(pid) for pid in self._pids())
 
     def __enter__(self) -> Self:
         """Start the window."""

@@ -68,8 +68,8 @@ def host_tag() -> str:
     return name[:24] or "host"
 
 
-def describe(wrk: str) -> dict[str, object]:
-    """Machine, OS and package versions as a JSON-ready dict."""
+def describe(wrk: str | None) -> dict[str, object]:
+    """Machine, OS and package versions as a JSON-ready dict (``wrk=None``: wrk not used)."""
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "host": socket.gethostname(),
@@ -79,6 +79,6 @@ def describe(wrk: str) -> dict[str, object]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "servekit": servekit_version(),
-        "wrk": _wrk_version(wrk),
+        "wrk": _wrk_version(wrk) if wrk else "not used",
         **{package: _version(package) for package in PACKAGES},
     }

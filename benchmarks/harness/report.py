@@ -5,18 +5,29 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from benchmarks.harness import process_report
+
 Row = dict[str, Any]
 
 WORKLOAD_TITLES = {
     "W1": "W1 echo",
     "W2": "W2 pipeline: normalize -> MLP 16-256-256-10 -> softmax/argmax",
     "W3": "W3 batched: deep narrow MLP 16 -> 256 x16 -> 10, max batch 32, 5 ms wait",
+    "W2P": "W2P: W2 with the three stages as process replicas (ingress in-process)",
+    "W3P": "W3P: W3 with the batched model as 2 process replicas (ingress in-process)",
+}
+#: Process-replica workload -> (in-process workload it is compared with, Starlette role and label).
+PROCESS_VARIANTS = {
+    "W2P": ("W2", "Starlette (one function)"),
+    "W3P": ("W3", "Starlette + hand-rolled batcher"),
 }
 W1_TARGET = 0.85
 W2_TARGET = 0.70
 W3_TARGET = 0.90
 W3_MIN_MEAN_BATCH = 28.0
 CLASSIFIER_TARGET_S = 0.5
+W2P_TARGET = 1.0
+HOP_TARGET_US = 150.0
 
 
 def find(rows: Iterable[Row], workload: str, role: str, concurrency: int) -> Row | None:
@@ -62,7 +73,35 @@ def w3_ceiling(results: Row, top: int) -> Row:
 
 
 def targets(results: Row) -> list[Row]:
-    """Evaluate the README's targets at the highest concurrency measured."""
+    """Evaluate the README's targets at the highest concurrency measured.
+
+    The process-replica targets appear only when their inputs were measured (W2P rows,
+    the hop measurement), so a plain W1-W3 run reports exactly the five base targets.
+    """
+    checks = base_targets(results) if "runs" in results else []
+    return checks + process_targets(results)
+
+
+def process_targets(results: Row) -> list[Row]:
+    """W2P vs W2 at the top concurrency, and the cross-process hop's median."""
+    checks = []
+    rows = results.get("runs", [])
+    if rows and any(row["workload"] == "W2P" for row in rows):
+        top = max(results["settings"]["concurrency"])
+        value = _ratio(rps(rows, "W2P", "servekit", top), rps(rows, "W2", "servekit", top))
+        checks.append(
+            _check(f"W2P c={top} process replicas / in-process servekit W2 req/s", value, W2P_TARGET)
+        )
+    process = results.get("hops", {}).get("servekit", {}).get("process", {})
+    for kind, what in (("int", "one int"), ("floats16", "16 floats")):
+        if kind in process:
+            name = f"cross-process hop median, {what} (µs)"
+            checks.append(_check(name, process[kind]["median_us"], HOP_TARGET_US, at_most=True))
+    return checks
+
+
+def base_targets(results: Row) -> list[Row]:
+    """The five targets of a W1-W3 run."""
     rows, top = results["runs"], max(results["settings"]["concurrency"])
     w3_sk = find(rows, "W3", "servekit", top)
     ceiling = results["w3_ceiling"]
@@ -153,8 +192,41 @@ def workload_section(results: Row, workload: str) -> list[str]:
         "steal",
     ]
     out = [f"## {WORKLOAD_TITLES[workload]}", "", *_table(header, map(_run_line, rows))]
-    out += _ratio_lines(rows, workload, results["settings"]["concurrency"])
+    concurrency = results["settings"]["concurrency"]
+    if workload in PROCESS_VARIANTS:
+        out += _process_ratio_lines(results["runs"], workload, concurrency)
+    else:
+        out += _ratio_lines(rows, workload, concurrency)
     return [*out, ""]
+
+
+def _process_ratio_lines(rows: Sequence[Row], workload: str, concurrency: Sequence[int]) -> list[str]:
+    """A process-replica variant against in-process servekit and Starlette, same run."""
+    reference, starlette = PROCESS_VARIANTS[workload]
+    lines = []
+    for c in concurrency:
+        mine = find(rows, workload, "servekit", c)
+        if not mine:
+            continue
+        ratios = []
+        for role in ("servekit", "baseline"):
+            other = find(rows, reference, role, c)
+            ratios += (
+                [f"{mine['rps'] / other['rps']:.2f}x", f"{mine['p99_ms'] / other['p99_ms']:.2f}x"]
+                if other
+                else ["—", "—"]
+            )
+        lines.append([str(c), *ratios])
+    if not lines:
+        return []
+    header = [
+        "concurrency",
+        f"req/s vs in-process servekit {reference}",
+        "p99 ratio",
+        f"req/s vs {starlette} ({reference})",
+        "p99 ratio",
+    ]
+    return ["", *_table(header, lines)]
 
 
 def _w3_notes(results: Row) -> list[str]:
@@ -266,17 +338,36 @@ def markdown(results: Row) -> str:
     out = [
         f"# servekit benchmarks — {results['machine']['date']}, {results['machine']['host']}",
         "",
-        f"Command: `{results['command']}`",
-        "",
+        *_commands(results),
         "## Targets",
         "",
         *_table(["target", "measured", "goal", "result"], checks),
         "",
     ]
-    for workload in WORKLOAD_TITLES:
-        out += workload_section(results, workload)
-        if workload == "W3":
-            out += _w3_notes(results)
-    out += _startup_section(results) + _classifier_section(results)
-    out += _loadgen_section(results) + _machine_section(results)
+    if results.get("notes"):
+        out += ["## Summary", "", results["notes"], ""]
+    if "hops" in results:
+        out += process_report.hops_section(results["hops"])
+    if "runs" in results:
+        for workload in WORKLOAD_TITLES:
+            out += workload_section(results, workload)
+            if workload == "W3":
+                out += _w3_notes(results)
+        out += process_report.two_core_note(results)
+    if "step_load" in results:
+        out += process_report.step_load_section(results["step_load"])
+    if "runs" in results:
+        out += _startup_section(results) + _classifier_section(results)
+        out += _loadgen_section(results) + _machine_section(results)
+    else:
+        out += process_report.machine_section(results["machine"])
     return "\n".join(out)
+
+
+def _commands(results: Row) -> list[str]:
+    """The command line(s) that produced the file."""
+    commands = [results["command"]] if "command" in results else []
+    commands += [results[key]["command"] for key in ("hops", "step_load") if key in results]
+    if len(commands) == 1:
+        return [f"Command: `{commands[0]}`", ""]
+    return ["Commands (one results file, one section each):", "", *(f"- `{c}`" for c in commands), ""]

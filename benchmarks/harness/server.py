@@ -56,11 +56,19 @@ def get_json(port: int, path: str) -> Any:
 
 
 def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
+    """Children of every thread of ``pid`` (a worker process started from a loop thread is a
+    child of that thread, not of the main one)."""
+    children = []
     try:
-        return [int(p) for p in path.read_text().split()]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return []
+    for task in tasks:
+        try:
+            children += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
 
 
 def process_tree(pid: int) -> list[int]:

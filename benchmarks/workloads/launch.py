@@ -4,6 +4,7 @@ Usage::
 
     python -m benchmarks.workloads.launch baseline w1 --port 8001
     python -m benchmarks.workloads.launch servekit w3 --port 8002
+    python -m benchmarks.workloads.launch servekit w2-process --port 8003   # servekit only
 
 Both servers run uvicorn in this process with one worker, ``loop="uvloop"``,
 ``http="httptools"`` and no access log: the baseline calls ``uvicorn.run``
@@ -16,7 +17,7 @@ import argparse
 from collections.abc import Sequence
 
 SERVERS = ("baseline", "servekit")
-WORKLOADS = ("w1", "w2", "w3", "w3-batched")
+WORKLOADS = ("w1", "w2", "w3", "w3-batched", "w2-process", "w3-process", "step")
 UVICORN_SETTINGS: dict[str, object] = {
     "loop": "uvloop",
     "http": "httptools",

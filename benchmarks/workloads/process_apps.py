@@ -121,7 +121,7 @@ STEP_AUTOSCALING: dict[str, float] = {
 
 @sk.deployment(
     isolation="process",
-    autoscaling=sk.Autoscaling(**STEP_AUTOSCALING),  # type: ignore[arg-type]
+    autoscaling=sk.Autoscaling(**STEP_AUTOSCALING),
     max_ongoing_requests=16,
 )
 class StepWorker:

@@ -13,6 +13,10 @@ starts without torch.
 * W3: an ingress plus a model deployment whose method is
   ``@sk.batch(max_batch_size=32, max_wait_ms=5)``; batch statistics come from
   ``GET /-/status``.
+* W2P / W3P (``w2-process``, ``w3-process``): the same classes with
+  ``isolation="process"``: W2's three stages each in a worker process, W3's batched
+  model as two worker-process replicas.  The ingress stays in the server process
+  (it owns the HTTP routes).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import servekit as sk
 from benchmarks.workloads import MAX_BATCH_SIZE, MAX_WAIT_MS
+from benchmarks.workloads.process_apps import build_step
 from benchmarks.workloads.transforms import normalize, postprocess
 
 Item = list[float]
@@ -150,9 +155,23 @@ def build_w3() -> sk.Application:
     return BatchedIngress.bind(DeepModel.bind())
 
 
+def build_w2_process() -> sk.Application:
+    """W2P: the three W2 stages as process replicas, the ingress in-process."""
+    stages = (Normalize, Model, Postprocess)
+    return Pipeline.bind(*(stage.options(isolation="process").bind() for stage in stages))
+
+
+def build_w3_process() -> sk.Application:
+    """W3P: the batched W3 model as two process replicas, the ingress in-process."""
+    return BatchedIngress.bind(DeepModel.options(isolation="process", num_replicas=2).bind())
+
+
 #: Workload name -> app factory, used by :mod:`benchmarks.workloads.launch`.
 BUILDERS: dict[str, Callable[[], sk.Application]] = {
     "w1": build_w1,
     "w2": build_w2,
     "w3": build_w3,
+    "w2-process": build_w2_process,
+    "w3-process": build_w3_process,
+    "step": build_step,  # benchmarks.step_load: autoscaled process deployment, GET /work
 }
