@@ -21,13 +21,8 @@ class _Feed:
         self.protocol = codec.FrameProtocol(self.received.append, lambda exc: None)
 
     def push(self, data: bytes, chunk: int) -> None:
-        offset = 0
-        while offset < len(data):
-            target = self.protocol.get_buffer(-1)
-            n = min(chunk, len(target), len(data) - offset)
-            target[:n] = data[offset : offset + n]
-            self.protocol.buffer_updated(n)
-            offset += n
+        for offset in range(0, len(data), chunk):
+            self.protocol.data_received(data[offset : offset + chunk])
 
 
 def _wire(*messages: Any) -> bytes:

@@ -71,19 +71,18 @@ def decode(body: bytes | memoryview, buffers: list[bytearray], key: int = -1, st
         return Undecodable(key, starts, error)
 
 
-class FrameProtocol(asyncio.BufferedProtocol):
+class FrameProtocol(asyncio.Protocol):
     """Reads frames from a stream socket and hands each decoded message to `on_message`.
 
-    Out-of-band buffers are received straight into their own `bytearray`, so an array that
-    crosses is backed by writable memory of exactly its size.
+    Whole frames are decoded straight from the bytes the loop delivers; only a partial frame
+    at the end is kept for the next read. Out-of-band buffers are copied once into their own
+    `bytearray`, so an array that crosses is backed by writable memory of exactly its size.
     """
 
     def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[BaseException | None], None]):
         self._on_message = on_message
         self._on_lost = on_lost
-        self._buffer = bytearray(1 << 16)
-        self._view = memoryview(self._buffer)
-        self._filled = 0
+        self._rest = bytearray()
         self._pending: _PendingFrame | None = None
         self.transport: asyncio.Transport | None = None
         self._paused = False
@@ -119,67 +118,54 @@ class FrameProtocol(asyncio.BufferedProtocol):
             self._drained = asyncio.Event()
             await self._drained.wait()
 
-    def get_buffer(self, sizehint: int) -> memoryview:
+    def data_received(self, data: bytes) -> None:
+        view = memoryview(data)
         pending = self._pending
-        if pending is not None and pending.receiving_buffer():
-            return pending.free_view()
-        if self._filled == len(self._buffer):
-            self._grow()
-        return self._view[self._filled :]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        pending = self._pending
-        if pending is not None and pending.receiving_buffer():
-            pending.advance(nbytes)
-            if pending.complete():
-                self._pending = None
-                self._on_message(decode(pending.body, pending.buffers, pending.key, pending.starts))
+        if pending is not None:
+            view = view[pending.take(view) :]
+            if not pending.complete():
+                return
+            self._pending = None
+            self._on_message(decode(pending.body, pending.buffers, pending.key, pending.starts))
+        if not view:
             return
-        self._filled += nbytes
-        self._parse()
+        if not self._rest:
+            used = self._parse(view)
+            if used < len(view):
+                self._rest += view[used:]
+            return
+        self._rest += view
+        with memoryview(self._rest) as rest:
+            used = self._parse(rest)
+        del self._rest[:used]
 
-    def _parse(self) -> None:
+    def _parse(self, view: memoryview) -> int:
+        """Decode every whole frame at the start of `view`; returns the bytes consumed."""
         start = 0
-        view = self._view
-        while self._filled - start >= _HEADER.size:
+        size = len(view)
+        while size - start >= _HEADER.size:
+            body_length: int
+            count: int
+            key: int
+            starts: bool
             body_length, count, key, starts = _HEADER.unpack_from(view, start)
             table = start + _HEADER.size
             body_start = table + count * _LENGTH.size
             body_end = body_start + body_length
-            if self._filled < body_end:
-                if body_end - start > len(self._buffer):
-                    self._compact(start)
-                    self._grow(body_end - start)
-                    return
+            if size < body_end:
                 break
-            body = bytes(view[body_start:body_end])
-            start = body_end
             if not count:
-                self._on_message(decode(body, [], key, starts))
+                self._on_message(decode(view[body_start:body_end], [], key, starts))
+                start = body_end
                 continue
             lengths = [_LENGTH.unpack_from(view, table + i * _LENGTH.size)[0] for i in range(count)]
-            pending = _PendingFrame(body, lengths, key, starts)
-            start += pending.take(view[start : self._filled])
+            pending = _PendingFrame(bytes(view[body_start:body_end]), lengths, key, starts)
+            start = body_end + pending.take(view[body_end:])
             if not pending.complete():
                 self._pending = pending
-                break
+                return start
             self._on_message(decode(pending.body, pending.buffers, key, starts))
-        self._compact(start)
-
-    def _compact(self, start: int) -> None:
-        if start:
-            remaining = self._filled - start
-            self._buffer[:remaining] = bytes(self._view[start : self._filled])
-            self._filled = remaining
-
-    def _grow(self, at_least: int = 0) -> None:
-        size = max(len(self._buffer) * 2, at_least)
-        if size > MAX_FRAME_BYTES:
-            raise ValueError(f"frame of {size} bytes exceeds the limit")
-        grown = bytearray(size)
-        grown[: self._filled] = self._view[: self._filled]
-        self._buffer = grown
-        self._view = memoryview(grown)
+        return start
 
 
 class _PendingFrame:
