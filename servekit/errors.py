@@ -5,6 +5,7 @@ ServekitError                      500  base of everything servekit raises
 ├── DeploymentOptionError          -    a bad option, raised at decoration time (also ValueError)
 ├── GraphError                     -    a graph that cannot be built (also ValueError)
 ├── DeploymentStartError           -    a replica's constructor failed while starting the app
+│   └── InsufficientResourcesError -    the replicas do not fit the GPUs / cluster at hand
 ├── RequestError                   4xx  the client's request is wrong
 │   ├── BadRequestError            400  malformed body (e.g. invalid JSON)
 │   ├── NotFoundError              404  no route for the path
@@ -72,6 +73,12 @@ class DeploymentStartError(ServekitError):
     """A replica failed to start (its constructor raised)."""
 
     error_type = "deployment_start_error"
+
+
+class InsufficientResourcesError(DeploymentStartError):
+    """The replicas need more than the machine or cluster has, at start or when adding a replica."""
+
+    error_type = "insufficient_resources"
 
 
 class RequestError(ServekitError):
@@ -194,6 +201,7 @@ __all__ = [
     "DeploymentStartError",
     "DeploymentUnavailableError",
     "GraphError",
+    "InsufficientResourcesError",
     "MethodNotAllowedError",
     "NotFoundError",
     "OverloadedError",

@@ -17,7 +17,7 @@ from servekit._http.errors import error_response, router_error
 from servekit._http.openapi import openapi_document
 from servekit._http.responses import render, stream_response, wants_sse
 from servekit._http.routes import EndpointRoute, IngressRoutes, ingress_routes
-from servekit._runtime.local.runtime import LocalRuntime
+from servekit._runtime.interface import ServingRuntime
 from servekit._version import __version__
 from servekit.errors import PayloadTooLargeError
 
@@ -27,7 +27,7 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
-def build_asgi_app(runtime: LocalRuntime, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+def build_asgi_app(runtime: ServingRuntime, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
     """The ASGI app serving `runtime`'s ingress deployment over HTTP."""
     ingress = runtime.graph.ingress_node
     found = ingress_routes(ingress.deployment)
@@ -59,7 +59,7 @@ def describe_routes(found: IngressRoutes) -> list[tuple[str, str]]:
     return described
 
 
-def _endpoint_handler(runtime: LocalRuntime, deployment: str, route: EndpointRoute) -> Handler:
+def _endpoint_handler(runtime: ServingRuntime, deployment: str, route: EndpointRoute) -> Handler:
     bind = route.params.bind
     method = route.method_name
     call = runtime.call
@@ -85,7 +85,7 @@ def _endpoint_handler(runtime: LocalRuntime, deployment: str, route: EndpointRou
     return streaming if route.streaming else unary
 
 
-def _raw_handler(runtime: LocalRuntime, deployment: str) -> Handler:
+def _raw_handler(runtime: ServingRuntime, deployment: str) -> Handler:
     async def raw(request: Request) -> Response:
         try:
             return render(await runtime.call(deployment, "__call__", (request,), {}))
@@ -95,7 +95,7 @@ def _raw_handler(runtime: LocalRuntime, deployment: str) -> Handler:
     return raw
 
 
-def _builtin_routes(runtime: LocalRuntime, found: IngressRoutes) -> list[BaseRoute]:
+def _builtin_routes(runtime: ServingRuntime, found: IngressRoutes) -> list[BaseRoute]:
     node = runtime.graph.ingress_node
     document: dict[str, Any] = {}
 
@@ -103,7 +103,7 @@ def _builtin_routes(runtime: LocalRuntime, found: IngressRoutes) -> list[BaseRou
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        ready = runtime.ready
+        ready = await runtime.is_ready()
         return JSONResponse({"ready": ready, "state": runtime.state}, 200 if ready else 503)
 
     async def status(request: Request) -> Response:
@@ -127,7 +127,7 @@ def _builtin_routes(runtime: LocalRuntime, found: IngressRoutes) -> list[BaseRou
 class _IngressASGI:
     """Runs a user's ASGI app on an ingress replica, under the same admission control."""
 
-    def __init__(self, runtime: LocalRuntime, deployment: str, app: ASGIApp) -> None:
+    def __init__(self, runtime: ServingRuntime, deployment: str, app: ASGIApp) -> None:
         self._runtime = runtime
         self._deployment = deployment
         self._app = app

@@ -1,54 +1,68 @@
-"""`serve()`: run an app with its HTTP ingress on uvicorn, in the background or until a signal."""
+"""`serve()`: run an app with its HTTP ingress, in the background or until a signal.
+
+The HTTP front is uvicorn on the runtime's event loop for the local backend, and Ray Serve's
+proxy (serving the same Starlette ingress inside the ingress replica) for the Ray backend.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import signal
 import socket
 import threading
+from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 
-from servekit._http.app import DEFAULT_MAX_BODY_BYTES, build_asgi_app
+from servekit._http.app import DEFAULT_MAX_BODY_BYTES, build_asgi_app, describe_routes
 from servekit._http.routes import ingress_routes
 from servekit._runtime.app import AppHandle, RunningApp
+from servekit._runtime.backends import make_http_runtime
+from servekit._runtime.interface import Backend, HttpIngress, ServingRuntime
+from servekit._runtime.local.runtime import LocalRuntime
 from servekit._spec.config import Isolation
 from servekit._spec.deployment import Application
 from servekit._spec.graph import build_graph
-from servekit.errors import GraphError
+from servekit.errors import DeploymentOptionError, GraphError
 
 logger = logging.getLogger("servekit.server")
+
+
+class HttpFront(Protocol):
+    """What serves a running app's HTTP: uvicorn in this process, or Ray Serve's proxy."""
+
+    host: str
+    port: int
+    routes: list[tuple[str, str]]
+
+    def refresh(self) -> None:
+        """Switch to the routes of the app as redeployed."""
+        ...
+
+    def stop(self, grace_s: float) -> None:
+        """Stop accepting connections and let in-flight requests finish (up to `grace_s`)."""
+        ...
+
+    def stopped(self) -> bool:
+        """Whether the front stopped on its own (the HTTP server died)."""
+        ...
 
 
 class Server:
     """A running HTTP server for an app. Stop it with `shutdown()` or use it as a context manager."""
 
-    def __init__(
-        self,
-        running: RunningApp,
-        http: uvicorn.Server,
-        task: asyncio.Task[None],
-        *,
-        address: tuple[str, int],
-        asgi: SwappableApp,
-        max_body_bytes: int,
-    ) -> None:
-        host, port = address
+    def __init__(self, running: RunningApp, front: HttpFront) -> None:
         self._running = running
-        self._asgi = asgi
-        self._max_body_bytes = max_body_bytes
-        self._http = http
-        self._task = task
-        self.host = host
+        self._front = front
+        self.host = front.host
         """The address the server listens on."""
-        self.port = port
+        self.port = front.port
         """The port the server listens on (the real one when started with port=0)."""
-        self.routes: list[tuple[str, str]] = asgi.app.state.servekit_routes
-        """(methods, path) of each user route."""
         self.handle = AppHandle(running)
         """The ingress handle, to call the app in-process too."""
         self._lock = threading.Lock()
@@ -59,6 +73,11 @@ class Server:
         """The base URL, like ``http://127.0.0.1:8000``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def routes(self) -> list[tuple[str, str]]:
+        """(methods, path) of each user route."""
+        return self._front.routes
 
     def redeploy(self, app: Application) -> None:
         """Update the served app to `app` without dropping requests.
@@ -74,8 +93,7 @@ class Server:
                 f"a redeploy must keep the ingress {current!r}; the new app's ingress is {graph.ingress!r}"
             )
         self._running.update(app)
-        self._asgi.app = build_asgi_app(self._running.runtime, self._max_body_bytes)
-        self.routes = self._asgi.app.state.servekit_routes
+        self._front.refresh()
 
     def shutdown(self, grace_s: float | None = None) -> None:
         """Stop accepting connections, let in-flight requests finish (up to `grace_s`), stop the app."""
@@ -83,12 +101,15 @@ class Server:
             if self._stopped:
                 return
             self._stopped = True
-        configured = self._http.config.timeout_graceful_shutdown
-        grace = float(configured or 0) if grace_s is None else grace_s
+        grace = self._grace_s if grace_s is None else grace_s
         try:
-            self._running.thread.run(_stop_http(self._http, self._task, grace))
+            self._front.stop(grace)
         finally:
             self._running.stop(grace)
+
+    @property
+    def _grace_s(self) -> float:
+        return getattr(self._front, "grace_s", 30.0)
 
     def __enter__(self) -> Server:
         return self
@@ -108,6 +129,8 @@ def serve(
     port: int = 8000,
     *,
     blocking: bool = True,
+    backend: Backend = "local",
+    address: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     graceful_shutdown_s: float = 30.0,
     access_log: bool = False,
@@ -121,60 +144,148 @@ def serve(
     within `graceful_shutdown_s`, stops the app and returns. Bodies larger than
     `max_body_bytes` are refused with 413.
 
-    `isolation` sets where replicas run for deployments that do not choose ("in_process" or
-    "process"); an ingress that serves raw requests or an ASGI app stays in-process. `gpus`
-    declares the GPU ids to plan with (like "0,1"), overriding detection and `SERVEKIT_GPUS`.
+    `backend="local"` serves from uvicorn in this process. `isolation` sets where replicas run
+    for deployments that do not choose ("in_process" or "process"); an ingress that serves raw
+    requests or an ASGI app stays in-process. `gpus` declares the GPU ids to plan with (like
+    "0,1"), overriding detection and `SERVEKIT_GPUS`.
+
+    `backend="ray"` deploys the app to Ray Serve (the cluster at `address`, else a local Ray
+    servekit starts) and serves the same routes from Ray Serve's proxy at `host`:`port`; when
+    Serve already runs on that cluster, its proxy keeps the address it has.
     """
-    server = _start(
-        app,
-        host,
-        port,
-        max_body_bytes=max_body_bytes,
-        grace_s=graceful_shutdown_s,
-        access_log=access_log,
-        isolation=isolation,
-        gpus=gpus,
-    )
+    options = _FrontOptions(max_body_bytes, graceful_shutdown_s, access_log)
+    if backend == "local":
+        server = _start_local(app, host, port, options, isolation=isolation, gpus=gpus, address=address)
+    else:
+        server = _start_on_backend(
+            app, host, port, options, backend=backend, address=address, isolation=isolation, gpus=gpus
+        )
     if blocking:
         _serve_until_signal(server)
     return server
 
 
-def _start(
+@dataclass(frozen=True)
+class _FrontOptions:
+    max_body_bytes: int
+    grace_s: float
+    access_log: bool
+
+
+def _start_local(
     app: Application,
     host: str,
     port: int,
+    options: _FrontOptions,
     *,
-    max_body_bytes: int,
-    grace_s: float,
-    access_log: bool,
     isolation: Isolation | None,
     gpus: str | None,
+    address: str | None,
 ) -> Server:
-    ingress = build_graph(app).ingress_node
-    found = ingress_routes(ingress.deployment)
-    in_process_only = [ingress.name] if found.raw_call or found.asgi_app is not None else []
-    sock = _bind(host, port)
-    running = RunningApp(app, isolation=isolation, gpus=gpus, in_process_only=in_process_only)
-    try:
-        asgi = SwappableApp(build_asgi_app(running.runtime, max_body_bytes))
-        config = uvicorn.Config(
-            asgi,
-            lifespan="off",
-            log_config=None,
-            access_log=access_log,
-            timeout_graceful_shutdown=math.ceil(grace_s),
-            server_header=False,
+    graph = build_graph(app)
+    found = ingress_routes(graph.ingress_node.deployment)
+    in_process_only = [graph.ingress] if found.raw_call or found.asgi_app is not None else []
+    if address is not None:
+        raise DeploymentOptionError(
+            f"address={address!r} is for the Ray backend; pass backend='ray' (--backend ray) with it"
         )
-        http = uvicorn.Server(config)
-        task = running.thread.run(_start_http(http, sock))
+    runtime = LocalRuntime(graph, isolation=isolation, gpus=gpus, in_process_only=in_process_only)
+    sock = _bind(host, port)
+    try:
+        running = RunningApp(runtime)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        front = UvicornFront(running, runtime, sock, options)
     except BaseException:
         sock.close()
         running.stop(0)
         raise
-    bound_host, bound_port = sock.getsockname()[:2]
-    address = (bound_host, bound_port)
-    return Server(running, http, task, address=address, asgi=asgi, max_body_bytes=max_body_bytes)
+    return Server(running, front)
+
+
+def _start_on_backend(
+    app: Application,
+    host: str,
+    port: int,
+    options: _FrontOptions,
+    *,
+    backend: Backend,
+    address: str | None,
+    isolation: Isolation | None,
+    gpus: str | None,
+) -> Server:
+    graph = build_graph(app)
+    build_app = functools.partial(build_asgi_app, max_body_bytes=options.max_body_bytes)
+    http = HttpIngress(host, _free_port(host) if port == 0 else port, build_app, options.access_log)
+    runtime = make_http_runtime(
+        graph, backend=backend, address=address, isolation=isolation, gpus=gpus, http=http
+    )
+    running = RunningApp(runtime)
+    return Server(running, ProxyFront(running, runtime.http_address(), options.grace_s))
+
+
+class UvicornFront:
+    """Serves the app's ingress from uvicorn on the runtime's event loop, in this process."""
+
+    def __init__(
+        self, running: RunningApp, serving: ServingRuntime, sock: socket.socket, options: _FrontOptions
+    ) -> None:
+        self._running = running
+        self._serving = serving
+        self._max_body_bytes = options.max_body_bytes
+        self.grace_s = options.grace_s
+        self._asgi = SwappableApp(build_asgi_app(self._serving, options.max_body_bytes))
+        config = uvicorn.Config(
+            self._asgi,
+            lifespan="off",
+            log_config=None,
+            access_log=options.access_log,
+            timeout_graceful_shutdown=math.ceil(options.grace_s),
+            server_header=False,
+        )
+        self._http = uvicorn.Server(config)
+        self._task = running.thread.run(_start_http(self._http, sock))
+        self.host, self.port = sock.getsockname()[:2]
+        self.routes: list[tuple[str, str]] = self._asgi.app.state.servekit_routes
+
+    def refresh(self) -> None:
+        """Serve the redeployed ingress's routes from now on."""
+        self._asgi.app = build_asgi_app(self._serving, self._max_body_bytes)
+        self.routes = self._asgi.app.state.servekit_routes
+
+    def stop(self, grace_s: float) -> None:
+        """Stop uvicorn: no new connections, in-flight requests get `grace_s`."""
+        self._running.thread.run(_stop_http(self._http, self._task, grace_s))
+
+    def stopped(self) -> bool:
+        """Whether uvicorn exited on its own."""
+        return self._task.done()
+
+
+class ProxyFront:
+    """The app's HTTP as Ray Serve's proxy serves it: routes to show, nothing to run here."""
+
+    def __init__(self, running: RunningApp, address: tuple[str, int], grace_s: float) -> None:
+        self._running = running
+        self.grace_s = grace_s
+        self.host, self.port = address
+        self.routes = self._describe()
+
+    def _describe(self) -> list[tuple[str, str]]:
+        return describe_routes(ingress_routes(self._running.runtime.graph.ingress_node.deployment))
+
+    def refresh(self) -> None:
+        """Show the redeployed ingress's routes (the proxy switched on its own)."""
+        self.routes = self._describe()
+
+    def stop(self, grace_s: float) -> None:
+        """Nothing to stop here: deleting the app (the runtime's shutdown) drains its requests."""
+
+    def stopped(self) -> bool:
+        """Whether the app stopped on the backend's side."""
+        return self._running.runtime.state == "stopped"
 
 
 class SwappableApp:
@@ -185,6 +296,13 @@ class SwappableApp:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.app(scope, receive, send)
+
+
+def _free_port(host: str) -> int:
+    """A port that was free a moment ago, for a front (Ray Serve's proxy) that cannot bind port 0."""
+    with _bind(host, 0) as sock:
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -233,7 +351,7 @@ def _serve_until_signal(server: Server) -> None:
     logger.info("serving at %s", server.url)
     try:
         while not stop.wait(0.2):
-            if server._task.done():  # the HTTP server died on its own
+            if server._front.stopped():  # the HTTP server died on its own
                 break
     finally:
         server.shutdown()

@@ -12,13 +12,15 @@ import contextvars
 import enum
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from typing import Any, NoReturn
 
 from servekit._replica.batching import END, BatchedFunction, batched_state, next_in_context
 from servekit._replica.context import ReplicaContext, enter_replica, exit_replica
 from servekit._replica.errors import attribute_to_deployment
+from servekit._spec.endpoint import is_idempotent
+from servekit._spec.graph import DeploymentNode
 from servekit.errors import DeploymentStartError, NotFoundError
 
 
@@ -207,3 +209,38 @@ class Replica:
                 yield chunk
         finally:
             await loop.run_in_executor(self._executor, context.run, generator.close)
+
+
+def method_table(nodes: Mapping[str, DeploymentNode]) -> dict[str, dict[str, bool]]:
+    """For each deployment: its public methods and whether each is a generator (for remote handles)."""
+    table: dict[str, dict[str, bool]] = {}
+    for name, node in nodes.items():
+        deployment = node.deployment
+        target = deployment.target
+        if deployment.is_function:
+            table[name] = {"__call__": method_kind(target).streaming}
+            continue
+        methods: dict[str, bool] = {}
+        for attr in dir(target):
+            if attr.startswith("_") and attr != "__call__":
+                continue
+            value = getattr(target, attr, None)
+            if callable(value) and not isinstance(value, type):
+                if attr == "__call__" and value is getattr(object, "__call__", None):  # noqa: B004
+                    continue
+                methods[attr] = method_kind(value).streaming
+        table[name] = methods
+    return table
+
+
+def idempotent_methods(nodes: Mapping[str, DeploymentNode]) -> dict[str, frozenset[str]]:
+    """For each deployment: the methods marked `@idempotent` (safe to retry on another replica)."""
+    table: dict[str, frozenset[str]] = {}
+    for name, methods in method_table(nodes).items():
+        deployment = nodes[name].deployment
+        table[name] = frozenset(
+            method
+            for method in methods
+            if is_idempotent(user_method(deployment.target, deployment.is_function, method))
+        )
+    return table

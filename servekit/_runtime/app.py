@@ -1,15 +1,15 @@
-"""`run()`: start an app in-process and get its ingress handle, from scripts or notebooks."""
+"""`run()`: start an app on a backend and get its ingress handle, from scripts or notebooks."""
 
 from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Collection
 from types import TracebackType
 from typing import Any
 
+from servekit._runtime.backends import make_runtime
 from servekit._runtime.handle import DeploymentHandle
-from servekit._runtime.local.runtime import LocalRuntime
+from servekit._runtime.interface import Backend, Runtime
 from servekit._runtime.loop_thread import LoopThread
 from servekit._spec.config import Isolation
 from servekit._spec.deployment import Application
@@ -17,20 +17,11 @@ from servekit._spec.graph import build_graph
 
 
 class RunningApp:
-    """An app's runtime on its own event-loop thread; `stop()` drains and joins it."""
+    """An app's runtime, driven from its own event-loop thread; `stop()` drains and joins it."""
 
-    def __init__(
-        self,
-        app: Application,
-        start_timeout_s: float | None = None,
-        *,
-        isolation: Isolation | None = None,
-        gpus: str | None = None,
-        in_process_only: Collection[str] = (),
-    ) -> None:
-        graph = build_graph(app)
-        self.thread = LoopThread(f"servekit-{graph.ingress}")
-        self.runtime = LocalRuntime(graph, isolation=isolation, gpus=gpus, in_process_only=in_process_only)
+    def __init__(self, runtime: Runtime, start_timeout_s: float | None = None) -> None:
+        self.thread = LoopThread(f"servekit-{runtime.graph.ingress}")
+        self.runtime = runtime
         self._lock = threading.Lock()
         self._stopped = False
         try:
@@ -102,18 +93,27 @@ class AppHandle(DeploymentHandle):
 def run(
     app: Application,
     *,
+    backend: Backend = "local",
+    address: str | None = None,
     start_timeout_s: float | None = None,
     isolation: Isolation | None = None,
     gpus: str | None = None,
 ) -> AppHandle:
-    """Start `app` on this machine (no HTTP, no cluster) and return its ingress handle.
+    """Start `app` and return its ingress handle (no HTTP).
 
-    Works in plain scripts and inside a running event loop (Jupyter): the app runs on its own
-    event-loop thread. `await handle.method(x)` from async code, `handle.method(x).result()`
-    from sync code. Stop it with `handle.shutdown()` or `with servekit.run(app) as handle:`.
+    Works in plain scripts and inside a running event loop (Jupyter): calls go through the
+    app's own event-loop thread. `await handle.method(x)` from async code,
+    `handle.method(x).result()` from sync code. Stop it with `handle.shutdown()` or
+    `with servekit.run(app) as handle:`.
 
-    `isolation` sets where replicas of deployments that do not choose run: "in_process" (the
-    default) or "process" (a worker process each). `gpus` declares the GPU ids to plan with
-    (like "0,1"), overriding detection and `SERVEKIT_GPUS`.
+    `backend="local"` (the default) runs the replicas on this machine. `isolation` sets where
+    replicas of deployments that do not choose run: "in_process" (the default) or "process" (a
+    worker process each). `gpus` declares the GPU ids to plan with (like "0,1"), overriding
+    detection and `SERVEKIT_GPUS`.
+
+    `backend="ray"` runs the same app on Ray Serve: on the cluster at `address` (like "auto" or
+    "ray://head:10001"; default ``RAY_ADDRESS``), which keeps running after `shutdown()`, or, with
+    neither, on a local Ray that servekit starts for the app and stops with it.
     """
-    return AppHandle(RunningApp(app, start_timeout_s, isolation=isolation, gpus=gpus))
+    runtime = make_runtime(build_graph(app), backend=backend, address=address, isolation=isolation, gpus=gpus)
+    return AppHandle(RunningApp(runtime, start_timeout_s))

@@ -57,11 +57,39 @@ class Resources(_Options):
     memory: Annotated[int | None, BeforeValidator(_parse_memory)] = Field(
         None, ge=0, description="Memory per replica in bytes (or a string like '2GiB')."
     )
+    accelerator_type: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "GPU model the replica must run on, like 'A100' or 'H100' (Ray's accelerator types); "
+            "the local runtime plans GPUs by count and only logs it."
+        ),
+    )
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Custom resources per replica, like {'TPU': 1} or {'node_pool_a': 0.01} (Ray's custom "
+            "resources); the local runtime has none to plan and only logs them."
+        ),
+    )
 
     @model_validator(mode="after")
     def _gpus_fraction_or_whole(self) -> Self:
         if self.gpus > 1 and not self.gpus.is_integer():
             raise ValueError(f"gpus must be a fraction below 1 (e.g. 0.5) or a whole number, got {self.gpus}")
+        return self
+
+    @model_validator(mode="after")
+    def _custom_resources_named(self) -> Self:
+        builtin = {"CPU", "GPU", "memory", "object_store_memory"}
+        for name, amount in self.custom.items():
+            if not name or name in builtin:
+                raise ValueError(
+                    f"custom resource {name!r} is not allowed: use cpus, gpus or memory for "
+                    f"{', '.join(sorted(builtin))}; name your own, like {{'TPU': 1}}"
+                )
+            if amount < 0:
+                raise ValueError(f"custom resource {name!r} must be >= 0, got {amount}")
         return self
 
 
@@ -217,7 +245,8 @@ def _describe(owner: str, exc: ValidationError) -> str:
         if error["type"] == "extra_forbidden":
             lines.append(_unknown_option(option))
         elif option:
-            lines.append(f"option {option}={error['input']!r} is invalid: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"option {option}={error['input']!r} is invalid: {message}")
         else:
             lines.append(error["msg"].removeprefix("Value error, "))
     return f"deployment {owner!r}: " + "; ".join(lines)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,3 +130,18 @@ def iter_handle_refs(value: Any) -> Iterator[HandleRef]:
     elif isinstance(value, dict):
         for item in value.values():
             yield from iter_handle_refs(item)
+
+
+def with_handles(value: Any, make_handle: Callable[[str], Any]) -> Any:
+    """`value` with every `HandleRef` (also in nested lists, tuples and dicts) replaced by a handle.
+
+    `make_handle` gets the deployment name; each backend passes its own handle factory.
+    """
+    if isinstance(value, HandleRef):
+        return make_handle(value.deployment)
+    if isinstance(value, list | tuple):
+        replaced = [with_handles(item, make_handle) for item in value]
+        return replaced if isinstance(value, list) else type(value)(replaced)
+    if isinstance(value, dict):
+        return {key: with_handles(item, make_handle) for key, item in value.items()}
+    return value

@@ -38,7 +38,7 @@ def test_unknown_option_suggests_the_closest_one() -> None:
 
 def test_unknown_nested_resource_option_lists_valid_ones() -> None:
     with pytest.raises(
-        DeploymentOptionError, match=r"resources.gpu'.*did you mean 'gpus'.*cpus, gpus, memory"
+        DeploymentOptionError, match=r"resources.gpu'.*did you mean 'gpus'.*cpus, custom, gpus, memory"
     ):
         sk.deployment(resources={"gpu": 1})(Model)
 

@@ -13,7 +13,6 @@ from servekit import Resources
 from servekit._runtime.local import placement as placement_module
 from servekit._runtime.local.placement import (
     GpuInventory,
-    InsufficientResourcesError,
     Placement,
     ResourcePlanner,
     apply_placement_in_process,
@@ -21,7 +20,7 @@ from servekit._runtime.local.placement import (
     packing_order,
     parse_gpu_ids,
 )
-from servekit.errors import DeploymentStartError
+from servekit.errors import DeploymentStartError, InsufficientResourcesError
 
 GIB = 1 << 30
 

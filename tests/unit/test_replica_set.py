@@ -9,7 +9,7 @@ import pytest
 
 from servekit._replica.context import ReplicaContext
 from servekit._replica.replica import Replica
-from servekit._runtime.local.replica_set import ReplicaSet
+from servekit._runtime.replica_set import ReplicaSet
 from servekit.errors import DeploymentUnavailableError, OverloadedError
 
 

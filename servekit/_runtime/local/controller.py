@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from servekit._replica.autoscaling import MetricsSample
 from servekit._runtime.local.deployment_state import DeploymentState
-from servekit._runtime.local.replica_set import ReplicaSlot
+from servekit._runtime.replica_set import ReplicaSlot
 
 if TYPE_CHECKING:
     from servekit._runtime.local.runtime import LocalRuntime

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from servekit._replica.autoscaling import Autoscaler, ScalingDecision
-from servekit._replica.replica import method_kind, user_method
-from servekit._runtime.local.replica_set import ReplicaSet
+from servekit._replica.replica import user_method
+from servekit._runtime.replica_set import ReplicaSet
 from servekit._spec.config import Isolation
 from servekit._spec.endpoint import is_idempotent
 from servekit._spec.graph import DeploymentNode
@@ -93,25 +93,3 @@ class DeploymentState:
             },
             **self.replicas.status(),
         }
-
-
-def method_table(nodes: dict[str, DeploymentNode]) -> dict[str, dict[str, bool]]:
-    """For each deployment: its public methods and whether each is a generator (for workers)."""
-    table: dict[str, dict[str, bool]] = {}
-    for name, node in nodes.items():
-        deployment = node.deployment
-        target = deployment.target
-        if deployment.is_function:
-            table[name] = {"__call__": method_kind(target).streaming}
-            continue
-        methods: dict[str, bool] = {}
-        for attr in dir(target):
-            if attr.startswith("_") and attr != "__call__":
-                continue
-            value = getattr(target, attr, None)
-            if callable(value) and not isinstance(value, type):
-                if attr == "__call__" and value is getattr(object, "__call__", None):  # noqa: B004
-                    continue
-                methods[attr] = method_kind(value).streaming
-        table[name] = methods
-    return table

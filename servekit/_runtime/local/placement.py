@@ -22,13 +22,13 @@ import importlib.util
 import logging
 import math
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from servekit._replica.devices import cap_torch_memory, torch_if_installed
 from servekit._spec.config import Resources
-from servekit.errors import DeploymentStartError
+from servekit.errors import InsufficientResourcesError
 
 logger = logging.getLogger("servekit.placement")
 
@@ -207,7 +207,7 @@ def _nvml_memory() -> list[int]:
 
 def _torch_memory() -> list[int]:
     """Total memory of each CUDA device torch sees; empty without torch or CUDA."""
-    torch = _torch_if_installed()
+    torch = torch_if_installed()
     if torch is None:
         return []
     try:
@@ -217,19 +217,6 @@ def _torch_memory() -> list[int]:
         return [int(torch.cuda.get_device_properties(index).total_memory) for index in range(count)]
     except Exception:  # a broken CUDA install means no usable GPU
         return []
-
-
-def _torch_if_installed() -> Any:
-    """The torch module if it is imported or installed (then imported), else None."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return torch
-    if importlib.util.find_spec("torch") is None:
-        return None
-    try:
-        return importlib.import_module("torch")
-    except ImportError:
-        return None
 
 
 # -- placements ---------------------------------------------------------------------------------
@@ -285,12 +272,6 @@ class Placement:
 
 
 _CPU_PLACEMENT = Placement((), 0.0, None)
-
-
-class InsufficientResourcesError(DeploymentStartError):
-    """The replicas need more GPUs than the inventory has, at start or when adding a replica."""
-
-    error_type = "insufficient_resources"
 
 
 # -- packing ------------------------------------------------------------------------------------
@@ -526,15 +507,4 @@ def apply_placement_in_process(placement: Placement) -> None:
         except (OSError, AttributeError):
             logger.debug("could not pin this process to CPUs %s", placement.cpu_ids, exc_info=True)
     if placement.gpu_ids and 0 < placement.gpu_fraction < 1:
-        _cap_torch_memory(placement.gpu_fraction)
-
-
-def _cap_torch_memory(fraction: float) -> None:
-    torch = _torch_if_installed()
-    if torch is None:
-        return
-    try:
-        if torch.cuda.is_available():
-            torch.cuda.set_per_process_memory_fraction(fraction, 0)
-    except Exception:  # a broken CUDA install: the replica finds out when it uses it
-        logger.warning("could not cap CUDA memory at %s of the device", fraction, exc_info=True)
+        cap_torch_memory(placement.gpu_fraction)

@@ -19,28 +19,28 @@ from typing import Any
 
 from servekit._replica.autoscaling import Autoscaler
 from servekit._replica.context import ReplicaContext
-from servekit._replica.replica import Replica, method_kind, user_method
+from servekit._replica.deadline import within_timeout
+from servekit._replica.replica import Replica, method_kind, method_table, user_method
+from servekit._runtime.fingerprint import fingerprint
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.local.controller import Controller
-from servekit._runtime.local.deployment_state import DeploymentState, method_table
-from servekit._runtime.local.fingerprint import fingerprint
+from servekit._runtime.local.deployment_state import DeploymentState
 from servekit._runtime.local.placement import (
     GpuInventory,
-    InsufficientResourcesError,
     ResourcePlanner,
     detect_gpus,
     packing_order,
 )
-from servekit._runtime.local.replica_set import ReplicaSet, ReplicaSlot
 from servekit._runtime.local.workers.process_replica import ProcessReplica
-from servekit._spec.config import Isolation
-from servekit._spec.graph import AppGraph, DeploymentNode, HandleRef
+from servekit._runtime.replica_set import ReplicaSet, ReplicaSlot
+from servekit._spec.config import Isolation, Resources
+from servekit._spec.graph import AppGraph, DeploymentNode, with_handles
 from servekit.errors import (
     DeploymentStartError,
     DeploymentUnavailableError,
+    InsufficientResourcesError,
     NotFoundError,
     ReplicaDiedError,
-    RequestTimeoutError,
 )
 
 logger = logging.getLogger("servekit.runtime")
@@ -98,6 +98,10 @@ class LocalRuntime:
             state.running >= state.target or state.autoscaler is not None for state in self._states.values()
         )
 
+    async def is_ready(self) -> bool:
+        """`ready`, for the HTTP edge's `/readyz`."""
+        return self.ready
+
     @property
     def states(self) -> dict[str, DeploymentState]:
         """Each deployment's state (for the controller and tests)."""
@@ -127,6 +131,7 @@ class LocalRuntime:
             inventory = await asyncio.to_thread(detect_gpus, self._declared_gpus)
         self._planner = ResourcePlanner(inventory)
         self._planner.check(demands)
+        _log_cluster_only_resources(demands)
         for name in packing_order(demands):  # place the first replicas the way check() packed them
             count, resources = demands[name]
             for index in range(count):
@@ -156,19 +161,9 @@ class LocalRuntime:
         timeout = state.node.deployment.config.request_timeout_s
         started = time.perf_counter()
         try:
-            if timeout is None:
-                return await self._call_replica(state, method, args, kwargs)
-            deadline = asyncio.timeout(timeout)
-            try:
-                async with deadline:
-                    return await self._call_replica(state, method, args, kwargs)
-            except TimeoutError:
-                if not deadline.expired():
-                    raise
-                raise RequestTimeoutError(
-                    f"deployment {deployment!r} did not answer {method}() within "
-                    f"request_timeout_s={timeout}; the request was cancelled"
-                ) from None
+            return await within_timeout(
+                self._call_replica(state, method, args, kwargs), timeout, deployment, method
+            )
         finally:
             state.latencies_ms.append((time.perf_counter() - started) * 1000)
 
@@ -388,7 +383,8 @@ class LocalRuntime:
             args, kwargs = node.init_args, node.init_kwargs
         else:
             replica = Replica(context, node.deployment.target, node.deployment.is_function, self._executor)
-            args, kwargs = self._with_handles(node.init_args), self._with_handles(node.init_kwargs)
+            args = with_handles(node.init_args, self.handle)
+            kwargs = with_handles(node.init_kwargs, self.handle)
         try:
             await replica.start(args, kwargs)
         except BaseException:
@@ -482,16 +478,6 @@ class LocalRuntime:
             }
         )
 
-    def _with_handles(self, value: Any) -> Any:
-        if isinstance(value, HandleRef):
-            return DeploymentHandle(self, value.deployment)
-        if isinstance(value, list | tuple):
-            replaced = [self._with_handles(item) for item in value]
-            return replaced if isinstance(value, list) else type(value)(replaced)
-        if isinstance(value, dict):
-            return {key: self._with_handles(item) for key, item in value.items()}
-        return value
-
     def _node(self, deployment: str) -> DeploymentNode:
         node = self._graph.nodes.get(deployment)
         if node is None:
@@ -525,3 +511,18 @@ class LocalRuntime:
             return await slot.replica.call(method, args, kwargs)
         finally:
             replica_set.release(slot)
+
+
+def _log_cluster_only_resources(demands: dict[str, tuple[int, Resources]]) -> None:
+    """Say which requests the local runtime cannot plan: custom resources and accelerator types."""
+    for name, (_, resources) in demands.items():
+        asked = [f"{key}={value:g}" for key, value in resources.custom.items()]
+        if resources.accelerator_type is not None:
+            asked.append(f"accelerator_type={resources.accelerator_type!r}")
+        if asked:
+            logger.warning(
+                "deployment %r asks for %s: the local runtime plans GPUs by count and has no custom "
+                "resources, so it runs without them (Ray honours them: --backend ray)",
+                name,
+                ", ".join(asked),
+            )

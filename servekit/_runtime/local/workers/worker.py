@@ -44,7 +44,7 @@ from servekit._runtime.local.workers.messages import (
     Stop,
     Undecodable,
 )
-from servekit._spec.graph import HandleRef
+from servekit._spec.graph import with_handles
 from servekit.errors import DeploymentUnavailableError, NotFoundError
 
 logger = logging.getLogger("servekit.worker")
@@ -120,7 +120,8 @@ class Worker:
         try:
             target = cloudpickle.loads(init.target)
             args, kwargs = cloudpickle.loads(init.init_args)
-            args, kwargs = _with_handles(args, self), _with_handles(kwargs, self)
+            make_handle = functools.partial(DeploymentHandle, self)
+            args, kwargs = with_handles(args, make_handle), with_handles(kwargs, make_handle)
             replica = Replica(init.context, target, init.is_function, self._executor)
             await replica.start(args, kwargs)
         except BaseException as exc:
@@ -207,17 +208,6 @@ class Worker:
             self.link.send(message)
         except ConnectionError:
             raise DeploymentUnavailableError("the server is gone") from None
-
-
-def _with_handles(value: Any, worker: Worker) -> Any:
-    if isinstance(value, HandleRef):
-        return DeploymentHandle(worker, value.deployment)
-    if isinstance(value, list | tuple):
-        replaced = [_with_handles(item, worker) for item in value]
-        return replaced if isinstance(value, list) else type(value)(replaced)
-    if isinstance(value, dict):
-        return {key: _with_handles(item, worker) for key, item in value.items()}
-    return value
 
 
 def _portable(exc: BaseException) -> BaseException:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Collection
 
 from servekit._spec.graph import DeploymentNode
 
 
-def fingerprint(node: DeploymentNode) -> str:
-    """A digest of the node's code, options and constructor arguments.
+def fingerprint(node: DeploymentNode, ignore: Collection[str] = ()) -> str:
+    """A digest of the node's code, options (but those named in `ignore`) and constructor arguments.
 
     The code is the source of the whole module that defines the class or function (a change
     to a constant or helper beside it counts), else of the object itself; where no source is
@@ -18,7 +19,8 @@ def fingerprint(node: DeploymentNode) -> str:
     deployment = node.deployment
     digest = hashlib.sha256()
     digest.update(_source(deployment.target).encode())
-    digest.update(repr(sorted(deployment.config.model_dump().items(), key=lambda item: item[0])).encode())
+    options = deployment.config.model_dump(exclude=set(ignore))
+    digest.update(repr(sorted(options.items(), key=lambda item: item[0])).encode())
     digest.update(repr((node.init_args, sorted(node.init_kwargs.items()))).encode())
     return digest.hexdigest()
 

@@ -1,0 +1,121 @@
+"""The runtime interface: what every backend implements, and what the HTTP edge serves from.
+
+```
+Dispatcher          handles call through it: the loop, unary and streaming calls
+├── Runtime         one running app: start, handle, scale, update, status, shutdown
+│                   (`LocalRuntime`; `RayRuntime`, which drives Ray Serve from the caller)
+│   └── ProxiedRuntime   a backend that serves HTTP itself (`RayRuntime`, Ray Serve's proxy)
+└── ServingRuntime  what the Starlette ingress needs: calls, admission for an ASGI ingress,
+                    readiness and status (`LocalRuntime`; on Ray, the ingress replica's view)
+```
+
+`servekit.run`, `servekit.serve` and the CLI use only these, so a backend is one class
+behind `make_runtime`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from servekit._runtime.handle import DeploymentHandle, Dispatcher
+from servekit._spec.graph import AppGraph
+
+Backend = Literal["local", "ray"]
+BACKENDS: tuple[Backend, ...] = ("local", "ray")
+
+
+class Runtime(Dispatcher, Protocol):
+    """One running app on some backend."""
+
+    @property
+    def graph(self) -> AppGraph:
+        """The app graph this runtime serves."""
+        ...
+
+    @property
+    def state(self) -> str:
+        """``"new"``, ``"starting"``, ``"running"``, ``"stopping"`` or ``"stopped"``."""
+        ...
+
+    async def start(self) -> None:
+        """Start every deployment; raises `DeploymentStartError` before serving when one cannot."""
+        ...
+
+    def handle(self, deployment: str | None = None) -> DeploymentHandle:
+        """A handle to `deployment` (the ingress by default)."""
+        ...
+
+    async def scale(self, deployment: str, replicas: int) -> None:
+        """Run `replicas` replicas of `deployment`."""
+        ...
+
+    async def update(self, graph: AppGraph) -> None:
+        """Redeploy `graph` over the running app without dropping requests."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready state of the app and each deployment's replicas (as at `/-/status`)."""
+        ...
+
+    async def refresh_stats(self) -> None:
+        """Bring what `status()` reports up to date."""
+        ...
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """Stop taking requests, let running ones finish (up to `grace_s`), stop everything."""
+        ...
+
+
+class ServingRuntime(Dispatcher, Protocol):
+    """What the HTTP ingress calls: the ingress deployment, its admission, health and status."""
+
+    @property
+    def graph(self) -> AppGraph:
+        """The app graph (the ingress node's endpoints become routes)."""
+        ...
+
+    @property
+    def state(self) -> str:
+        """The app's state, as `/readyz` reports it."""
+        ...
+
+    async def is_ready(self) -> bool:
+        """Whether every deployment has its replicas up (`/readyz`)."""
+        ...
+
+    def replica(self, deployment: str) -> AbstractAsyncContextManager[Any]:
+        """Hold a replica of `deployment`, under its admission control, for an ASGI ingress app."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready state for `/-/status`."""
+        ...
+
+    async def refresh_stats(self) -> None:
+        """Bring what `status()` reports up to date."""
+        ...
+
+
+class ProxiedRuntime(Runtime, Protocol):
+    """A runtime whose backend serves the HTTP ingress itself (given an `HttpIngress`)."""
+
+    def http_address(self) -> tuple[str, int]:
+        """The (host, port) the backend's HTTP proxy listens on."""
+        ...
+
+
+@dataclass(frozen=True)
+class HttpIngress:
+    """How a backend that serves HTTP itself (Ray Serve's proxy) should expose the ingress.
+
+    The edge passes `build_app`, so runtimes never import it: the backend calls it where the
+    ingress replica runs, with that replica's `ServingRuntime`, and serves the ASGI app it returns.
+    """
+
+    host: str
+    port: int
+    build_app: Callable[[ServingRuntime], Any]
+    access_log: bool = False

@@ -1,0 +1,118 @@
+"""`RayCluster`: servekit's connection to Ray, joined or started, and Serve's HTTP proxy on it.
+
+- An `address` (or ``RAY_ADDRESS``): join that cluster and leave it running on exit.
+- This process already joined one (`ray.init` in a notebook or a test): use it, leave it be.
+- Neither: start a local Ray sized to the machine and to the app, and stop it on exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve.context import _get_global_client
+from ray.serve.exceptions import RayServeException
+
+from servekit._runtime.interface import HttpIngress
+from servekit._runtime.local.placement import parse_gpu_ids
+from servekit._runtime.ray.status import serve_details
+from servekit.errors import DeploymentStartError
+
+logger = logging.getLogger("servekit.ray")
+
+
+class RayCluster:
+    """Where the app's Ray Serve deployments run, and whether servekit owns it."""
+
+    def __init__(self, address: str | None = None, gpus: str | None = None) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self._gpus = gpus
+        self.owned = False
+        """Whether servekit started this Ray (and so stops it)."""
+        self._joined = False
+
+    def connect(self, cpus_wanted: int) -> None:
+        """Join the cluster, or start a local Ray with at least `cpus_wanted` logical CPUs."""
+        if ray.is_initialized():
+            return
+        if self.address is not None:
+            ray.init(address=self.address, log_to_driver=True)
+            self._joined = True
+            return
+        cores = os.cpu_count() or 1
+        num_cpus = max(cores, cpus_wanted)
+        options: dict[str, Any] = {
+            "address": "local",  # a new Ray of its own, never one found on this machine
+            "num_cpus": num_cpus,
+            "include_dashboard": False,
+            "log_to_driver": True,
+        }
+        declared = self._declared_gpus()
+        if declared is not None:
+            options["num_gpus"] = len(declared)
+        if num_cpus > cores:
+            logger.info(
+                "starting a local Ray with %d logical CPUs for the app's replicas (this machine has %d "
+                "cores; CPU requests are planning figures here, as on the local runtime)",
+                num_cpus,
+                cores,
+            )
+        ray.init(**options)
+        self.owned = self._joined = True
+
+    def nodes(self) -> list[dict[str, float]]:
+        """Each alive node's total resources."""
+        return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
+
+    def start_serve(self, http: HttpIngress | None) -> tuple[str, int] | None:
+        """Start Serve (with its proxy at `http`'s address) unless it runs; where the proxy listens."""
+        running = _serve_running()
+        if not running:
+            if http is not None:
+                location = "HeadOnly" if self.owned else None
+                serve.start(http_options={"host": http.host, "port": http.port}, proxy_location=location)
+            elif self.owned:
+                serve.start(proxy_location="Disabled")
+        if http is None:
+            return None
+        options = serve_details().get("http_options") or {}
+        host, port = options.get("host"), options.get("port")
+        if not host or not port:
+            raise DeploymentStartError(
+                "Ray Serve runs on this cluster with its HTTP proxy disabled, so the app cannot be "
+                "served over HTTP there; start Serve with HTTP (serve start --http-host ...) or use "
+                "servekit.run for handle calls only"
+            )
+        if running and (host, port) != (http.host, http.port):
+            logger.warning(
+                "Ray Serve already runs on this cluster with its proxy at %s:%s; serving the app "
+                "there (a cluster's proxy address cannot change while Serve runs)",
+                host,
+                port,
+            )
+        return str(host), int(port)
+
+    def close(self) -> None:
+        """Stop the Ray servekit started; disconnect from a joined one, which keeps running."""
+        if self.owned:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+        if self._joined:
+            ray.shutdown()
+        self.owned = self._joined = False
+
+    def _declared_gpus(self) -> tuple[int, ...] | None:
+        if self._gpus is not None:
+            return parse_gpu_ids(self._gpus, "--gpus")
+        env = os.environ.get("SERVEKIT_GPUS")
+        return None if env is None else parse_gpu_ids(env, "SERVEKIT_GPUS")
+
+
+def _serve_running() -> bool:
+    try:
+        _get_global_client()
+    except RayServeException:
+        return False
+    return True

@@ -1,0 +1,241 @@
+"""The classes Ray Serve runs: one servekit deployment each, around servekit's own `Replica`.
+
+`RayReplica` builds the user's instance with servekit's `Replica` (the runner every backend
+uses), with servekit handles over Ray handles for the bound deployments, and serves two
+methods to Ray: `call` (unary, within `request_timeout_s`) and `stream` (generators). It also
+answers Ray's health checks with the user's `check_health()` and reports latency for the
+'latency' autoscaling policy.
+
+The ingress adds servekit's admission (max_ongoing_requests and a bounded queue, so overload
+gets servekit's 503) and, when served over HTTP, the Starlette app that the edge builds,
+through `IngressView`, the `ServingRuntime` of this replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import math
+import os
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import ray
+from ray import serve
+
+from servekit._replica.context import ReplicaContext
+from servekit._replica.deadline import within_timeout
+from servekit._replica.devices import cap_torch_memory
+from servekit._replica.replica import Replica
+from servekit._runtime.handle import DeploymentHandle
+from servekit._runtime.ray.autoscaling import P95_LATENCY_METRIC
+from servekit._runtime.ray.dispatcher import RayDispatcher
+from servekit._runtime.ray.ship import ReplicaSpec, restore_annotation_names, unpack
+from servekit._runtime.ray.status import fetch_app_status
+from servekit._runtime.replica_set import ReplicaSet
+from servekit._spec.graph import AppGraph, with_handles
+from servekit.errors import NotFoundError
+
+
+class RayReplica:
+    """One replica of a servekit deployment inside a Ray Serve actor."""
+
+    async def __init__(self, spec: bytes, handles: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
+        self.spec: ReplicaSpec = unpack(spec)
+        node = self.spec.node
+        restore_annotation_names(node.deployment.target, self.spec.annotation_names)
+        config = node.deployment.config
+        self.name = node.name
+        self.loop = asyncio.get_running_loop()
+        self.dispatcher = RayDispatcher(self.loop, handles.get, self.spec.methods, self.spec.idempotent)
+        self.context = _replica_context(node.name)
+        if self.context.gpu_ids and 0 < config.resources.gpus < 1:
+            cap_torch_memory(config.resources.gpus)
+        threads = max(8, min(64, 8 * (os.cpu_count() or 1)))
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="servekit-replica")
+        self.replica = Replica(
+            self.context, node.deployment.target, node.deployment.is_function, self._executor
+        )
+        self._timeout = config.request_timeout_s
+        look_back = config.autoscaling.look_back_period_s if config.autoscaling is not None else 10.0
+        self._latencies = _LatencyWindow(look_back)
+        make_handle = functools.partial(DeploymentHandle, self.dispatcher)
+        await self.replica.start(
+            with_handles(node.init_args, make_handle), with_handles(node.init_kwargs, make_handle)
+        )
+
+    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run the user's unary `method`, cut off at `request_timeout_s`."""
+        started = time.perf_counter()
+        try:
+            return await within_timeout(
+                self.replica.call(method, args, kwargs), self._timeout, self.name, method
+            )
+        finally:
+            self._latencies.add(time.monotonic(), (time.perf_counter() - started) * 1000)
+
+    async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        """Run the user's generator `method`, yielding its chunks."""
+        async for chunk in self.replica.stream(method, args, kwargs):
+            yield chunk
+
+    async def check_health(self) -> None:
+        """Ray's health check: the user's `check_health()` when defined (raising marks it unhealthy)."""
+        await self.replica.check_health()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Custom metrics for Ray's autoscaler: this replica's recent p95 latency."""
+        p95 = self._latencies.p95(time.monotonic())
+        return {} if p95 is None else {P95_LATENCY_METRIC: p95}
+
+    def batch_stats(self) -> dict[str, dict[str, Any]]:
+        """Stats of each `@batch` method's queue on this replica."""
+        return self.replica.batch_stats()
+
+    async def __del__(self) -> None:
+        self.replica.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class IngressReplica(RayReplica):
+    """The ingress deployment: servekit admits its requests itself, as the local runtime does."""
+
+    async def __init__(self, spec: bytes, handles: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
+        await super().__init__(spec, handles)
+        config = self.spec.node.deployment.config
+        self.admission = ReplicaSet(self.name, config.max_ongoing_requests, config.max_queued_requests)
+        self.admission.add(self.replica)
+        self.serving = IngressView(self)
+
+    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Like `RayReplica.call`, once admitted (or refused with `OverloadedError`)."""
+        slot = await self.admission.acquire()
+        try:
+            return await super().call(method, args, kwargs)
+        finally:
+            self.admission.release(slot)
+
+    async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        """Like `RayReplica.stream`, once admitted."""
+        slot = await self.admission.acquire()
+        try:
+            async for chunk in self.replica.stream(method, args, kwargs):
+                yield chunk
+        finally:
+            self.admission.release(slot)
+
+
+class _HttpIngress(IngressReplica):
+    def __serve_build_asgi_app__(self) -> Any:
+        build_app = self.spec.build_app
+        if build_app is None:
+            raise RuntimeError("the HTTP ingress was deployed without an app builder")
+        return build_app(self.serving)
+
+
+HttpIngressReplica = serve.ingress()(_HttpIngress)
+"""The ingress served over HTTP by Ray Serve's proxy: servekit's Starlette app, in the replica."""
+
+
+class IngressView:
+    """The `ServingRuntime` of an ingress replica: what servekit's Starlette app calls on Ray."""
+
+    def __init__(self, ingress: IngressReplica) -> None:
+        self._ingress = ingress
+        self._graph = AppGraph(ingress.name, {ingress.name: ingress.spec.node})
+        self._status: dict[str, Any] = {}
+
+    @property
+    def graph(self) -> AppGraph:
+        """A graph of the ingress node alone (its endpoints are the routes)."""
+        return self._graph
+
+    @property
+    def state(self) -> str:
+        """The app's state as Ray Serve last reported it."""
+        return str(self._status.get("state", "running"))
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The replica's event loop."""
+        return self._ingress.loop
+
+    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run `method` here for the ingress itself, else on a replica of `deployment`."""
+        if deployment == self._ingress.name:
+            return await self._ingress.call(method, args, kwargs)
+        return await self._ingress.dispatcher.call(deployment, method, args, kwargs)
+
+    def stream(
+        self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        """Stream `method` here for the ingress itself, else from a replica of `deployment`."""
+        if deployment == self._ingress.name:
+            return self._ingress.stream(method, args, kwargs)
+        return self._ingress.dispatcher.stream(deployment, method, args, kwargs)
+
+    def is_streaming(self, deployment: str, method: str) -> bool:
+        """Whether `method` of `deployment` is a generator method."""
+        return self._ingress.dispatcher.is_streaming(deployment, method)
+
+    @contextlib.asynccontextmanager
+    async def replica(self, deployment: str) -> AsyncIterator[Any]:
+        """This replica, once admitted, for the user's ASGI app mounted with `@ingress`."""
+        if deployment != self._ingress.name:
+            raise NotFoundError(f"only the ingress {self._ingress.name!r} runs in this replica")
+        slot = await self._ingress.admission.acquire()
+        try:
+            yield self._ingress.replica
+        finally:
+            self._ingress.admission.release(slot)
+
+    async def is_ready(self) -> bool:
+        """Whether Ray Serve reports the app running with every deployment healthy."""
+        await self.refresh_stats()
+        return bool(self._status.get("ready"))
+
+    def status(self) -> dict[str, Any]:
+        """The app's deployments and replicas on the cluster, as last fetched."""
+        return self._status
+
+    async def refresh_stats(self) -> None:
+        """Ask Ray Serve's controller for the app's state (off the event loop)."""
+        spec = self._ingress.spec
+        status = await asyncio.to_thread(fetch_app_status, spec.app_name, spec.versions, self._ingress.name)
+        own = status["deployments"].get(self._ingress.name, {})
+        own.update(ongoing=self._ingress.admission.ongoing, queued=self._ingress.admission.queued)
+        for replica in own.get("replicas", []):
+            if replica["id"] == self._ingress.context.replica_id:  # the one replica seen from here
+                replica["batching"] = self._ingress.batch_stats()
+        self._status = status
+
+
+class _LatencyWindow:
+    """Latencies of the requests finished in the last `span_s` seconds."""
+
+    def __init__(self, span_s: float) -> None:
+        self._span_s = span_s
+        self._entries: collections.deque[tuple[float, float]] = collections.deque(maxlen=10_000)
+
+    def add(self, now: float, latency_ms: float) -> None:
+        self._entries.append((now, latency_ms))
+
+    def p95(self, now: float) -> float | None:
+        while self._entries and self._entries[0][0] < now - self._span_s:
+            self._entries.popleft()
+        if not self._entries:
+            return None
+        latencies = sorted(latency for _, latency in self._entries)
+        return latencies[min(len(latencies), math.ceil(0.95 * len(latencies))) - 1]
+
+
+def _replica_context(deployment: str) -> ReplicaContext:
+    """servekit's replica context from Ray's: the replica's tag, and the GPUs Ray gave it."""
+    tag = serve.get_replica_context().replica_tag
+    gpu_ids = tuple(int(gpu) for gpu in ray.get_gpu_ids())
+    device = "cuda:0" if gpu_ids else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the replica's GPUs
+    return ReplicaContext(deployment, f"{deployment}#{tag}", device, gpu_ids)

@@ -1,0 +1,328 @@
+"""`RayRuntime`: runs an app graph as Ray Serve deployments, driven from the caller's process.
+
+Each deployment node becomes one Ray Serve deployment of `RayReplica` (the ingress:
+`IngressReplica`, or `HttpIngressReplica` when Ray Serve's proxy serves it), with the options
+`options.deployment_options` maps. Ray places, scales, health-checks and rolls the replicas;
+servekit checks first that they can fit the cluster at all, watches the start so a failing
+constructor fails `start()` with its traceback, and calls the app through `RayDispatcher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from types import ModuleType
+from typing import Any, cast
+
+from ray import serve
+from ray.serve import RunTarget
+
+from servekit._replica.replica import idempotent_methods, method_table
+from servekit._runtime.handle import DeploymentHandle
+from servekit._runtime.interface import HttpIngress
+from servekit._runtime.ray.cluster import RayCluster
+from servekit._runtime.ray.dispatcher import RayDispatcher, RayHandle
+from servekit._runtime.ray.options import check_fits, code_version, demand, deployment_options, total_cpus
+from servekit._runtime.ray.replica import HttpIngressReplica, IngressReplica, RayReplica
+from servekit._runtime.ray.ship import ReplicaSpec, UserCode, annotation_names, pack, user_modules
+from servekit._runtime.ray.status import fetch_app_status, serve_details, status_text
+from servekit._spec.config import Isolation
+from servekit._spec.graph import AppGraph
+from servekit.errors import (
+    DeploymentOptionError,
+    DeploymentStartError,
+    DeploymentUnavailableError,
+    NotFoundError,
+)
+
+logger = logging.getLogger("servekit.ray")
+
+DEFAULT_START_TIMEOUT_S = 600.0
+"""How long `start()` waits for Ray to run every replica (a cluster may be autoscaling)."""
+_POLL_S = 0.2
+_SURGE_PERCENT = 1
+"""Ray's max_surge_percent: at least one extra replica during a roll, so a new one is ready
+before an old one drains (servekit's rolling-update rule)."""
+
+
+class RayRuntime:
+    """An app on Ray Serve: deploy, call, scale, update, status and delete, from this process."""
+
+    def __init__(
+        self,
+        graph: AppGraph,
+        *,
+        address: str | None = None,
+        isolation: Isolation | None = None,
+        gpus: str | None = None,
+        http: HttpIngress | None = None,
+        app_name: str | None = None,
+        start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+    ) -> None:
+        if isolation == "in_process":
+            raise DeploymentOptionError(
+                "isolation='in_process' cannot run on Ray: every Ray Serve replica runs in an actor "
+                "process of its own (drop the option for --backend ray)"
+            )
+        self._graph = graph
+        self._cluster = RayCluster(address, gpus)
+        self._http = http
+        self._app_name = app_name or graph.ingress
+        self._start_timeout_s = start_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatcher: RayDispatcher | None = None
+        self._http_address: tuple[str, int] | None = None
+        self._user_code: UserCode | None = None
+        self.state = "new"
+
+    @property
+    def graph(self) -> AppGraph:
+        """The app graph as last deployed."""
+        return self._graph
+
+    @property
+    def app_name(self) -> str:
+        """The Ray Serve application name (the ingress deployment's name)."""
+        return self._app_name
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop handle calls start on (set by `start`)."""
+        if self._loop is None:
+            raise RuntimeError("the runtime has not been started")
+        return self._loop
+
+    def http_address(self) -> tuple[str, int]:
+        """Where Ray Serve's proxy serves the app."""
+        if self._http_address is None:
+            raise RuntimeError("the app is not served over HTTP")
+        return self._http_address
+
+    async def start(self) -> None:
+        """Join or start Ray, check the app fits, deploy it and wait until every replica runs.
+
+        Raises `InsufficientResourcesError` before deploying when a replica cannot fit any node
+        (or the replicas together exceed the cluster), `DeploymentStartError` when a replica's
+        constructor fails or Ray does not run the app within the start timeout.
+        """
+        self._loop = asyncio.get_running_loop()
+        self.state = "starting"
+        try:
+            await asyncio.to_thread(self._start)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(self._stop))
+            self.state = "stopped"
+            raise
+        self._dispatcher = RayDispatcher(
+            self._loop,
+            self._ray_handle,
+            method_table(self._graph.nodes),
+            idempotent_methods(self._graph.nodes),
+        )
+        self.state = "running"
+
+    def handle(self, deployment: str | None = None) -> DeploymentHandle:
+        """A handle to `deployment` (the ingress by default)."""
+        name = deployment or self._graph.ingress
+        if name not in self._graph.nodes:
+            raise NotFoundError(f"no deployment named {name!r}; deployments: {sorted(self._graph.nodes)}")
+        return DeploymentHandle(self, name)
+
+    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run a unary method on a replica of `deployment` on the cluster."""
+        return await self._calls.call(deployment, method, args, kwargs)
+
+    def stream(
+        self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        """Run a generator method on a replica of `deployment` and yield its chunks."""
+        return self._calls.stream(deployment, method, args, kwargs)
+
+    def is_streaming(self, deployment: str, method: str) -> bool:
+        """Whether `method` of `deployment` is a generator method."""
+        return self._calls.is_streaming(deployment, method)
+
+    async def scale(self, deployment: str, replicas: int) -> None:
+        """Run `replicas` replicas of `deployment` (Ray changes the count without restarting any)."""
+        node = self._graph.nodes.get(deployment)
+        if node is None:
+            raise NotFoundError(
+                f"no deployment named {deployment!r}; deployments: {sorted(self._graph.nodes)}"
+            )
+        scaled = replace(node, deployment=node.deployment.options(num_replicas=replicas))
+        await self.update(AppGraph(self._graph.ingress, {**self._graph.nodes, deployment: scaled}))
+
+    async def update(self, graph: AppGraph) -> None:
+        """Redeploy `graph`: Ray rolls deployments whose code, arguments or resources changed (a new
+        replica ready before an old one drains) and updates the rest in place."""
+        if graph.ingress != self._graph.ingress:
+            raise DeploymentOptionError(
+                f"a redeploy must keep the ingress {self._graph.ingress!r}, got {graph.ingress!r}"
+            )
+        await asyncio.to_thread(self._deploy, graph)
+        self._graph = graph
+        self._dispatcher = RayDispatcher(
+            self.loop, self._ray_handle, method_table(graph.nodes), idempotent_methods(graph.nodes)
+        )
+
+    def status(self) -> dict[str, Any]:
+        """The app's deployments and replicas as Ray Serve reports them (a blocking call)."""
+        if self.state != "running":
+            return {
+                "state": self.state,
+                "ready": False,
+                "backend": "ray",
+                "app": self._app_name,
+                "deployments": {},
+            }
+        return fetch_app_status(self._app_name, self._versions(self._graph), self._graph.ingress)
+
+    async def refresh_stats(self) -> None:
+        """Nothing to refresh: `status()` asks Ray each time."""
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """Delete the app (Ray drains each replica for its graceful_shutdown_timeout_s) and, when
+        servekit started this Ray, stop it."""
+        if self.state in ("stopping", "stopped"):
+            return
+        self.state = "stopping"
+        try:
+            await asyncio.to_thread(self._stop)
+        finally:
+            self.state = "stopped"
+
+    # -- blocking work, on a thread ---------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._cluster.connect(total_cpus(demand(self._graph, at_most=True)))
+        nodes = self._cluster.nodes()
+        check_fits(demand(self._graph), nodes)
+        self._http_address = self._cluster.start_serve(self._http)
+        self._deploy(self._graph)
+
+    def _deploy(self, graph: AppGraph) -> None:
+        modules = user_modules(graph.nodes.values())
+        if self._user_code is not None:
+            self._user_code.close()
+        self._user_code = UserCode(modules)
+        route_prefix = "/" if self._http is not None else None
+        target = RunTarget(target=self._build(graph, modules), name=self._app_name, route_prefix=route_prefix)
+        with warnings.catch_warnings():  # Ray deprecates metrics_interval_s, but still honours it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            serve.run_many([target], wait_for_applications_running=False)
+        self._wait_running(graph)
+
+    def _build(self, graph: AppGraph, modules: list[ModuleType]) -> Any:
+        methods = method_table(graph.nodes)
+        idempotent = idempotent_methods(graph.nodes)
+        versions = self._versions(graph)
+        access_log = self._http is not None and self._http.access_log
+        bound: dict[str, Any] = {}
+        for name, node in graph.nodes.items():  # dependencies come first
+            ingress = name == graph.ingress
+            spec = ReplicaSpec(
+                node,
+                self._app_name,
+                methods,
+                idempotent,
+                versions,
+                build_app=self._http.build_app if ingress and self._http is not None else None,
+                annotation_names=annotation_names(node.deployment.target) if ingress else {},
+            )
+            cls = (
+                RayReplica
+                if not ingress
+                else HttpIngressReplica
+                if self._http is not None
+                else IngressReplica
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                deployment = cast(Any, serve.deployment(cls)).options(
+                    **deployment_options(node, ingress=ingress, access_log=access_log),
+                    version=code_version(node),
+                    max_surge_percent=_SURGE_PERCENT,
+                    _internal=True,
+                )
+            bound[name] = deployment.bind(pack(spec, modules), {dep: bound[dep] for dep in node.dependencies})
+        return bound[graph.ingress]
+
+    def _wait_running(self, graph: AppGraph) -> None:
+        deadline = time.monotonic() + self._start_timeout_s
+        warned: set[str] = set()
+        while True:
+            app = serve.status().applications.get(self._app_name)
+            if app is not None and app.status == "RUNNING":
+                return
+            if app is not None:
+                _raise_on_failure(self._app_name, app)
+                _warn_once(app, warned)
+            if time.monotonic() > deadline:
+                message = "" if app is None else f": {_messages(app)}"
+                raise DeploymentStartError(
+                    f"Ray did not run app {self._app_name!r} within {self._start_timeout_s:g} s{message}"
+                )
+            time.sleep(_POLL_S)
+
+    def _stop(self) -> None:
+        try:
+            if self._app_name in serve_details_apps():
+                serve.delete(self._app_name)
+        finally:
+            self._cluster.close()
+            if self._user_code is not None:
+                self._user_code.close()
+                self._user_code = None
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    @property
+    def _calls(self) -> RayDispatcher:
+        if self._dispatcher is None:
+            raise DeploymentUnavailableError(f"app {self._app_name!r} is not running on Ray")
+        return self._dispatcher
+
+    def _ray_handle(self, deployment: str) -> RayHandle | None:
+        if deployment not in self._graph.nodes:
+            return None
+        return serve.get_deployment_handle(deployment, app_name=self._app_name)
+
+    @staticmethod
+    def _versions(graph: AppGraph) -> dict[str, str | None]:
+        return {name: node.deployment.config.version for name, node in graph.nodes.items()}
+
+
+def serve_details_apps() -> set[str]:
+    """Names of the Serve applications on the cluster (none when Serve is not running)."""
+    try:
+        return set(serve_details().get("applications", {}))
+    except Exception:  # Serve never started, or the cluster is gone
+        return set()
+
+
+def _raise_on_failure(app_name: str, app: Any) -> None:
+    """Fail the start at once when Ray reports the app failed or a replica constructor raised."""
+    if app.status == "DEPLOY_FAILED":
+        raise DeploymentStartError(f"Ray failed to deploy app {app_name!r}: {_messages(app)}")
+    for name, deployment in app.deployments.items():
+        trigger = status_text(getattr(deployment, "status_trigger", ""))
+        if trigger == "REPLICA_STARTUP_FAILED" or status_text(deployment.status) == "DEPLOY_FAILED":
+            raise DeploymentStartError(f"deployment {name!r} failed to start on Ray: {deployment.message}")
+
+
+def _warn_once(app: Any, warned: set[str]) -> None:
+    for name, deployment in app.deployments.items():
+        message = deployment.message or ""
+        if message and "scheduled" in message and name not in warned:
+            warned.add(name)
+            logger.warning("deployment %r is waiting for Ray: %s", name, message)
+
+
+def _messages(app: Any) -> str:
+    parts = [app.message] if app.message else []
+    parts += [f"{name}: {d.message}" for name, d in app.deployments.items() if d.message]
+    return "; ".join(parts) or status_text(app.status)

@@ -1,0 +1,84 @@
+"""The backends the behaviour suite runs on, and one real Ray cluster for the whole session.
+
+The cluster is two Ray nodes on this machine (`ray.cluster_utils.Cluster`): a head without
+GPUs and a worker node that declares two, with Ray Serve's proxy on a free port of the head.
+Every Ray test deploys to it and deletes its apps afterwards; servekit joins it (this process
+called `ray.init`), so it never starts or stops a Ray of its own here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import behaviour_apps as apps
+import httpx
+import pytest
+from behaviour_support import HANDLE_BACKENDS, HTTP_BACKENDS, Backend, RayCluster, ServedShop, free_port
+
+import servekit as sk
+
+CLIENT_TIMEOUT_S = 30.0
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A two-node Ray cluster (a CPU head, a node declaring 2 GPUs) with Serve's proxy on the head."""
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 8, "num_gpus": 0, "include_dashboard": False, "resources": {"head": 1}},
+    )
+    try:
+        cluster.add_node(num_cpus=4, num_gpus=2, resources={"gpu_node": 1})
+        ray.init(address=cluster.address, log_to_driver=True)
+        nodes = {node["NodeID"]: node["Resources"] for node in ray.nodes() if node["Alive"]}
+        head = next(node for node, resources in nodes.items() if "head" in resources)
+        gpu = next(node for node, resources in nodes.items() if "gpu_node" in resources)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+        yield RayCluster(cluster.address, port, head, gpu)
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module", params=HANDLE_BACKENDS)
+def front(request: pytest.FixtureRequest) -> Iterator[sk.AppHandle]:
+    """The handle-level app (`apps.handle_app`), started once per backend for the module."""
+    handle = Backend(request.param, request).run(apps.handle_app())
+    yield handle
+    handle.shutdown(grace_s=5)
+
+
+@pytest.fixture(scope="module", params=HTTP_BACKENDS)
+def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedShop]:
+    """The HTTP app (`apps.http_app`), served once per backend for the module."""
+    gates = tmp_path_factory.mktemp("gates")
+    server = Backend(request.param, request).serve(apps.http_app(gates), max_body_bytes=apps.BODY_LIMIT)
+    yield ServedShop(server, gates, request.param)
+    server.shutdown(grace_s=5)
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=CLIENT_TIMEOUT_S) as http:
+        yield http
+
+
+@pytest.fixture
+async def async_client() -> Any:
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, limits=limits) as http:
+        yield http
+
+
+@pytest.fixture
+def backend_factory(request: pytest.FixtureRequest) -> Callable[[str], Backend]:
+    return lambda name: Backend(name, request)
