@@ -52,7 +52,7 @@ def pack(spec: ReplicaSpec, modules: list[ModuleType]) -> bytes:
     raised in a replica, say) is the caller's class again, not a copy.
     """
     with _by_value(ray_cloudpickle, modules):
-        blob: bytes = ray_cloudpickle.dumps(spec)
+        blob: bytes = ray_cloudpickle.dumps(spec)  # type: ignore[no-untyped-call]
     return blob
 
 
