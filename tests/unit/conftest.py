@@ -1,9 +1,10 @@
-"""Unit tests run without sockets or subprocesses: anything that tries fails loudly."""
+"""Unit tests run without sockets, subprocesses or Ray: anything that tries fails loudly."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -19,3 +20,11 @@ def _no_network_or_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", _forbidden)
     monkeypatch.setattr(socket, "create_connection", _forbidden)
     monkeypatch.setattr(subprocess.Popen, "__init__", _forbidden)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`import ray` fails: what unit tests cover of the Ray backend is the part that needs no Ray."""
+    for name in [name for name in sys.modules if name == "ray" or name.startswith("ray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)
