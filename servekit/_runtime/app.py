@@ -19,13 +19,13 @@ from servekit._spec.graph import build_graph
 class RunningApp:
     """An app's runtime, driven from its own event-loop thread; `stop()` drains and joins it."""
 
-    def __init__(self, runtime: Runtime, start_timeout_s: float | None = None) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.thread = LoopThread(f"servekit-{runtime.graph.ingress}")
         self.runtime = runtime
         self._lock = threading.Lock()
         self._stopped = False
         try:
-            self.thread.run(self.runtime.start(), start_timeout_s)
+            self.thread.run(self.runtime.start())
         except BaseException:
             self.thread.stop()
             raise
@@ -114,6 +114,16 @@ def run(
     `backend="ray"` runs the same app on Ray Serve: on the cluster at `address` (like "auto" or
     "ray://head:10001"; default ``RAY_ADDRESS``), which keeps running after `shutdown()`, or, with
     neither, on a local Ray that servekit starts for the app and stops with it.
+
+    `start_timeout_s` bounds the start on either backend: past it the app is stopped and
+    `DeploymentStartError` raised (on Ray it defaults to 600 s, for clusters that autoscale).
     """
-    runtime = make_runtime(build_graph(app), backend=backend, address=address, isolation=isolation, gpus=gpus)
-    return AppHandle(RunningApp(runtime, start_timeout_s))
+    runtime = make_runtime(
+        build_graph(app),
+        backend=backend,
+        address=address,
+        isolation=isolation,
+        gpus=gpus,
+        start_timeout_s=start_timeout_s,
+    )
+    return AppHandle(RunningApp(runtime))

@@ -18,6 +18,7 @@ def make_runtime(
     isolation: Isolation | None = None,
     gpus: str | None = None,
     in_process_only: Collection[str] = (),
+    start_timeout_s: float | None = None,
 ) -> Runtime:
     """The runtime that runs `graph` on `backend`.
 
@@ -32,9 +33,22 @@ def make_runtime(
             )
         from servekit._runtime.local.runtime import LocalRuntime  # noqa: PLC0415
 
-        return LocalRuntime(graph, isolation=isolation, gpus=gpus, in_process_only=in_process_only)
+        return LocalRuntime(
+            graph,
+            isolation=isolation,
+            gpus=gpus,
+            in_process_only=in_process_only,
+            start_timeout_s=start_timeout_s,
+        )
     if backend == "ray":
-        return make_http_runtime(graph, backend=backend, address=address, isolation=isolation, gpus=gpus)
+        return make_http_runtime(
+            graph,
+            backend=backend,
+            address=address,
+            isolation=isolation,
+            gpus=gpus,
+            start_timeout_s=start_timeout_s,
+        )
     raise DeploymentOptionError(
         f"backend={backend!r} is unknown; use one of {', '.join(map(repr, BACKENDS))}"
     )
@@ -48,15 +62,20 @@ def make_http_runtime(
     isolation: Isolation | None = None,
     gpus: str | None = None,
     http: HttpIngress | None = None,
+    start_timeout_s: float | None = None,
 ) -> ProxiedRuntime:
     """A runtime for a backend that serves the HTTP ingress itself ("ray": Ray Serve's proxy).
 
     With `http` the backend serves the ingress at its address; without, only handles reach it.
+    `start_timeout_s` bounds how long the start waits for the backend to run every replica.
     """
     if backend != "ray":
         raise DeploymentOptionError(f"backend {backend!r} does not serve HTTP itself; only 'ray' does")
     from servekit._runtime.ray import load_ray_runtime  # noqa: PLC0415
 
     ray_runtime = load_ray_runtime()
-    runtime: ProxiedRuntime = ray_runtime(graph, address=address, isolation=isolation, gpus=gpus, http=http)
+    timeout = {} if start_timeout_s is None else {"start_timeout_s": start_timeout_s}
+    runtime: ProxiedRuntime = ray_runtime(
+        graph, address=address, isolation=isolation, gpus=gpus, http=http, **timeout
+    )
     return runtime

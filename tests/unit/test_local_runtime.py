@@ -73,3 +73,18 @@ async def test_ready_only_when_every_deployment_is_running(runtime: LocalRuntime
     await runtime.shutdown(grace_s=0)
     assert not runtime.ready
     assert runtime.status()["state"] == "stopped"
+
+
+@sk.deployment
+class SlowStart:
+    def __init__(self, seconds: float) -> None:
+        import time
+
+        time.sleep(seconds)
+
+
+async def test_a_start_past_start_timeout_fails_and_stops_what_started() -> None:
+    runtime = LocalRuntime(build_graph(SlowStart.bind(1.0)), start_timeout_s=0.1)
+    with pytest.raises(sk.errors.DeploymentStartError, match=r"did not start within start_timeout_s=0\.1"):
+        await runtime.start()
+    assert runtime.status()["state"] == "stopped"

@@ -61,8 +61,10 @@ class LocalRuntime:
         isolation: Isolation | None = None,
         gpus: str | None = None,
         in_process_only: Collection[str] = (),
+        start_timeout_s: float | None = None,
     ) -> None:
         self._graph = graph
+        self._start_timeout_s = start_timeout_s
         self._states: dict[str, DeploymentState] = {}
         self._default_isolation = isolation
         self._in_process_only = set(in_process_only)
@@ -139,11 +141,17 @@ class LocalRuntime:
                 pin = process and "cpus" in resources.model_fields_set
                 self._planner.allocate(f"{name}#{index}", resources, pin_cpus=pin)
         self._methods = method_table(self._graph.nodes)
+        deadline = asyncio.timeout(self._start_timeout_s)
         try:
-            for node in self._graph.nodes.values():
-                await self._start_deployment(node)
-        except BaseException:
+            async with deadline:
+                for node in self._graph.nodes.values():
+                    await self._start_deployment(node)
+        except BaseException as exc:
             await self.shutdown(grace_s=0)
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise DeploymentStartError(
+                    f"the app did not start within start_timeout_s={self._start_timeout_s:g}"
+                ) from None
             raise
         self.state = "running"
         self._controller.start()
