@@ -1,4 +1,4 @@
-"""`servekit` command: `servekit serve TARGET`, `servekit --version`."""
+"""`servekit` command: `servekit serve TARGET`, `servekit status`, `servekit --version`."""
 
 from __future__ import annotations
 
@@ -33,6 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="redeploy the app when its code changes (rolling, no dropped requests)",
     )
     serve.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="where replicas run: this machine (default) or a Ray cluster through Ray Serve",
+    )
+    serve.add_argument(
+        "--address",
+        default=None,
+        help="with --backend ray: the cluster to join (auto, host:port, ray://host:10001; default "
+        "RAY_ADDRESS); without one servekit starts a local Ray and stops it on exit",
+    )
+    serve.add_argument(
         "--isolation",
         choices=["in_process", "process"],
         default=None,
@@ -52,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    status = commands.add_parser("status", help="show an app's deployments and replicas")
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a servekit server, like http://127.0.0.1:8000 (reads /-/status)")
+    where.add_argument("--address", help="a Ray cluster (auto, host:port, ray://host:10001)")
+    status.add_argument("--app", default=None, help="with --address: only this Serve application")
+    status.add_argument("--json", action="store_true", help="print the status documents as JSON")
     return parser
 
 
@@ -59,10 +77,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return _status(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     return _serve(args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from servekit._cli.status import StatusError, render, status_from_cluster, status_from_url  # noqa: PLC0415
+
+    try:
+        documents = status_from_url(args.url) if args.url else status_from_cluster(args.address, args.app)
+    except StatusError as exc:
+        print(f"servekit: error: {exc}", file=sys.stderr)
+        return 1
+    print(render(documents, args.json))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -87,10 +119,12 @@ def _serve(args: argparse.Namespace) -> int:
                 max_body_bytes=args.max_body_bytes,
                 graceful_shutdown_s=args.grace_period,
                 access_log=args.access_log,
+                backend=args.backend,
+                address=args.address,
                 isolation=args.isolation,
                 gpus=args.gpus,
             )
-    except (TargetError, ServekitError, OSError) as exc:
+    except (TargetError, ServekitError, OSError, ImportError) as exc:
         hint = (
             ""
             if exc.__cause__ is None or args.log_level == "debug"
@@ -99,6 +133,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"servekit: error: {_one_line(exc)}{hint}", file=sys.stderr)
         return 1
     print(f"servekit: serving {args.target} at {server.url}", file=sys.stderr)
+    if args.backend == "ray":
+        print(f"  on Ray Serve as app {server.handle.deployment_name!r}", file=sys.stderr)
     for methods, path in server.routes:
         print(f"  {methods:<8} {server.url}{path}", file=sys.stderr)
     print(

@@ -7,18 +7,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import ray
 from ray import serve
-from ray.serve.context import _get_global_client
-from ray.serve.exceptions import RayServeException
 
 from servekit._runtime.interface import HttpIngress
 from servekit._runtime.local.placement import parse_gpu_ids
-from servekit._runtime.ray.status import serve_details
+from servekit._runtime.ray.status import serve_details, serve_running
 from servekit.errors import DeploymentStartError
 
 logger = logging.getLogger("servekit.ray")
@@ -32,6 +32,8 @@ class RayCluster:
         self._gpus = gpus
         self.owned = False
         """Whether servekit started this Ray (and so stops it)."""
+        self.serving = False
+        """Whether Serve runs on it (`start_serve` was called)."""
         self._joined = False
 
     def connect(self, cpus_wanted: int) -> None:
@@ -39,7 +41,8 @@ class RayCluster:
         if ray.is_initialized():
             return
         if self.address is not None:
-            ray.init(address=self.address, log_to_driver=True)
+            with _quiet_signal_warning():
+                ray.init(address=self.address, log_to_driver=True)
             self._joined = True
             return
         cores = os.cpu_count() or 1
@@ -60,7 +63,8 @@ class RayCluster:
                 num_cpus,
                 cores,
             )
-        ray.init(**options)
+        with _quiet_signal_warning():
+            ray.init(**options)
         self.owned = self._joined = True
 
     def nodes(self) -> list[dict[str, float]]:
@@ -69,7 +73,8 @@ class RayCluster:
 
     def start_serve(self, http: HttpIngress | None) -> tuple[str, int] | None:
         """Start Serve (with its proxy at `http`'s address) unless it runs; where the proxy listens."""
-        running = _serve_running()
+        running = serve_running()
+        self.serving = True
         if not running:
             if http is not None:
                 location = "HeadOnly" if self.owned else None
@@ -95,13 +100,31 @@ class RayCluster:
             )
         return str(host), int(port)
 
+    def alive(self) -> bool:
+        """Whether every process of the Ray servekit started still runs (a joined cluster: assumed).
+
+        A SIGTERM sent to the whole process group (``timeout``, systemd's default) reaches the
+        Ray processes servekit started too; calls to a dead Ray would wait forever.
+        """
+        node = getattr(ray._private.worker, "_global_node", None)
+        if not self.owned or node is None:
+            return True
+        return bool(node.remaining_processes_alive())
+
+    def abandon(self) -> None:
+        """Kill what is left of the Ray servekit started, after some of its processes died."""
+        node = getattr(ray._private.worker, "_global_node", None)
+        if self.owned and node is not None:
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+        self.owned = self._joined = self.serving = False
+
     def close(self) -> None:
         """Stop the Ray servekit started; disconnect from a joined one, which keeps running."""
-        if self.owned:
+        if self.owned and self.serving and self.alive():
             serve.shutdown()  # type: ignore[no-untyped-call]
         if self._joined:
             ray.shutdown()
-        self.owned = self._joined = False
+        self.owned = self._joined = self.serving = False
 
     def _declared_gpus(self) -> tuple[int, ...] | None:
         if self._gpus is not None:
@@ -110,9 +133,17 @@ class RayCluster:
         return None if env is None else parse_gpu_ids(env, "SERVEKIT_GPUS")
 
 
-def _serve_running() -> bool:
+@contextlib.contextmanager
+def _quiet_signal_warning() -> Iterator[None]:
+    """Drop Ray's warning that it set no SIGTERM handler off the main thread: servekit handles
+    SIGTERM itself (draining, then deleting the app), which Ray's handler would cut short."""
+    worker_logger = logging.getLogger("ray._private.worker")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+    worker_logger.addFilter(keep)
     try:
-        _get_global_client()
-    except RayServeException:
-        return False
-    return True
+        yield
+    finally:
+        worker_logger.removeFilter(keep)

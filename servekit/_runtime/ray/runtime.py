@@ -10,10 +10,12 @@ constructor fails `start()` with its traceback, and calls the app through `RayDi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from types import ModuleType
 from typing import Any, cast
@@ -44,6 +46,8 @@ logger = logging.getLogger("servekit.ray")
 DEFAULT_START_TIMEOUT_S = 600.0
 """How long `start()` waits for Ray to run every replica (a cluster may be autoscaling)."""
 _POLL_S = 0.2
+_STOP_SLACK_S = 30.0
+"""How much longer than the longest graceful shutdown the app's deletion may take."""
 _SURGE_PERCENT = 1
 """Ray's max_surge_percent: at least one extra replica during a roll, so a new one is ready
 before an old one drains (servekit's rolling-update rule)."""
@@ -114,7 +118,7 @@ class RayRuntime:
         try:
             await asyncio.to_thread(self._start)
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(self._stop))
+            await asyncio.shield(_on_daemon_thread(self._stop))
             self.state = "stopped"
             raise
         self._dispatcher = RayDispatcher(
@@ -190,10 +194,29 @@ class RayRuntime:
         if self.state in ("stopping", "stopped"):
             return
         self.state = "stopping"
+        grace = max(self._grace_s(), grace_s or 0.0) + _STOP_SLACK_S
         try:
-            await asyncio.to_thread(self._stop)
+            await self._stop_within(grace)
         finally:
             self.state = "stopped"
+
+    async def _stop_within(self, grace_s: float) -> None:
+        """Delete the app and let go of Ray, waiting at most `grace_s`, and not at all on a dead Ray."""
+        stopping = _on_daemon_thread(self._stop)
+        deadline = time.monotonic() + grace_s
+        while not stopping.done():
+            if not self._cluster.alive():
+                logger.error("the local Ray servekit started has died (a signal to its processes?)")
+                try:
+                    await asyncio.to_thread(self._cluster.abandon)
+                except Exception:
+                    logger.exception("could not clean up the dead local Ray")
+                return
+            if time.monotonic() > deadline:
+                logger.error("Ray did not confirm the app's deletion within %g s; leaving it to Ray", grace_s)
+                return
+            await asyncio.wait([stopping], timeout=_POLL_S)
+        stopping.result()
 
     # -- blocking work, on a thread ---------------------------------------------------------------
 
@@ -270,7 +293,7 @@ class RayRuntime:
 
     def _stop(self) -> None:
         try:
-            if self._app_name in serve_details_apps():
+            if self._cluster.serving and self._app_name in serve_details_apps():
                 serve.delete(self._app_name)
         finally:
             self._cluster.close()
@@ -291,9 +314,38 @@ class RayRuntime:
             return None
         return serve.get_deployment_handle(deployment, app_name=self._app_name)
 
+    def _grace_s(self) -> float:
+        return max(node.deployment.config.graceful_shutdown_timeout_s for node in self._graph.nodes.values())
+
     @staticmethod
     def _versions(graph: AppGraph) -> dict[str, str | None]:
         return {name: node.deployment.config.version for name, node in graph.nodes.items()}
+
+
+def _on_daemon_thread(work: Callable[[], None]) -> asyncio.Future[None]:
+    """Run `work` on a daemon thread (one stuck on a dead cluster cannot hold up the exit)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            work()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop stopped waiting and closed
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="servekit-ray-stop", daemon=True).start()
+    return done
 
 
 def serve_details_apps() -> set[str]:

@@ -6,10 +6,13 @@ into servekit's status document; `fetch_app_status` asks the Serve controller fo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
+import ray
 from ray.serve.context import _get_global_client
+from ray.serve.exceptions import RayServeException
 
 _STATES = {
     "RUNNING": "running",
@@ -28,6 +31,29 @@ def serve_details() -> dict[str, Any]:
         raise RuntimeError("Ray Serve is not running on this cluster")
     details: dict[str, Any] = client.get_serve_details()
     return details
+
+
+def cluster_status(address: str, app: str | None = None) -> list[dict[str, Any]]:
+    """Join the cluster at `address` (unless this process already has), read each Serve app's
+    status (or only `app`'s), and leave again."""
+    joined = not ray.is_initialized()
+    if joined:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        details = serve_details() if serve_running() else {"applications": {}}
+    finally:
+        if joined:
+            ray.shutdown()
+    names = [app] if app is not None else sorted(details.get("applications", {}))
+    return [app_status(details, name, {}) for name in names if name in details.get("applications", {})]
+
+
+def serve_running() -> bool:
+    """Whether Ray Serve's controller runs on the cluster this process joined."""
+    try:
+        return _get_global_client() is not None
+    except RayServeException:
+        return False
 
 
 def fetch_app_status(
