@@ -69,6 +69,7 @@ def _render_app(document: dict[str, Any]) -> str:
         lines.append(f"  {deployment:<24} {counts:>9}  {version:<12} {state}")
         for replica in view.get("replicas", []):
             where = replica.get("node_ip") or replica.get("device") or ""
+            pid = "" if replica.get("pid") is None else f"pid {replica['pid']} "
             replica_id, state = replica.get("id", "?"), replica.get("state", "?")
-            lines.append(f"    {replica_id:<30} {state:<10} pid {replica.get('pid')} {where}")
+            lines.append(f"    {replica_id:<30} {state:<10} {pid}{where}".rstrip())
     return "\n".join(lines)

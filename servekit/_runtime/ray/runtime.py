@@ -81,6 +81,8 @@ class RayRuntime:
         self._dispatcher: RayDispatcher | None = None
         self._http_address: tuple[str, int] | None = None
         self._user_code: UserCode | None = None
+        self._handles: dict[str, RayHandle] = {}
+        """Ray's handle to each deployment, fetched after each deploy (off the event loop)."""
         self.state = "new"
 
     @property
@@ -121,12 +123,7 @@ class RayRuntime:
             await asyncio.shield(_on_daemon_thread(self._stop))
             self.state = "stopped"
             raise
-        self._dispatcher = RayDispatcher(
-            self._loop,
-            self._ray_handle,
-            method_table(self._graph.nodes),
-            idempotent_methods(self._graph.nodes),
-        )
+        self._dispatcher = self._dispatcher_for(self._graph)
         self.state = "running"
 
     def handle(self, deployment: str | None = None) -> DeploymentHandle:
@@ -169,9 +166,7 @@ class RayRuntime:
             )
         await asyncio.to_thread(self._deploy, graph)
         self._graph = graph
-        self._dispatcher = RayDispatcher(
-            self.loop, self._ray_handle, method_table(graph.nodes), idempotent_methods(graph.nodes)
-        )
+        self._dispatcher = self._dispatcher_for(graph)
 
     def status(self) -> dict[str, Any]:
         """The app's deployments and replicas as Ray Serve reports them (a blocking call)."""
@@ -238,6 +233,9 @@ class RayRuntime:
             warnings.simplefilter("ignore", DeprecationWarning)
             serve.run_many([target], wait_for_applications_running=False)
         self._wait_running(graph)
+        self._handles = {
+            name: serve.get_deployment_handle(name, app_name=self._app_name) for name in graph.nodes
+        }
 
     def _build(self, graph: AppGraph, modules: list[ModuleType]) -> Any:
         methods = method_table(graph.nodes)
@@ -309,10 +307,13 @@ class RayRuntime:
             raise DeploymentUnavailableError(f"app {self._app_name!r} is not running on Ray")
         return self._dispatcher
 
+    def _dispatcher_for(self, graph: AppGraph) -> RayDispatcher:
+        return RayDispatcher(
+            self.loop, self._ray_handle, method_table(graph.nodes), idempotent_methods(graph.nodes)
+        )
+
     def _ray_handle(self, deployment: str) -> RayHandle | None:
-        if deployment not in self._graph.nodes:
-            return None
-        return serve.get_deployment_handle(deployment, app_name=self._app_name)
+        return self._handles.get(deployment)
 
     def _grace_s(self) -> float:
         return max(node.deployment.config.graceful_shutdown_timeout_s for node in self._graph.nodes.values())
