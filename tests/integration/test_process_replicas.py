@@ -17,11 +17,12 @@ import httpx
 import psutil
 import pytest
 import torch
-from conftest import StartServer
 from process_apps import Echo, Elastic, Front, Pipeline, Poison, Sleepy, TorchModel
 
 import servekit as sk
 from servekit.errors import DeploymentStartError, ReplicaDiedError
+
+StartServer = Callable[..., sk.Server]  # the `serve_app` fixture of tests/integration/conftest.py
 
 DEADLINE_S = 20.0
 
