@@ -22,13 +22,12 @@ import uvicorn
 from servekit._http.app import DEFAULT_MAX_BODY_BYTES, build_asgi_app, describe_routes
 from servekit._http.routes import ingress_routes
 from servekit._runtime.app import AppHandle, RunningApp
-from servekit._runtime.backends import make_http_runtime
+from servekit._runtime.backends import make_http_runtime, make_local_runtime
 from servekit._runtime.interface import Backend, HttpIngress, ServingRuntime
-from servekit._runtime.local.runtime import LocalRuntime
 from servekit._spec.config import Isolation
 from servekit._spec.deployment import Application
 from servekit._spec.graph import build_graph
-from servekit.errors import DeploymentOptionError, GraphError
+from servekit.errors import GraphError
 
 logger = logging.getLogger("servekit.server")
 
@@ -39,6 +38,8 @@ class HttpFront(Protocol):
     host: str
     port: int
     routes: list[tuple[str, str]]
+    grace_s: float
+    """How long in-flight requests get on shutdown, unless `Server.shutdown` says otherwise."""
 
     def refresh(self) -> None:
         """Switch to the routes of the app as redeployed."""
@@ -101,15 +102,11 @@ class Server:
             if self._stopped:
                 return
             self._stopped = True
-        grace = self._grace_s if grace_s is None else grace_s
+        grace = self._front.grace_s if grace_s is None else grace_s
         try:
             self._front.stop(grace)
         finally:
             self._running.stop(grace)
-
-    @property
-    def _grace_s(self) -> float:
-        return getattr(self._front, "grace_s", 30.0)
 
     def __enter__(self) -> Server:
         return self
@@ -185,11 +182,9 @@ def _start_local(
     graph = build_graph(app)
     found = ingress_routes(graph.ingress_node.deployment)
     in_process_only = [graph.ingress] if found.raw_call or found.asgi_app is not None else []
-    if address is not None:
-        raise DeploymentOptionError(
-            f"address={address!r} is for the Ray backend; pass backend='ray' (--backend ray) with it"
-        )
-    runtime = LocalRuntime(graph, isolation=isolation, gpus=gpus, in_process_only=in_process_only)
+    runtime = make_local_runtime(
+        graph, address=address, isolation=isolation, gpus=gpus, in_process_only=in_process_only
+    )
     sock = _bind(host, port)
     try:
         running = RunningApp(runtime)

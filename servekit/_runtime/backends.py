@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from servekit._runtime.interface import BACKENDS, Backend, HttpIngress, ProxiedRuntime, Runtime
+from servekit._runtime.local.runtime import LocalRuntime
 from servekit._spec.config import Isolation
 from servekit._spec.graph import AppGraph
 from servekit.errors import DeploymentOptionError
@@ -27,14 +28,9 @@ def make_runtime(
     servekit starts and stops.
     """
     if backend == "local":
-        if address is not None:
-            raise DeploymentOptionError(
-                f"address={address!r} is for the Ray backend; pass backend='ray' (--backend ray) with it"
-            )
-        from servekit._runtime.local.runtime import LocalRuntime  # noqa: PLC0415
-
-        return LocalRuntime(
+        return make_local_runtime(
             graph,
+            address=address,
             isolation=isolation,
             gpus=gpus,
             in_process_only=in_process_only,
@@ -51,6 +47,29 @@ def make_runtime(
         )
     raise DeploymentOptionError(
         f"backend={backend!r} is unknown; use one of {', '.join(map(repr, BACKENDS))}"
+    )
+
+
+def make_local_runtime(
+    graph: AppGraph,
+    *,
+    address: str | None = None,
+    isolation: Isolation | None = None,
+    gpus: str | None = None,
+    in_process_only: Collection[str] = (),
+    start_timeout_s: float | None = None,
+) -> LocalRuntime:
+    """The local runtime for `graph`; an `address` (a cluster's) is refused, saying what it is for."""
+    if address is not None:
+        raise DeploymentOptionError(
+            f"address={address!r} is for the Ray backend; pass backend='ray' (--backend ray) with it"
+        )
+    return LocalRuntime(
+        graph,
+        isolation=isolation,
+        gpus=gpus,
+        in_process_only=in_process_only,
+        start_timeout_s=start_timeout_s,
     )
 
 
@@ -74,8 +93,7 @@ def make_http_runtime(
     from servekit._runtime.ray import load_ray_runtime  # noqa: PLC0415
 
     ray_runtime = load_ray_runtime()
-    timeout = {} if start_timeout_s is None else {"start_timeout_s": start_timeout_s}
     runtime: ProxiedRuntime = ray_runtime(
-        graph, address=address, isolation=isolation, gpus=gpus, http=http, **timeout
+        graph, address=address, isolation=isolation, gpus=gpus, http=http, start_timeout_s=start_timeout_s
     )
     return runtime

@@ -65,7 +65,7 @@ class RayRuntime:
         gpus: str | None = None,
         http: HttpIngress | None = None,
         app_name: str | None = None,
-        start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+        start_timeout_s: float | None = None,
     ) -> None:
         if isolation == "in_process":
             raise DeploymentOptionError(
@@ -76,7 +76,7 @@ class RayRuntime:
         self._cluster = RayCluster(address, gpus)
         self._http = http
         self._app_name = app_name or graph.ingress
-        self._start_timeout_s = start_timeout_s
+        self._start_timeout_s = DEFAULT_START_TIMEOUT_S if start_timeout_s is None else start_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatcher: RayDispatcher | None = None
         self._http_address: tuple[str, int] | None = None
