@@ -97,8 +97,12 @@ class RayReplica:
         return self.replica.batch_stats()
 
     async def __del__(self) -> None:
-        self.replica.stop()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        replica: Replica | None = getattr(self, "replica", None)  # None when __init__ failed early
+        if replica is not None:
+            replica.stop()
+        executor: ThreadPoolExecutor | None = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 class IngressReplica(RayReplica):
