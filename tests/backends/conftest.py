@@ -9,17 +9,13 @@ called `ray.init`), so it never starts or stops a Ray of its own here.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import behaviour_apps as apps
-import httpx
 import pytest
 from behaviour_support import HANDLE_BACKENDS, HTTP_BACKENDS, Backend, RayCluster, ServedShop, free_port
 
 import servekit as sk
-
-CLIENT_TIMEOUT_S = 30.0
 
 
 @pytest.fixture(scope="session")
@@ -64,21 +60,3 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     server = Backend(request.param, request).serve(apps.http_app(gates), max_body_bytes=apps.BODY_LIMIT)
     yield ServedShop(server, gates, request.param)
     server.shutdown(grace_s=5)
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=CLIENT_TIMEOUT_S) as http:
-        yield http
-
-
-@pytest.fixture
-async def async_client() -> Any:
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, limits=limits) as http:
-        yield http
-
-
-@pytest.fixture
-def backend_factory(request: pytest.FixtureRequest) -> Callable[[str], Backend]:
-    return lambda name: Backend(name, request)

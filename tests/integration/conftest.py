@@ -7,15 +7,12 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 import servekit as sk
-
-CLIENT_TIMEOUT_S = 10.0
 
 StartServer = Callable[..., sk.Server]
 
@@ -33,21 +30,6 @@ def serve_app() -> Iterator[StartServer]:
     yield start
     for server in reversed(servers):
         server.shutdown(grace_s=2)
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    """A sync client with a bounded timeout; pass full URLs (`server.url + path`)."""
-    with httpx.Client(timeout=CLIENT_TIMEOUT_S) as http:
-        yield http
-
-
-@pytest.fixture
-async def async_client() -> AsyncIterator[httpx.AsyncClient]:
-    """An async client with a bounded timeout and room for many concurrent connections."""
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, limits=limits) as http:
-        yield http
 
 
 @pytest.fixture

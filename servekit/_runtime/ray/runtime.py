@@ -91,11 +91,6 @@ class RayRuntime:
         return self._graph
 
     @property
-    def app_name(self) -> str:
-        """The Ray Serve application name (the ingress deployment's name)."""
-        return self._app_name
-
-    @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop handle calls start on (set by `start`)."""
         if self._loop is None:
