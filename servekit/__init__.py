@@ -5,8 +5,9 @@ Decorate classes as deployments, compose them with `.bind()`, then `run` them in
 """
 
 from servekit import errors
-from servekit._http.app import ingress_instance
+from servekit._http.app import deployment_instance
 from servekit._http.server import Server, serve
+from servekit._replica.autoscaling import MetricsSample, PolicyInput
 from servekit._replica.batching import batch
 from servekit._replica.context import ReplicaContext, replica_context
 from servekit._runtime.app import AppHandle, run
@@ -15,7 +16,8 @@ from servekit._runtime.handle import (
     DeploymentResponse,
     DeploymentResponseGenerator,
 )
-from servekit._spec.config import Autoscaling, DeploymentConfig, Resources
+from servekit._runtime.options import RunOptions
+from servekit._spec.config import Autoscaling, DeploymentConfig, DeploymentOptions, Resources
 from servekit._spec.deployment import Application, Deployment, deployment
 from servekit._spec.endpoint import endpoint, idempotent, ingress
 from servekit._version import __version__
@@ -29,21 +31,25 @@ __all__ = [
     "DeploymentConfig",
     "DeploymentHandle",
     "DeploymentOptionError",
+    "DeploymentOptions",
     "DeploymentResponse",
     "DeploymentResponseGenerator",
     "GraphError",
+    "MetricsSample",
+    "PolicyInput",
     "ReplicaContext",
     "Resources",
+    "RunOptions",
     "ServekitError",
     "Server",
     "__version__",
     "batch",
     "deployment",
+    "deployment_instance",
     "endpoint",
     "errors",
     "idempotent",
     "ingress",
-    "ingress_instance",
     "replica_context",
     "run",
     "serve",

@@ -55,6 +55,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="GPU ids to plan with, like 0,1 (overrides detection and SERVEKIT_GPUS; '' for none)",
     )
+    serve.add_argument(
+        "--start-timeout",
+        type=float,
+        default=None,
+        help="seconds the app may take to start before servekit gives up (default: none locally, 600 on Ray)",
+    )
+    serve.add_argument(
+        "--wait-for-nodes",
+        action="store_true",
+        help="with --backend ray: when the app does not fit the cluster yet, wait for nodes to join "
+        "(up to --start-timeout) instead of failing at once",
+    )
+    serve.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="the event loop (default: uvloop when installed)",
+    )
+    serve.add_argument(
+        "--http",
+        choices=["auto", "h11", "httptools"],
+        default="auto",
+        help="the HTTP parser (default: httptools when installed)",
+    )
+    serve.add_argument(
+        "--strict",
+        action="store_true",
+        help="validate request bodies strictly (no coercion of '1' or false into numbers) by default",
+    )
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="413 above this")
     serve.add_argument(
         "--grace-period",
@@ -98,16 +127,22 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from servekit._http.server import serve  # noqa: PLC0415 (keeps --version fast)
+    from servekit._http.server import serve, serve_until_signal  # noqa: PLC0415 (keeps --version fast)
+    from servekit._runtime.options import run_options  # noqa: PLC0415
 
-    if args.gpus is not None:
-        from servekit._runtime.local.placement import parse_gpu_ids  # noqa: PLC0415
-
-        try:
-            parse_gpu_ids(args.gpus, "--gpus")
-        except ValueError as exc:
-            print(f"servekit: error: {exc}", file=sys.stderr)
-            return 2
+    try:
+        options = run_options(
+            backend=args.backend,
+            address=args.address,
+            isolation=args.isolation,
+            gpus=args.gpus,
+            start_timeout_s=args.start_timeout,
+            wait_for_nodes=args.wait_for_nodes,
+            loop=args.loop,
+        )
+    except ServekitError as exc:
+        print(f"servekit: error: {exc}", file=sys.stderr)
+        return 2
     try:
         with _tracebacks_logged(args.log_level == "debug"):
             app = load_app(args.target)
@@ -119,10 +154,9 @@ def _serve(args: argparse.Namespace) -> int:
                 max_body_bytes=args.max_body_bytes,
                 graceful_shutdown_s=args.grace_period,
                 access_log=args.access_log,
-                backend=args.backend,
-                address=args.address,
-                isolation=args.isolation,
-                gpus=args.gpus,
+                strict=args.strict,
+                http=args.http,
+                **options.model_dump(exclude_defaults=True),
             )
     except (TargetError, ServekitError, OSError, ImportError) as exc:
         hint = (
@@ -133,8 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"servekit: error: {_one_line(exc)}{hint}", file=sys.stderr)
         return 1
     print(f"servekit: serving {args.target} at {server.url}", file=sys.stderr)
-    if args.backend == "ray":
-        print(f"  on Ray Serve as app {server.handle.deployment_name!r}", file=sys.stderr)
+    print(f"  runs {server.location}", file=sys.stderr)
     for methods, path in server.routes:
         print(f"  {methods:<8} {server.url}{path}", file=sys.stderr)
     print(
@@ -142,11 +175,9 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    from servekit._http.server import _serve_until_signal  # noqa: PLC0415
-
     reloader = Reloader(args.target, server) if args.reload else None
     try:
-        _serve_until_signal(server)
+        serve_until_signal(server)
     finally:
         if reloader is not None:
             reloader.stop()

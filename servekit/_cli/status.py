@@ -34,11 +34,12 @@ def status_from_url(url: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
 
 def status_from_cluster(address: str, app: str | None) -> list[dict[str, Any]]:
     """The status of each Serve application (or just `app`) on the Ray cluster at `address`."""
+    from servekit._runtime.backends import cluster_backend  # noqa: PLC0415
+
     try:
-        from servekit._runtime.ray.status import cluster_status  # noqa: PLC0415
-    except ImportError:
-        raise StatusError("reading a Ray cluster needs Ray Serve: pip install 'servekit[ray]'") from None
-    documents = cluster_status(address, app)
+        documents = cluster_backend().cluster_status(address, app)
+    except ImportError as exc:
+        raise StatusError(f"reading a Ray cluster: {exc}") from None
     if app is not None and not documents:
         raise StatusError(f"no Serve application named {app!r} on the cluster at {address}")
     return documents

@@ -27,7 +27,9 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
-def build_asgi_app(runtime: ServingRuntime, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+def build_asgi_app(
+    runtime: ServingRuntime, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, *, strict: bool = False
+) -> Starlette:
     """The ASGI app serving `runtime`'s ingress deployment over HTTP."""
     ingress = runtime.graph.ingress_node
     found = ingress_routes(ingress.deployment)
@@ -143,12 +145,14 @@ class _IngressASGI:
                 await error_response(exc, Request(scope))(scope, receive, send)
 
 
-def ingress_instance(request: Request) -> Any:
+def deployment_instance(request: Request) -> Any:
     """The ingress deployment's instance serving `request`, inside an app mounted with `@ingress`."""
     try:
         return request.scope[INSTANCE_SCOPE_KEY]
     except KeyError:
-        raise RuntimeError("ingress_instance() works only in an app mounted with @servekit.ingress") from None
+        raise RuntimeError(
+            "deployment_instance() works only in an app mounted with @servekit.ingress"
+        ) from None
 
 
 class BodyLimit:

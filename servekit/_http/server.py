@@ -7,7 +7,6 @@ proxy (serving the same Starlette ingress inside the ingress replica) for the Ra
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import signal
@@ -15,19 +14,19 @@ import socket
 import threading
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, Unpack, cast
 
 import uvicorn
 
 from servekit._http.app import DEFAULT_MAX_BODY_BYTES, build_asgi_app, describe_routes
 from servekit._http.routes import ingress_routes
 from servekit._runtime.app import AppHandle, RunningApp
-from servekit._runtime.backends import make_http_runtime, make_local_runtime
-from servekit._runtime.interface import Backend, HttpIngress, ServingRuntime
-from servekit._spec.config import Isolation
+from servekit._runtime.backends import get_backend
+from servekit._runtime.interface import HttpIngress, ProxiedRuntime, ServingRuntime
+from servekit._runtime.options import RunKeywords, RunOptions, run_options
 from servekit._spec.deployment import Application
-from servekit._spec.graph import build_graph
-from servekit.errors import GraphError
+from servekit._spec.graph import AppGraph, build_graph
+from servekit.errors import DeploymentOptionError
 
 logger = logging.getLogger("servekit.server")
 
@@ -66,8 +65,6 @@ class Server:
         """The port the server listens on (the real one when started with port=0)."""
         self.handle = AppHandle(running)
         """The ingress handle, to call the app in-process too."""
-        self._lock = threading.Lock()
-        self._stopped = False
 
     @property
     def url(self) -> str:
@@ -80,28 +77,30 @@ class Server:
         """(methods, path) of each user route."""
         return self._front.routes
 
+    @property
+    def location(self) -> str:
+        """Where the app runs, in words ("on this machine", "on Ray Serve as app 'Api'")."""
+        return self._running.runtime.location
+
+    def stopped(self) -> bool:
+        """Whether the server stopped: `shutdown()` was called, or the HTTP server died."""
+        return self._running.stopped or self._front.stopped()
+
     def redeploy(self, app: Application) -> None:
         """Update the served app to `app` without dropping requests.
 
         Changed deployments roll replica by replica (a new one is ready before an old one
         drains), new ones start, removed ones stop, and the HTTP routes switch to the new
-        ingress's once every deployment runs. The ingress must keep its name.
+        ingress's once every deployment runs. The ingress must keep its name. If a new replica
+        cannot start, the app keeps serving exactly as before and `DeploymentStartError` says why.
         """
-        graph = build_graph(app)
-        current = self._running.runtime.graph.ingress
-        if graph.ingress != current:
-            raise GraphError(
-                f"a redeploy must keep the ingress {current!r}; the new app's ingress is {graph.ingress!r}"
-            )
         self._running.update(app)
         self._front.refresh()
 
     def shutdown(self, grace_s: float | None = None) -> None:
         """Stop accepting connections, let in-flight requests finish (up to `grace_s`), stop the app."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
+        if self._running.stopped:
+            return
         grace = self._front.grace_s if grace_s is None else grace_s
         try:
             self._front.stop(grace)
@@ -120,45 +119,42 @@ class Server:
         self.shutdown()
 
 
+HttpImpl = Literal["auto", "h11", "httptools"]
+HTTP_IMPLS: tuple[HttpImpl, ...] = ("auto", "h11", "httptools")
+
+
 def serve(
     app: Application,
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
     blocking: bool = True,
-    backend: Backend = "local",
-    address: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     graceful_shutdown_s: float = 30.0,
     access_log: bool = False,
-    isolation: Isolation | None = None,
-    gpus: str | None = None,
+    strict: bool = False,
+    http: HttpImpl = "auto",
+    **options: Unpack[RunKeywords],
 ) -> Server:
     """Run `app` and serve its ingress over HTTP at `host`:`port` (0 picks a free port).
 
     With `blocking=False` it returns the running `Server` at once. With `blocking=True` it
     serves until SIGINT or SIGTERM, then stops accepting, lets in-flight requests finish
     within `graceful_shutdown_s`, stops the app and returns. Bodies larger than
-    `max_body_bytes` are refused with 413.
+    `max_body_bytes` are refused with 413. `strict=True` validates request bodies strictly
+    (no coercion of `"1"` or `false` into numbers) wherever an endpoint does not choose.
+    `http` picks the HTTP parser ("auto": httptools when installed, else h11).
 
-    `backend="local"` serves from uvicorn in this process. `isolation` sets where replicas run
-    for deployments that do not choose ("in_process" or "process"); an ingress that serves raw
-    requests or an ASGI app stays in-process. `gpus` declares the GPU ids to plan with (like
-    "0,1"), overriding detection and `SERVEKIT_GPUS`.
-
-    `backend="ray"` deploys the app to Ray Serve (the cluster at `address`, else a local Ray
-    servekit starts) and serves the same routes from Ray Serve's proxy at `host`:`port`; when
-    Serve already runs on that cluster, its proxy keeps the address it has.
+    The other keywords choose where the app runs, as for `servekit.run`: `backend="local"`
+    serves from uvicorn in this process (an ingress that serves raw requests or an ASGI app
+    stays in-process whatever `isolation` says); `backend="ray"` deploys the app to Ray Serve
+    and serves the same routes from Ray Serve's proxy at `host`:`port` (when Serve already
+    runs on that cluster, its proxy keeps the address it has).
     """
-    options = _FrontOptions(max_body_bytes, graceful_shutdown_s, access_log)
-    if backend == "local":
-        server = _start_local(app, host, port, options, isolation=isolation, gpus=gpus, address=address)
-    else:
-        server = _start_on_backend(
-            app, host, port, options, backend=backend, address=address, isolation=isolation, gpus=gpus
-        )
+    front_options = _FrontOptions(max_body_bytes, graceful_shutdown_s, access_log, strict, http)
+    server = _start(build_graph(app), host, port, front_options, run_options(**options))
     if blocking:
-        _serve_until_signal(server)
+        serve_until_signal(server)
     return server
 
 
@@ -167,58 +163,41 @@ class _FrontOptions:
     max_body_bytes: int
     grace_s: float
     access_log: bool
+    strict: bool
+    http: HttpImpl
+
+    def __post_init__(self) -> None:
+        if self.http not in HTTP_IMPLS:
+            choices = ", ".join(map(repr, HTTP_IMPLS))
+            raise DeploymentOptionError(f"http={self.http!r} is unknown; use one of {choices}")
+
+    def build_app(self, serving: ServingRuntime) -> Any:
+        return build_asgi_app(serving, self.max_body_bytes, strict=self.strict)
 
 
-def _start_local(
-    app: Application,
-    host: str,
-    port: int,
-    options: _FrontOptions,
-    *,
-    isolation: Isolation | None,
-    gpus: str | None,
-    address: str | None,
-) -> Server:
-    graph = build_graph(app)
+def _start(graph: AppGraph, host: str, port: int, front: _FrontOptions, options: RunOptions) -> Server:
+    """Start the app on its backend and its HTTP front: the backend's proxy, or uvicorn here."""
     found = ingress_routes(graph.ingress_node.deployment)
-    in_process_only = [graph.ingress] if found.raw_call or found.asgi_app is not None else []
-    runtime = make_local_runtime(
-        graph, address=address, isolation=isolation, gpus=gpus, in_process_only=in_process_only
-    )
+    in_process = found.raw_call or found.asgi_app is not None
+    if get_backend(options.backend).serves_http:
+        http = HttpIngress(host, _free_port(host) if port == 0 else port, front.build_app, front.access_log)
+        running = RunningApp.start(graph, options, http)
+        address = cast(ProxiedRuntime, running.runtime).http_address()
+        return Server(running, ProxyFront(running, address, front.grace_s))
     sock = _bind(host, port)
+    http = HttpIngress(host, port, front.build_app, front.access_log, ingress_in_process=in_process)
     try:
-        running = RunningApp(runtime)
+        running = RunningApp.start(graph, options, http)
     except BaseException:
         sock.close()
         raise
     try:
-        front = UvicornFront(running, runtime, sock, options)
+        uvicorn_front = UvicornFront(running, cast(ServingRuntime, running.runtime), sock, front)
     except BaseException:
         sock.close()
         running.stop(0)
         raise
-    return Server(running, front)
-
-
-def _start_on_backend(
-    app: Application,
-    host: str,
-    port: int,
-    options: _FrontOptions,
-    *,
-    backend: Backend,
-    address: str | None,
-    isolation: Isolation | None,
-    gpus: str | None,
-) -> Server:
-    graph = build_graph(app)
-    build_app = functools.partial(build_asgi_app, max_body_bytes=options.max_body_bytes)
-    http = HttpIngress(host, _free_port(host) if port == 0 else port, build_app, options.access_log)
-    runtime = make_http_runtime(
-        graph, backend=backend, address=address, isolation=isolation, gpus=gpus, http=http
-    )
-    running = RunningApp(runtime)
-    return Server(running, ProxyFront(running, runtime.http_address(), options.grace_s))
+    return Server(running, uvicorn_front)
 
 
 class UvicornFront:
@@ -229,11 +208,12 @@ class UvicornFront:
     ) -> None:
         self._running = running
         self._serving = serving
-        self._max_body_bytes = options.max_body_bytes
+        self._options = options
         self.grace_s = options.grace_s
-        self._asgi = SwappableApp(build_asgi_app(self._serving, options.max_body_bytes))
+        self._asgi = SwappableApp(options.build_app(serving))
         config = uvicorn.Config(
             self._asgi,
+            http=options.http,
             lifespan="off",
             log_config=None,
             access_log=options.access_log,
@@ -247,7 +227,7 @@ class UvicornFront:
 
     def refresh(self) -> None:
         """Serve the redeployed ingress's routes from now on."""
-        self._asgi.app = build_asgi_app(self._serving, self._max_body_bytes)
+        self._asgi.app = self._options.build_app(self._serving)
         self.routes = self._asgi.app.state.servekit_routes
 
     def stop(self, grace_s: float) -> None:
@@ -301,8 +281,11 @@ def _free_port(host: str) -> int:
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket at `host`:`port`, made as TCP (IPPROTO_TCP) so that asyncio sets
+    TCP_NODELAY on every connection it accepts: without it Nagle's algorithm meets delayed ACKs
+    and each keep-alive request waits ~40 ms on the pure-asyncio stack."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -332,7 +315,8 @@ async def _stop_http(http: uvicorn.Server, task: asyncio.Task[None], grace_s: fl
         task.cancel()
 
 
-def _serve_until_signal(server: Server) -> None:
+def serve_until_signal(server: Server) -> None:
+    """Block until SIGINT or SIGTERM (or the HTTP server dies), then shut `server` down gracefully."""
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -346,7 +330,7 @@ def _serve_until_signal(server: Server) -> None:
     logger.info("serving at %s", server.url)
     try:
         while not stop.wait(0.2):
-            if server._front.stopped():  # the HTTP server died on its own
+            if server.stopped():  # the HTTP server died on its own
                 break
     finally:
         server.shutdown()

@@ -1,42 +1,70 @@
-"""`run()`: start an app on a backend and get its ingress handle, from scripts or notebooks."""
+"""`RunningApp` (one app's lifecycle) and `run()`: start an app and get its ingress handle.
+
+`RunningApp` owns everything between start and stop: the runtime, the event-loop thread it
+runs on, redeploys (the ingress keeps its name), and a stop that runs once. `AppHandle` (from
+`run`) and `Server` (from `serve`) only wrap it.
+"""
 
 from __future__ import annotations
 
 import gc
 import threading
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 from servekit._runtime.backends import make_runtime
 from servekit._runtime.handle import DeploymentHandle
-from servekit._runtime.interface import Backend, Runtime
+from servekit._runtime.interface import HttpIngress, Runtime
 from servekit._runtime.loop_thread import LoopThread
-from servekit._spec.config import Isolation
+from servekit._runtime.options import RunKeywords, RunOptions, run_options
 from servekit._spec.deployment import Application
-from servekit._spec.graph import build_graph
+from servekit._spec.graph import AppGraph, build_graph
+from servekit.errors import GraphError
 
 
 class RunningApp:
-    """An app's runtime, driven from its own event-loop thread; `stop()` drains and joins it."""
+    """An app's runtime, driven from its own event-loop thread. Use `RunningApp.start`."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.thread = LoopThread(f"servekit-{runtime.graph.ingress}")
+    def __init__(self, runtime: Runtime, thread: LoopThread) -> None:
         self.runtime = runtime
+        self.thread = thread
         self._lock = threading.Lock()
         self._stopped = False
+
+    @classmethod
+    def start(cls, graph: AppGraph, options: RunOptions, http: HttpIngress | None = None) -> RunningApp:
+        """Make `graph`'s runtime on the backend `options` name and start it; raises if it cannot start."""
+        runtime = make_runtime(graph, options, http)
+        thread = LoopThread(f"servekit-{graph.ingress}", options.loop)
         try:
-            self.thread.run(self.runtime.start())
+            thread.run(runtime.start())
         except BaseException:
-            self.thread.stop()
+            thread.stop()
             raise
         gc.freeze()  # models and state built at start-up stay out of every later GC pass
+        return cls(runtime, thread)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether `stop()` was called."""
+        return self._stopped
 
     def update(self, app: Application) -> None:
-        """Redeploy `app` over the running one, rolling changed deployments replica by replica."""
-        self.thread.run(self.runtime.update(build_graph(app)))
+        """Redeploy `app` over the running one, rolling changed deployments replica by replica.
+
+        The ingress must keep its name. When a new replica cannot start, the app is left
+        exactly as it was (old code, old options) and the start error is raised.
+        """
+        graph = build_graph(app)
+        current = self.runtime.graph.ingress
+        if graph.ingress != current:
+            raise GraphError(
+                f"a redeploy must keep the ingress {current!r}; the new app's ingress is {graph.ingress!r}"
+            )
+        self.thread.run(self.runtime.update(graph))
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Drain in-flight requests (up to `grace_s`), stop replicas and the loop. Idempotent."""
+        """Drain in-flight requests (up to `grace_s`), stop replicas and the loop. Runs once."""
         with self._lock:
             if self._stopped:
                 return
@@ -70,7 +98,8 @@ class AppHandle(DeploymentHandle):
 
         Deployments whose code, options or arguments changed get new replicas one at a time,
         each ready before an old one drains; new deployments start, removed ones stop. The
-        ingress must keep its name.
+        ingress must keep its name. If a new replica fails to start, the app keeps running
+        exactly as before and `DeploymentStartError` says why; calling again retries.
         """
         self._running.update(app)
 
@@ -90,15 +119,7 @@ class AppHandle(DeploymentHandle):
         self.shutdown()
 
 
-def run(
-    app: Application,
-    *,
-    backend: Backend = "local",
-    address: str | None = None,
-    start_timeout_s: float | None = None,
-    isolation: Isolation | None = None,
-    gpus: str | None = None,
-) -> AppHandle:
+def run(app: Application, **options: Unpack[RunKeywords]) -> AppHandle:
     """Start `app` and return its ingress handle (no HTTP).
 
     Works in plain scripts and inside a running event loop (Jupyter): calls go through the
@@ -106,24 +127,18 @@ def run(
     `handle.method(x).result()` from sync code. Stop it with `handle.shutdown()` or
     `with servekit.run(app) as handle:`.
 
-    `backend="local"` (the default) runs the replicas on this machine. `isolation` sets where
-    replicas of deployments that do not choose run: "in_process" (the default) or "process" (a
-    worker process each). `gpus` declares the GPU ids to plan with (like "0,1"), overriding
-    detection and `SERVEKIT_GPUS`.
+    Options (all keywords; a bad one raises `DeploymentOptionError` naming it):
 
-    `backend="ray"` runs the same app on Ray Serve: on the cluster at `address` (like "auto" or
-    "ray://head:10001"; default ``RAY_ADDRESS``), which keeps running after `shutdown()`, or, with
-    neither, on a local Ray that servekit starts for the app and stops with it.
-
-    `start_timeout_s` bounds the start on either backend: past it the app is stopped and
-    `DeploymentStartError` raised (on Ray it defaults to 600 s, for clusters that autoscale).
+    - `backend="local"` (the default) runs the replicas on this machine; `backend="ray"` on
+      Ray Serve: on the cluster at `address` (like "auto" or "ray://head:10001"; default
+      ``RAY_ADDRESS``), which keeps running after `shutdown()`, or, with neither, on a local
+      Ray that servekit starts for the app and stops with it.
+    - `isolation`: where replicas of deployments that do not choose run, "in_process" (the
+      default) or "process" (a worker process each). `gpus`: the GPU ids to plan with (like
+      "0,1"), overriding detection and ``SERVEKIT_GPUS``.
+    - `start_timeout_s` bounds the start on either backend: past it the app is stopped and
+      `DeploymentStartError` raised (on Ray it defaults to 600 s, for clusters that autoscale).
+      `wait_for_nodes=True` (Ray) waits for nodes to join when the app does not fit yet.
+    - `loop`: the app's event loop, "auto" (uvloop when installed) or "asyncio".
     """
-    runtime = make_runtime(
-        build_graph(app),
-        backend=backend,
-        address=address,
-        isolation=isolation,
-        gpus=gpus,
-        start_timeout_s=start_timeout_s,
-    )
-    return AppHandle(RunningApp(runtime))
+    return AppHandle(RunningApp.start(build_graph(app), run_options(**options)))

@@ -1,99 +1,60 @@
-"""`make_runtime`: the one place that picks a backend for an app graph."""
+"""The backend registry: the one place that turns `RunOptions.backend` into a runtime.
+
+Each backend is a module exposing `BACKEND` (a `Backend`), imported only when an app uses it,
+so the local path never loads Ray and a missing extra is reported only when asked for.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import importlib
+from typing import Any, Protocol, cast
 
-from servekit._runtime.interface import BACKENDS, Backend, HttpIngress, ProxiedRuntime, Runtime
-from servekit._runtime.local.runtime import LocalRuntime
-from servekit._spec.config import Isolation
+from servekit._runtime.interface import HttpIngress, Runtime
+from servekit._runtime.options import BACKEND_NAMES, RunOptions
 from servekit._spec.graph import AppGraph
-from servekit.errors import DeploymentOptionError
+
+_MODULES = {
+    "local": "servekit._runtime.local.backend",
+    "ray": "servekit._runtime.ray.backend",
+}
+assert tuple(_MODULES) == BACKEND_NAMES
 
 
-def make_runtime(
-    graph: AppGraph,
-    *,
-    backend: Backend = "local",
-    address: str | None = None,
-    isolation: Isolation | None = None,
-    gpus: str | None = None,
-    in_process_only: Collection[str] = (),
-    start_timeout_s: float | None = None,
-) -> Runtime:
-    """The runtime that runs `graph` on `backend`.
+class Backend(Protocol):
+    """Makes runtimes for app graphs on one kind of infrastructure."""
 
-    "local" runs it on this machine (in-process or worker-process replicas). "ray" runs it on
-    Ray Serve: on the cluster at `address` (or ``RAY_ADDRESS``), else on a local Ray that
-    servekit starts and stops.
-    """
-    if backend == "local":
-        return make_local_runtime(
-            graph,
-            address=address,
-            isolation=isolation,
-            gpus=gpus,
-            in_process_only=in_process_only,
-            start_timeout_s=start_timeout_s,
-        )
-    if backend == "ray":
-        return make_http_runtime(
-            graph,
-            backend=backend,
-            address=address,
-            isolation=isolation,
-            gpus=gpus,
-            start_timeout_s=start_timeout_s,
-        )
-    raise DeploymentOptionError(
-        f"backend={backend!r} is unknown; use one of {', '.join(map(repr, BACKENDS))}"
-    )
+    serves_http: bool
+    """Whether the backend serves the HTTP ingress itself (Ray Serve's proxy) rather than the
+    edge running uvicorn on the runtime's loop in this process."""
+
+    def make(self, graph: AppGraph, options: RunOptions, http: HttpIngress | None = None) -> Runtime:
+        """A runtime for `graph` (not started). With `http`, the app is served over HTTP."""
+        ...
 
 
-def make_local_runtime(
-    graph: AppGraph,
-    *,
-    address: str | None = None,
-    isolation: Isolation | None = None,
-    gpus: str | None = None,
-    in_process_only: Collection[str] = (),
-    start_timeout_s: float | None = None,
-) -> LocalRuntime:
-    """The local runtime for `graph`; an `address` (a cluster's) is refused, saying what it is for."""
-    if address is not None:
-        raise DeploymentOptionError(
-            f"address={address!r} is for the Ray backend; pass backend='ray' (--backend ray) with it"
-        )
-    return LocalRuntime(
-        graph,
-        isolation=isolation,
-        gpus=gpus,
-        in_process_only=in_process_only,
-        start_timeout_s=start_timeout_s,
-    )
+class ClusterBackend(Backend, Protocol):
+    """A backend whose apps live on a cluster that outlives them, so it can report them later."""
+
+    def cluster_status(self, address: str, app: str | None = None) -> list[dict[str, Any]]:
+        """The status document of each app (or only `app`) on the cluster at `address`."""
+        ...
 
 
-def make_http_runtime(
-    graph: AppGraph,
-    *,
-    backend: Backend,
-    address: str | None = None,
-    isolation: Isolation | None = None,
-    gpus: str | None = None,
-    http: HttpIngress | None = None,
-    start_timeout_s: float | None = None,
-) -> ProxiedRuntime:
-    """A runtime for a backend that serves the HTTP ingress itself ("ray": Ray Serve's proxy).
+CLUSTER_BACKEND = "ray"
+"""The backend `servekit status --address` reads."""
 
-    With `http` the backend serves the ingress at its address; without, only handles reach it.
-    `start_timeout_s` bounds how long the start waits for the backend to run every replica.
-    """
-    if backend != "ray":
-        raise DeploymentOptionError(f"backend {backend!r} does not serve HTTP itself; only 'ray' does")
-    from servekit._runtime.ray import load_ray_runtime  # noqa: PLC0415
 
-    ray_runtime = load_ray_runtime()
-    runtime: ProxiedRuntime = ray_runtime(
-        graph, address=address, isolation=isolation, gpus=gpus, http=http, start_timeout_s=start_timeout_s
-    )
-    return runtime
+def cluster_backend() -> ClusterBackend:
+    """The backend that runs apps on clusters (Ray)."""
+    return cast(ClusterBackend, get_backend(CLUSTER_BACKEND))
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called `name` (one of `BACKEND_NAMES`; `RunOptions` has checked it)."""
+    backend: Backend = importlib.import_module(_MODULES[name]).BACKEND
+    return backend
+
+
+def make_runtime(graph: AppGraph, options: RunOptions, http: HttpIngress | None = None) -> Runtime:
+    """The runtime that runs `graph` as `options` say."""
+    return get_backend(options.backend).make(graph, options, http)

@@ -10,7 +10,7 @@ Dispatcher          handles call through it: the loop, unary and streaming calls
 ```
 
 `servekit.run`, `servekit.serve` and the CLI use only these, so a backend is one class
-behind `make_runtime`.
+behind the registry in `servekit._runtime.backends`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from servekit._runtime.handle import DeploymentHandle, Dispatcher
 from servekit._spec.graph import AppGraph
-
-Backend = Literal["local", "ray"]
-BACKENDS: tuple[Backend, ...] = ("local", "ray")
 
 
 class Runtime(Dispatcher, Protocol):
@@ -38,6 +35,11 @@ class Runtime(Dispatcher, Protocol):
     @property
     def state(self) -> str:
         """``"new"``, ``"starting"``, ``"running"``, ``"stopping"`` or ``"stopped"``."""
+        ...
+
+    @property
+    def location(self) -> str:
+        """Where the app runs, in words, like "on this machine" or "on Ray Serve as app 'Api'"."""
         ...
 
     async def start(self) -> None:
@@ -109,13 +111,17 @@ class ProxiedRuntime(Runtime, Protocol):
 
 @dataclass(frozen=True)
 class HttpIngress:
-    """How a backend that serves HTTP itself (Ray Serve's proxy) should expose the ingress.
+    """How the HTTP edge will serve the app's ingress, told to the backend that makes the runtime.
 
-    The edge passes `build_app`, so runtimes never import it: the backend calls it where the
-    ingress replica runs, with that replica's `ServingRuntime`, and serves the ASGI app it returns.
+    A backend that serves HTTP itself (Ray Serve's proxy) listens at `host`:`port` and calls
+    `build_app` where the ingress replica runs, with that replica's `ServingRuntime` (so runtimes
+    never import the edge). The local backend reads only `ingress_in_process`.
     """
 
     host: str
     port: int
     build_app: Callable[[ServingRuntime], Any]
     access_log: bool = False
+    ingress_in_process: bool = False
+    """Whether the ingress's instance must live where HTTP is served (a raw `__call__(request)` or
+    an `@ingress` ASGI app), so its replicas cannot move to worker processes."""

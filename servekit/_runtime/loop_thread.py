@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop: uvloop's when installed, else asyncio's."""
+def new_event_loop(kind: Literal["auto", "asyncio", "uvloop"] = "auto") -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop's for "uvloop" (and for "auto" when installed), else asyncio's."""
+    if kind == "asyncio":
+        return asyncio.new_event_loop()
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:
+        if kind == "uvloop":
+            raise ImportError("loop='uvloop' needs uvloop: pip install uvloop") from None
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
@@ -23,8 +27,8 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class LoopThread:
     """Runs an event loop on a daemon thread until `stop()`."""
 
-    def __init__(self, name: str) -> None:
-        self.loop = new_event_loop()
+    def __init__(self, name: str, kind: Literal["auto", "asyncio", "uvloop"] = "auto") -> None:
+        self.loop = new_event_loop(kind)
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()

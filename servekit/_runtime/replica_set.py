@@ -23,6 +23,8 @@ class ReplicaSlot:
     """A running replica (in-process `Replica` or `ProcessReplica`) and its current load."""
 
     replica: Any
+    node: Any = None
+    """The deployment node the replica was built from (a roll replaces those of the old one)."""
     ongoing: int = 0
     drained: asyncio.Event | None = None
     healthy: bool = True
@@ -67,9 +69,9 @@ class ReplicaSet:
         """Requests waiting for a replica."""
         return sum(1 for waiter in self._waiters if not waiter.done())
 
-    def add(self, replica: Any, now: float = 0.0) -> ReplicaSlot:
-        """Start sending requests to `replica`; it takes queued requests first."""
-        slot = ReplicaSlot(replica, last_probe=now)
+    def add(self, replica: Any, now: float = 0.0, node: Any = None) -> ReplicaSlot:
+        """Start sending requests to `replica` (built from `node`); it takes queued requests first."""
+        slot = ReplicaSlot(replica, node, last_probe=now)
         self._slots.append(slot)
         self._hand_over(slot)
         return slot

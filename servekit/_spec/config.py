@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, Self
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, Self, TypedDict
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -230,7 +230,28 @@ class DeploymentConfig(_Options):
         return parse_config(owner, {**current, **options})
 
 
-def parse_config(owner: str, options: dict[str, Any]) -> DeploymentConfig:
+class DeploymentOptions(TypedDict, total=False):
+    """The keywords of `@deployment(...)` and `.options(...)`, typed for editors and type checkers.
+
+    The same names and types as `DeploymentConfig`'s fields (a test keeps them equal); see there
+    for what each means. Nested options also take plain dicts.
+    """
+
+    name: str | None
+    num_replicas: int
+    resources: Resources | dict[str, Any]
+    max_ongoing_requests: int
+    max_queued_requests: int
+    request_timeout_s: float | None
+    version: str | None
+    isolation: Isolation
+    autoscaling: Autoscaling | dict[str, Any] | None
+    health_check_period_s: float
+    health_check_timeout_s: float
+    graceful_shutdown_timeout_s: float
+
+
+def parse_config(owner: str, options: Mapping[str, Any]) -> DeploymentConfig:
     """Validate `options` for deployment `owner`, raising `DeploymentOptionError` on the first problem."""
     try:
         return DeploymentConfig.model_validate(options)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, Unpack, overload
 
-from servekit._spec.config import DeploymentConfig, parse_config
+from servekit._spec.config import DeploymentConfig, DeploymentOptions, parse_config
 from servekit.errors import DeploymentOptionError
 
 
@@ -38,7 +38,7 @@ class Deployment:
         """Whether the deployment wraps a plain function rather than a class."""
         return not inspect.isclass(self._target)
 
-    def options(self, **options: Any) -> Deployment:
+    def options(self, **options: Unpack[DeploymentOptions]) -> Deployment:
         """Return a copy with `options` changed (same names as `@deployment`), validated now."""
         return Deployment(self._target, self._config.updated(self.name, **options))
 
@@ -80,11 +80,13 @@ def deployment(target: type, /) -> Deployment: ...
 @overload
 def deployment(target: Callable[..., Any], /) -> Deployment: ...
 @overload
-def deployment(target: None = None, /, **options: Any) -> Callable[[Any], Deployment]: ...
+def deployment(
+    target: None = None, /, **options: Unpack[DeploymentOptions]
+) -> Callable[[Any], Deployment]: ...
 
 
 def deployment(
-    target: type | Callable[..., Any] | None = None, /, **options: Any
+    target: type | Callable[..., Any] | None = None, /, **options: Unpack[DeploymentOptions]
 ) -> Deployment | Callable[[Any], Deployment]:
     """Mark a class or function as a deployment, with or without options.
 

@@ -59,7 +59,7 @@ def ingress(asgi_app: Any) -> Callable[[C], C]:
 
     servekit's built-in routes (`/healthz`, `/readyz`, `/-/status`) stay in front; every other
     request goes to `asgi_app`. Route handlers reach the deployment's instance (and so its
-    handles) with `servekit.ingress_instance(request)`.
+    handles) with `servekit.deployment_instance(request)`.
     """
     if not callable(asgi_app):
         raise DeploymentOptionError(f"ingress() takes an ASGI app, got {type(asgi_app).__name__}")

@@ -172,3 +172,31 @@ class Shop:
 
 def http_app(gates: Path) -> sk.Application:
     return Shop.bind(str(gates), Sleeper.bind())
+
+
+@sk.deployment(num_replicas=2)
+class Versioned:
+    """Answers with the version it was built as; its constructor fails when told to."""
+
+    def __init__(self, version: str, fail: bool = False) -> None:
+        if fail:
+            raise RuntimeError(f"version {version} cannot load its weights")
+        self.version = version
+
+    def __call__(self) -> str:
+        return self.version
+
+
+@sk.deployment
+class VersionFront:
+    def __init__(self, model: sk.DeploymentHandle) -> None:
+        self.model = model
+
+    async def __call__(self) -> str:
+        return str(await self.model())
+
+
+def versioned_app(version: str, fail: bool = False) -> sk.Application:
+    """`VersionFront -> Versioned` (2 replicas) labelled and built as `version`."""
+    model = Versioned.options(version=version).bind(version, fail=fail)
+    return VersionFront.bind(model)

@@ -119,7 +119,7 @@ class Upper:
 
 
 async def shout(request: Request) -> Response:
-    gateway = sk.ingress_instance(request)
+    gateway = sk.deployment_instance(request)
     text = (await request.json())["text"]
     return JSONResponse({"shouted": await gateway.upper(text), "calls": gateway.count()})
 

@@ -16,24 +16,43 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from servekit._replica.autoscaling import MetricsSample
 from servekit._runtime.local.deployment_state import DeploymentState
 from servekit._runtime.replica_set import ReplicaSlot
-
-if TYPE_CHECKING:
-    from servekit._runtime.local.runtime import LocalRuntime
 
 logger = logging.getLogger("servekit.controller")
 TICK_S = 0.1
 UNHEALTHY_DRAIN_S = 5.0
 
 
-class Controller:
-    """Reconciles a `LocalRuntime`'s deployments with their targets; see the module docstring."""
+class ControlledRuntime(Protocol):
+    """What the controller needs of the runtime it keeps at its targets (`LocalRuntime`)."""
 
-    def __init__(self, runtime: LocalRuntime) -> None:
+    @property
+    def state(self) -> str:
+        """The runtime's state: the controller starts and retires replicas only while "running"."""
+        ...
+
+    @property
+    def states(self) -> dict[str, DeploymentState]:
+        """Each deployment's state."""
+        ...
+
+    async def reconcile(self, state: DeploymentState) -> None:
+        """Start or retire replicas until `state` runs its target."""
+        ...
+
+    async def retire(self, state: DeploymentState, slot: ReplicaSlot, grace_s: float) -> None:
+        """Stop routing to `slot`, drain it for up to `grace_s`, then stop its replica."""
+        ...
+
+
+class Controller:
+    """Reconciles a runtime's deployments with their targets; see the module docstring."""
+
+    def __init__(self, runtime: ControlledRuntime) -> None:
         self._runtime = runtime
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -94,14 +113,13 @@ class Controller:
         if now < self._next_sample.get(state.name, 0.0) and not cold:
             return
         self._next_sample[state.name] = now + config.metrics_interval_s
-        latencies, state.latencies_ms = state.latencies_ms, []
         autoscaler.observe(
             MetricsSample(
                 at=now,
                 running_replicas=state.running,
                 ongoing_requests=state.replicas.ongoing,
                 queued_requests=state.replicas.queued,
-                latencies_ms=tuple(latencies),
+                latencies_ms=state.latencies.drain(),
             )
         )
         decision = autoscaler.decide(now, state.target)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from servekit._replica.autoscaling import Autoscaler, ScalingDecision
+from servekit._replica.latency import LatencyWindow
 from servekit._replica.replica import user_method
 from servekit._runtime.replica_set import ReplicaSet
 from servekit._spec.config import Isolation
@@ -35,7 +36,8 @@ class DeploymentState:
     next_start_at: float = 0.0
     last_error: str | None = None
     updating: bool = False
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies: LatencyWindow = field(default_factory=LatencyWindow)
+    """Latencies of recent calls, drained into each autoscaling sample; bounded in size."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _idempotent: dict[str, bool] = field(default_factory=dict)
 
@@ -53,6 +55,26 @@ class DeploymentState:
     def last_decision(self) -> ScalingDecision | None:
         """The autoscaler's most recent decision."""
         return self.autoscaler.last_decision if self.autoscaler is not None else None
+
+    def switch_to(
+        self, node: DeploymentNode, isolation: Isolation, fingerprint: str, now: float
+    ) -> DeploymentNode:
+        """Adopt `node`'s code and options (limits, target, autoscaler); returns the node before."""
+        previous = self.node
+        config = node.deployment.config
+        self.node, self.isolation, self.fingerprint = node, isolation, fingerprint
+        self._idempotent.clear()
+        self.replicas.configure(config.max_ongoing_requests, config.max_queued_requests)
+        if config.autoscaling is None:
+            self.target, self.autoscaler = config.num_replicas, None
+        elif self.autoscaler is None or self.autoscaler.config != config.autoscaling:
+            self.autoscaler = Autoscaler(
+                config.autoscaling, now, max_ongoing_requests=config.max_ongoing_requests
+            )
+            self.target = max(
+                config.autoscaling.min_replicas, min(self.target, config.autoscaling.max_replicas)
+            )
+        return previous
 
     def backoff_s(self) -> float:
         """How long to wait before the next start after `start_failures` failures in a row."""

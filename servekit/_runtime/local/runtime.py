@@ -10,31 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Collection
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 from servekit._replica.autoscaling import Autoscaler
-from servekit._replica.context import ReplicaContext
 from servekit._replica.deadline import within_timeout
-from servekit._replica.replica import Replica, method_kind, method_table, user_method
+from servekit._replica.replica import method_kind, method_table, user_method
 from servekit._runtime.fingerprint import fingerprint
+from servekit._runtime.gpus import GpuInventory, detect_gpus
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.local.controller import Controller
 from servekit._runtime.local.deployment_state import DeploymentState
-from servekit._runtime.local.placement import (
-    GpuInventory,
-    ResourcePlanner,
-    detect_gpus,
-    packing_order,
-)
+from servekit._runtime.local.placement import ResourcePlanner, packing_order
+from servekit._runtime.local.replicas import ReplicaLauncher
 from servekit._runtime.local.workers.process_replica import ProcessReplica
 from servekit._runtime.replica_set import ReplicaSet, ReplicaSlot
 from servekit._spec.config import Isolation, Resources
-from servekit._spec.graph import AppGraph, DeploymentNode, with_handles
+from servekit._spec.graph import AppGraph, DeploymentNode
 from servekit.errors import (
     DeploymentStartError,
     DeploymentUnavailableError,
@@ -69,22 +64,22 @@ class LocalRuntime:
         self._default_isolation = isolation
         self._in_process_only = set(in_process_only)
         self._declared_gpus = gpus
-        self._next_index: dict[str, int] = {}
-        self._threads = max_threads or max(8, min(64, 8 * (os.cpu_count() or 1)))
-        self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="servekit-replica")
+        self._launcher = ReplicaLauncher(self, max_threads)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._planner: ResourcePlanner | None = None
-        self._methods: dict[str, dict[str, bool]] = {}
         self._controller = Controller(self)
         self._stopping: set[asyncio.Task[None]] = set()
-        self._live: set[ProcessReplica] = set()
-        """Worker processes not yet reaped, whatever state their replica is in."""
+        self._last_rollout: dict[str, Any] | None = None
         self.state = "new"
 
     @property
     def graph(self) -> AppGraph:
         """The app graph this runtime serves."""
         return self._graph
+
+    @property
+    def location(self) -> str:
+        """Where the app runs."""
+        return "on this machine"
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -112,9 +107,7 @@ class LocalRuntime:
     @property
     def planner(self) -> ResourcePlanner:
         """The GPU and CPU planner (set by `start`)."""
-        if self._planner is None:
-            raise RuntimeError("the runtime has not been started")
-        return self._planner
+        return self._launcher.require_planner()
 
     async def start(self) -> None:
         """Plan resources, start every deployment (dependencies first) and the controller.
@@ -131,16 +124,16 @@ class LocalRuntime:
         inventory = GpuInventory((), "none")
         if self._declared_gpus is not None or any(resources.gpus > 0 for _, resources in demands.values()):
             inventory = await asyncio.to_thread(detect_gpus, self._declared_gpus)
-        self._planner = ResourcePlanner(inventory)
-        self._planner.check(demands)
+        planner = self._launcher.planner = ResourcePlanner(inventory)
+        planner.check(demands)
         _log_cluster_only_resources(demands)
         for name in packing_order(demands):  # place the first replicas the way check() packed them
             count, resources = demands[name]
             for index in range(count):
                 process = self.isolation_of(self._graph.nodes[name]) == "process"
                 pin = process and "cpus" in resources.model_fields_set
-                self._planner.allocate(f"{name}#{index}", resources, pin_cpus=pin)
-        self._methods = method_table(self._graph.nodes)
+                planner.allocate(f"{name}#{index}", resources, pin_cpus=pin)
+        self._launcher.methods = method_table(self._graph.nodes)
         deadline = asyncio.timeout(self._start_timeout_s)
         try:
             async with deadline:
@@ -159,7 +152,7 @@ class LocalRuntime:
     def handle(self, deployment: str | None = None) -> DeploymentHandle:
         """A handle to `deployment` (the ingress by default)."""
         name = deployment or self._graph.ingress
-        if name not in self._graph.nodes:
+        if name not in self._graph.nodes and name not in self._states:
             raise NotFoundError(f"no deployment named {name!r}; deployments: {sorted(self._graph.nodes)}")
         return DeploymentHandle(self, name)
 
@@ -173,7 +166,8 @@ class LocalRuntime:
                 self._call_replica(state, method, args, kwargs), timeout, deployment, method
             )
         finally:
-            state.latencies_ms.append((time.perf_counter() - started) * 1000)
+            ended = time.perf_counter()
+            state.latencies.add(ended, (ended - started) * 1000)
 
     async def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -237,30 +231,55 @@ class LocalRuntime:
     async def retire(self, state: DeploymentState, slot: ReplicaSlot, grace_s: float) -> None:
         """Stop routing to `slot`, drain it for up to `grace_s`, then stop its replica."""
         replica = await state.replicas.retire(slot, grace_s)
-        await self._stop_replica(replica)
+        await self._launcher.stop(replica)
 
     async def update(self, graph: AppGraph) -> None:
         """Redeploy: roll changed deployments one replica at a time, start new ones, stop removed ones.
 
         Each changed deployment gets a new replica that is ready before an old one drains, so
-        requests keep being served throughout.
+        requests keep being served throughout. All or nothing: when a replica of the new app
+        cannot start, deployments already rolled roll back, new ones stop, and the app runs and
+        reports exactly the old version; `DeploymentStartError` says what failed.
         """
-        old = self._graph
-        self._methods = method_table(graph.nodes)
+        undo: list[Callable[[], Awaitable[None]]] = []
+        old_methods = self._launcher.methods
+        self._launcher.methods = method_table({**self._graph.nodes, **graph.nodes})
+        try:
+            for name, node in graph.nodes.items():
+                state = self._states.get(name)
+                if state is None:
+                    self._planner_check({name: node})
+                    await self._start_deployment(node)
+                    undo.append(functools.partial(self._remove_deployment, name))
+                elif state.fingerprint != fingerprint(node):
+                    previous = state.node
+                    await self._roll(state, node)
+                    undo.append(functools.partial(self._roll, state, previous))
+        except BaseException as exc:
+            await self._undo(undo)
+            self._launcher.methods = old_methods
+            self._last_rollout = {"state": "failed", "error": str(exc), "at": time.time()}
+            if isinstance(exc, Exception):
+                raise DeploymentStartError(f"the redeploy failed and was rolled back: {exc}") from exc
+            raise
         self._graph = graph
-        for name, node in graph.nodes.items():
-            state = self._states.get(name)
-            if state is None:
-                self._planner_check({name: node})
-                await self._start_deployment(node)
-            elif state.fingerprint != fingerprint(node):
-                await self._roll(state, node)
-        for name in set(old.nodes) - set(graph.nodes):
-            state = self._states.pop(name)
-            for replica in await state.replicas.close(
-                state.node.deployment.config.graceful_shutdown_timeout_s
-            ):
-                await self._stop_replica(replica)
+        self._launcher.methods = method_table(graph.nodes)
+        self._last_rollout = {"state": "done", "error": None, "at": time.time()}
+        for name in [name for name in self._states if name not in graph.nodes]:
+            await self._remove_deployment(name)
+
+    async def _undo(self, steps: list[Callable[[], Awaitable[None]]]) -> None:
+        for step in reversed(steps):
+            try:
+                await step()
+            except Exception:
+                logger.exception("rolling back a failed redeploy")
+
+    async def _remove_deployment(self, name: str) -> None:
+        state = self._states.pop(name)
+        grace = state.node.deployment.config.graceful_shutdown_timeout_s
+        for replica in await state.replicas.close(grace):
+            await self._launcher.stop(replica)
 
     def status(self) -> dict[str, Any]:
         """JSON-ready state of the app and each deployment's replicas."""
@@ -271,11 +290,13 @@ class LocalRuntime:
                 deployments[name] = {"replicas": [], "running_replicas": 0, "ongoing": 0, "queued": 0}
             else:
                 deployments[name] = state.status()
+        planner = self._launcher.planner
         return {
             "state": self.state,
             "ready": self.ready,
             "ingress": self._graph.ingress,
-            "gpus": self._planner.usage() if self._planner is not None else {},
+            "gpus": planner.usage() if planner is not None else {},
+            "last_rollout": self._last_rollout,
             "deployments": deployments,
         }
 
@@ -304,11 +325,12 @@ class LocalRuntime:
                 grace = state.node.deployment.config.graceful_shutdown_timeout_s
             closing.append(state.replicas.close(grace))
         stops = [
-            self._stop_replica(replica) for replicas in await asyncio.gather(*closing) for replica in replicas
+            self._launcher.stop(replica)
+            for replicas in await asyncio.gather(*closing)
+            for replica in replicas
         ]
         await asyncio.gather(*stops, *self._stopping, return_exceptions=True)
-        await asyncio.gather(*(self._reap(replica) for replica in list(self._live)), return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await self._launcher.close()
         self.state = "stopped"
 
     # -- replicas -------------------------------------------------------------------------------
@@ -326,8 +348,12 @@ class LocalRuntime:
             else Autoscaler(autoscaling, time.monotonic(), max_ongoing_requests=config.max_ongoing_requests),
         )
         self._states[node.name] = state
-        self._next_index.setdefault(node.name, 0)
-        await self.reconcile(state, raise_errors=True)
+        try:
+            await self.reconcile(state, raise_errors=True)
+        except BaseException:
+            if self.state == "running":  # a redeploy's new deployment: leave no trace of it
+                await self._remove_deployment(node.name)
+            raise
 
     async def _add_replicas(self, state: DeploymentState, count: int, raise_errors: bool) -> None:
         state.starting += count
@@ -340,7 +366,7 @@ class LocalRuntime:
         errors = [result for result in results if isinstance(result, BaseException)]
         for result in results:
             if not isinstance(result, BaseException):
-                state.replicas.add(result, time.monotonic())
+                state.replicas.add(result, time.monotonic(), state.node)
         if not errors:
             state.start_failures = 0
             return
@@ -363,44 +389,12 @@ class LocalRuntime:
             raise DeploymentStartError(f"deployment {state.name!r} failed to start: {first}") from first
 
     async def _start_replica(self, state: DeploymentState, node: DeploymentNode) -> Any:
-        index = self._next_index[node.name]
-        self._next_index[node.name] = index + 1
-        replica_id = f"{node.name}#{index}"
-        config = node.deployment.config
-        process = state.isolation == "process"
-        explicit_cpus = "cpus" in config.resources.model_fields_set
-        placement = self.planner.placement(replica_id) or self.planner.allocate(
-            replica_id, config.resources, pin_cpus=process and explicit_cpus
+        return await self._launcher.start(
+            node,
+            self.isolation_of(node),
+            self.handle,
+            lambda dead, reason: self._on_replica_death(state, dead, reason),
         )
-        context = ReplicaContext(node.name, replica_id, placement.device(process), placement.gpu_ids)
-        replica: Any
-        if process:
-            replica = ProcessReplica(
-                context,
-                node.deployment.target,
-                node.deployment.is_function,
-                runtime=self,
-                methods=self._methods,
-                env=placement.worker_env(),
-                gpu_fraction=placement.gpu_fraction,
-                cpu_ids=placement.cpu_ids,
-                max_threads=min(self._threads, 32),
-            )
-            replica.on_death = lambda dead, reason: self._on_replica_death(state, dead, reason)
-            self._live.add(replica)
-            args, kwargs = node.init_args, node.init_kwargs
-        else:
-            replica = Replica(context, node.deployment.target, node.deployment.is_function, self._executor)
-            args = with_handles(node.init_args, self.handle)
-            kwargs = with_handles(node.init_kwargs, self.handle)
-        try:
-            await replica.start(args, kwargs)
-        except BaseException:
-            self.planner.release(replica_id)
-            if isinstance(replica, ProcessReplica):
-                await asyncio.shield(self._reap(replica))
-            raise
-        return replica
 
     def _on_replica_death(self, state: DeploymentState, replica: ProcessReplica, reason: str) -> None:
         for slot in state.replicas.slots:
@@ -417,68 +411,67 @@ class LocalRuntime:
                     state.restarts += 1
                     state.last_error = f"replica {replica.context.replica_id} {reason}"
                 break
-        task = asyncio.get_running_loop().create_task(self._stop_replica(replica))
+        task = asyncio.get_running_loop().create_task(self._launcher.stop(replica))
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
         self._controller.wake()
 
-    async def _stop_replica(self, replica: Any) -> None:
-        try:
-            if isinstance(replica, ProcessReplica):
-                await asyncio.shield(self._reap(replica))
-            else:
-                replica.stop()
-        finally:
-            if self._planner is not None:
-                self._planner.release(replica.context.replica_id)
-
-    async def _reap(self, replica: ProcessReplica) -> None:
-        await replica.aclose()
-        self._live.discard(replica)
-
     async def _roll(self, state: DeploymentState, node: DeploymentNode) -> None:
-        """Replace `state`'s replicas with `node`'s, one by one: start new, then drain an old one."""
+        """Replace `state`'s replicas with `node`'s, one by one: start a new one, then drain an old one.
+
+        Nothing changes until the first new replica runs. If a later one cannot start, the new
+        replicas are replaced by old-version ones again and the deployment is as it was.
+        """
         state.updating = True
         try:
             async with state.lock:
-                old_slots = state.replicas.slots
-                config = node.deployment.config
-                state.node = node
-                state.fingerprint = fingerprint(node)
-                state._idempotent.clear()
-                state.isolation = self.isolation_of(node)
-                state.replicas.configure(config.max_ongoing_requests, config.max_queued_requests)
-                if config.autoscaling is None:
-                    state.target = config.num_replicas
-                    state.autoscaler = None
-                elif state.autoscaler is None or state.autoscaler.config != config.autoscaling:
-                    state.autoscaler = Autoscaler(
-                        config.autoscaling, time.monotonic(), max_ongoing_requests=config.max_ongoing_requests
+                first = await self._start_replica(state, node)  # raises with nothing changed
+                previous = state.switch_to(node, self.isolation_of(node), fingerprint(node), time.monotonic())
+                try:
+                    await self._replace_replicas(state, node, first)
+                except BaseException:
+                    state.switch_to(
+                        previous, self.isolation_of(previous), fingerprint(previous), time.monotonic()
                     )
-                    state.target = max(
-                        config.autoscaling.min_replicas, min(state.target, config.autoscaling.max_replicas)
-                    )
-                old_grace = config.graceful_shutdown_timeout_s
-                for slot in old_slots:
-                    state.starting += 1
-                    try:
-                        new = await self._start_replica(state, node)
-                    except InsufficientResourcesError:  # no GPU room for a surge replica: swap in place
-                        await self.retire(state, slot, old_grace)
-                        new = await self._start_replica(state, node)
-                        state.replicas.add(new, time.monotonic())
-                        continue
-                    finally:
-                        state.starting -= 1
-                    state.replicas.add(new, time.monotonic())
-                    await self.retire(state, slot, old_grace)
-                missing = state.target - state.running
-                if missing > 0:
-                    await self._add_replicas(state, missing, raise_errors=True)
+                    await self._replace_replicas(state, previous, None, only_version=node)
+                    raise
         finally:
             state.updating = False
 
+    async def _replace_replicas(
+        self,
+        state: DeploymentState,
+        node: DeploymentNode,
+        first: Any,
+        only_version: DeploymentNode | None = None,
+    ) -> None:
+        """Swap each replica not built from `node` for one that is, then meet the target."""
+        grace = node.deployment.config.graceful_shutdown_timeout_s
+        stale = [slot for slot in state.replicas.slots if slot.node is not node]
+        if only_version is not None:
+            stale = [slot for slot in stale if slot.node is only_version]
+        for slot in stale:
+            new, first = first, None
+            state.starting += 1
+            try:
+                if new is None:
+                    new = await self._start_replica(state, node)
+            except InsufficientResourcesError:  # no GPU room for a surge replica: swap in place
+                await self.retire(state, slot, grace)
+                new = await self._start_replica(state, node)
+            finally:
+                state.starting -= 1
+            state.replicas.add(new, time.monotonic(), node)
+            if slot in state.replicas.slots:
+                await self.retire(state, slot, grace)
+        if first is not None:  # nothing to replace (no replica ran): keep it
+            state.replicas.add(first, time.monotonic(), node)
+        missing = state.target - state.running
+        if missing > 0:
+            await self._add_replicas(state, missing, raise_errors=True)
+
     def _planner_check(self, nodes: dict[str, DeploymentNode]) -> None:
+        """Prove `nodes` fit beside what runs, before starting any of them."""
         self.planner.check(
             {
                 name: (node.deployment.config.start_replicas, node.deployment.config.resources)
@@ -487,7 +480,8 @@ class LocalRuntime:
         )
 
     def _node(self, deployment: str) -> DeploymentNode:
-        node = self._graph.nodes.get(deployment)
+        state = self._states.get(deployment)
+        node = state.node if state is not None else self._graph.nodes.get(deployment)
         if node is None:
             raise NotFoundError(
                 f"no deployment named {deployment!r}; deployments: {sorted(self._graph.nodes)}"

@@ -16,8 +16,8 @@ from typing import Any
 import ray
 from ray import serve
 
+from servekit._runtime.gpus import parse_gpu_ids
 from servekit._runtime.interface import HttpIngress
-from servekit._runtime.local.placement import parse_gpu_ids
 from servekit._runtime.ray.status import serve_details, serve_running
 from servekit.errors import DeploymentStartError
 

@@ -14,10 +14,8 @@ through `IngressView`, the `ServingRuntime` of this replica.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
-import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +28,7 @@ from ray import serve
 from servekit._replica.context import ReplicaContext
 from servekit._replica.deadline import within_timeout
 from servekit._replica.devices import cap_torch_memory
+from servekit._replica.latency import LatencyWindow
 from servekit._replica.replica import Replica
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.ray.autoscaling import P95_LATENCY_METRIC
@@ -62,7 +61,8 @@ class RayReplica:
         )
         self._timeout = config.request_timeout_s
         look_back = config.autoscaling.look_back_period_s if config.autoscaling is not None else 10.0
-        self._latencies = _LatencyWindow(look_back)
+        self._look_back_s = look_back
+        self._latencies = LatencyWindow()
         make_handle = functools.partial(DeploymentHandle, self.dispatcher)
         await self.replica.start(
             with_handles(node.init_args, make_handle), with_handles(node.init_kwargs, make_handle)
@@ -89,7 +89,7 @@ class RayReplica:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom metrics for Ray's autoscaler: this replica's recent p95 latency."""
-        p95 = self._latencies.p95(time.monotonic())
+        p95 = self._latencies.p95(time.monotonic(), self._look_back_s)
         return {} if p95 is None else {P95_LATENCY_METRIC: p95}
 
     def batch_stats(self) -> dict[str, dict[str, Any]]:
@@ -216,25 +216,6 @@ class IngressView:
             if replica["id"] == self._ingress.context.replica_id:  # the one replica seen from here
                 replica["batching"] = self._ingress.batch_stats()
         self._status = status
-
-
-class _LatencyWindow:
-    """Latencies of the requests finished in the last `span_s` seconds."""
-
-    def __init__(self, span_s: float) -> None:
-        self._span_s = span_s
-        self._entries: collections.deque[tuple[float, float]] = collections.deque(maxlen=10_000)
-
-    def add(self, now: float, latency_ms: float) -> None:
-        self._entries.append((now, latency_ms))
-
-    def p95(self, now: float) -> float | None:
-        while self._entries and self._entries[0][0] < now - self._span_s:
-            self._entries.popleft()
-        if not self._entries:
-            return None
-        latencies = sorted(latency for _, latency in self._entries)
-        return latencies[min(len(latencies), math.ceil(0.95 * len(latencies))) - 1]
 
 
 def _replica_context(deployment: str) -> ReplicaContext:

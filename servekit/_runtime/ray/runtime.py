@@ -26,13 +26,13 @@ from ray.serve import RunTarget
 from servekit._replica.replica import idempotent_methods, method_table
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.interface import HttpIngress
+from servekit._runtime.options import RunOptions
 from servekit._runtime.ray.cluster import RayCluster
 from servekit._runtime.ray.dispatcher import RayDispatcher, RayHandle
 from servekit._runtime.ray.options import check_fits, code_version, demand, deployment_options, total_cpus
 from servekit._runtime.ray.replica import HttpIngressReplica, IngressReplica, RayReplica
 from servekit._runtime.ray.ship import ReplicaSpec, UserCode, annotation_names, pack, user_modules
 from servekit._runtime.ray.status import fetch_app_status, serve_details, status_text
-from servekit._spec.config import Isolation
 from servekit._spec.graph import AppGraph
 from servekit.errors import (
     DeploymentOptionError,
@@ -59,28 +59,29 @@ class RayRuntime:
     def __init__(
         self,
         graph: AppGraph,
+        options: RunOptions | None = None,
         *,
-        address: str | None = None,
-        isolation: Isolation | None = None,
-        gpus: str | None = None,
         http: HttpIngress | None = None,
         app_name: str | None = None,
-        start_timeout_s: float | None = None,
     ) -> None:
-        if isolation == "in_process":
+        options = options or RunOptions(backend="ray")
+        if options.isolation == "in_process":
             raise DeploymentOptionError(
                 "isolation='in_process' cannot run on Ray: every Ray Serve replica runs in an actor "
                 "process of its own (drop the option for --backend ray)"
             )
         self._graph = graph
-        self._cluster = RayCluster(address, gpus)
+        self._cluster = RayCluster(options.address, options.gpus)
         self._http = http
         self._app_name = app_name or graph.ingress
-        self._start_timeout_s = DEFAULT_START_TIMEOUT_S if start_timeout_s is None else start_timeout_s
+        self._start_timeout_s = (
+            DEFAULT_START_TIMEOUT_S if options.start_timeout_s is None else options.start_timeout_s
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatcher: RayDispatcher | None = None
         self._http_address: tuple[str, int] | None = None
         self._user_code: UserCode | None = None
+        self._last_rollout: dict[str, Any] | None = None
         self._handles: dict[str, RayHandle] = {}
         """Ray's handle to each deployment, fetched after each deploy (off the event loop)."""
         self.state = "new"
@@ -96,6 +97,11 @@ class RayRuntime:
         if self._loop is None:
             raise RuntimeError("the runtime has not been started")
         return self._loop
+
+    @property
+    def location(self) -> str:
+        """Where the app runs: the Serve application's name."""
+        return f"on Ray Serve as app {self._app_name!r}"
 
     def http_address(self) -> tuple[str, int]:
         """Where Ray Serve's proxy serves the app."""
@@ -154,12 +160,18 @@ class RayRuntime:
 
     async def update(self, graph: AppGraph) -> None:
         """Redeploy `graph`: Ray rolls deployments whose code, arguments or resources changed (a new
-        replica ready before an old one drains) and updates the rest in place."""
-        if graph.ingress != self._graph.ingress:
-            raise DeploymentOptionError(
-                f"a redeploy must keep the ingress {self._graph.ingress!r}, got {graph.ingress!r}"
-            )
-        await asyncio.to_thread(self._deploy, graph)
+        replica ready before an old one drains) and updates the rest in place.
+
+        When a new replica cannot start, the previous graph is deployed again (Ray keeps the old
+        replicas meanwhile), so the app runs and reports exactly the old version.
+        """
+        try:
+            await asyncio.to_thread(self._deploy, graph)
+        except Exception as exc:
+            self._last_rollout = {"state": "failed", "error": str(exc), "at": time.time()}
+            await asyncio.to_thread(self._deploy, self._graph)
+            raise DeploymentStartError(f"the redeploy failed and was rolled back: {exc}") from exc
+        self._last_rollout = {"state": "done", "error": None, "at": time.time()}
         self._graph = graph
         self._dispatcher = self._dispatcher_for(graph)
 
@@ -173,7 +185,8 @@ class RayRuntime:
                 "app": self._app_name,
                 "deployments": {},
             }
-        return fetch_app_status(self._app_name, self._versions(self._graph), self._graph.ingress)
+        status = fetch_app_status(self._app_name, self._versions(self._graph), self._graph.ingress)
+        return {**status, "last_rollout": self._last_rollout}
 
     async def refresh_stats(self) -> None:
         """Nothing to refresh: `status()` asks Ray each time."""
