@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,7 @@ async def test_ray_autoscales_a_servekit_autoscaling_config(
 
 
 async def test_a_redeploy_under_load_rolls_without_failed_requests(
-    ray_cluster: RayCluster, on_ray: list[sk.AppHandle], tmp_path: Path
+    ray_cluster: RayCluster, on_ray: list[sk.AppHandle], tmp_path: Path, await_until: Callable[..., Any]
 ) -> None:
     versioned = ray_apps.Versioned.options(num_replicas=2)
     handle = sk.run(versioned.bind("v1", str(tmp_path / "v1")), backend="ray")
@@ -137,9 +137,10 @@ async def test_a_redeploy_under_load_rolls_without_failed_requests(
 
     tasks = [asyncio.create_task(load()) for _ in range(4)]
     try:
-        await asyncio.sleep(0.5)
+        await await_until(lambda: len(answers) >= 10, "load before the redeploy")
         await asyncio.to_thread(handle.redeploy, versioned.bind("v2", str(tmp_path / "v2")))
-        await asyncio.sleep(0.5)
+        after_redeploy = len(answers)
+        await await_until(lambda: len(answers) >= after_redeploy + 10, "load after the redeploy")
     finally:
         stop.set()
         await asyncio.gather(*tasks)

@@ -282,13 +282,14 @@ async def test_http_batching_across_the_process_boundary(
 
 
 async def test_a_crashed_replica_answers_503_over_http(
-    serve_app: StartServer, async_client: httpx.AsyncClient
+    serve_app: StartServer, async_client: httpx.AsyncClient, await_until: Callable[..., Any]
 ) -> None:
     server = serve_app(Front.bind(Echo.bind()))
     status = (await async_client.get(server.url + "/-/status")).json()
     pid = status["deployments"]["Echo"]["replicas"][0]["pid"]
     slow = asyncio.ensure_future(async_client.get(server.url + "/slow", params={"seconds": 5}))
-    await asyncio.sleep(0.3)
+    echo = server.handle.status
+    await await_until(lambda: echo()["deployments"]["Echo"]["ongoing"] == 1, "the slow call to start")
     os.kill(pid, signal.SIGKILL)
     response = await asyncio.wait_for(slow, DEADLINE_S)
     assert response.status_code == 503
@@ -372,7 +373,7 @@ def test_a_graph_that_cannot_fit_fails_before_anything_starts(monkeypatch: pytes
 
 
 async def test_a_rolling_update_under_load_fails_no_request(
-    serve_app: StartServer, async_client: httpx.AsyncClient
+    serve_app: StartServer, async_client: httpx.AsyncClient, await_until: Callable[..., Any]
 ) -> None:
     server = serve_app(Front.bind(Echo.options(num_replicas=2).bind()))
     before = {
@@ -392,9 +393,10 @@ async def test_a_rolling_update_under_load_fails_no_request(
             served += 1
 
     load = [asyncio.ensure_future(hammer()) for _ in range(8)]
-    await asyncio.sleep(0.5)
+    await await_until(lambda: served >= 10, "load before the redeploy")
     await asyncio.to_thread(server.redeploy, Front.bind(Echo.options(num_replicas=2, version="v2").bind()))
-    await asyncio.sleep(0.5)
+    after_redeploy = served
+    await await_until(lambda: served >= after_redeploy + 10, "load after the redeploy")
     done = True
     await asyncio.gather(*load)
     after = (await async_client.get(server.url + "/-/status")).json()["deployments"]["Echo"]

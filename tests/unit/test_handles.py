@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -162,10 +161,10 @@ def test_run_can_start_again_in_the_same_process() -> None:
             assert app.words("one two").result(timeout=5) == 2
 
 
-def test_shutdown_lets_in_flight_requests_finish() -> None:
+def test_shutdown_lets_in_flight_requests_finish(wait_until: Callable[..., None]) -> None:
     app = sk.run(Count.bind())
     pending = app.sleep(0.3)
-    time.sleep(0.05)
+    wait_until(lambda: app.status()["deployments"]["Count"]["ongoing"] == 1, "the call to start")
     app.shutdown(grace_s=5)
     assert pending.result(timeout=5) == "slept"
 

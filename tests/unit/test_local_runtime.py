@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -42,21 +42,25 @@ async def test_scaling_up_adds_replicas_that_take_requests(runtime: LocalRuntime
     assert runtime.status()["deployments"]["Worker"]["running_replicas"] == 3
 
 
-async def test_scaling_down_drains_in_flight_requests(runtime: LocalRuntime) -> None:
+async def test_scaling_down_drains_in_flight_requests(
+    runtime: LocalRuntime, await_until: Callable[..., Awaitable[None]]
+) -> None:
     await runtime.scale("Worker", 2)
     in_flight = [asyncio.ensure_future(runtime.call("Worker", "work", (0.2,), {})) for _ in range(2)]
-    await asyncio.sleep(0.05)
+    view = runtime.states["Worker"].replicas
+    await await_until(lambda: [slot.ongoing for slot in view.slots] == [1, 1], "a call on each replica")
     await runtime.scale("Worker", 1)
     assert sorted(await asyncio.gather(*in_flight)) == ["Worker#0", "Worker#1"]
     assert runtime.status()["deployments"]["Worker"]["target_replicas"] == 1
     assert len(runtime.status()["deployments"]["Worker"]["replicas"]) == 1
 
 
-async def test_queued_requests_wait_for_a_free_replica(runtime: LocalRuntime) -> None:
+async def test_queued_requests_wait_for_a_free_replica(
+    runtime: LocalRuntime, await_until: Callable[..., Awaitable[None]]
+) -> None:
     calls = [asyncio.ensure_future(runtime.call("Worker", "work", (0.05,), {})) for _ in range(3)]
-    await asyncio.sleep(0.01)
-    view = runtime.status()["deployments"]["Worker"]
-    assert (view["ongoing"], view["queued"]) == (1, 2)
+    replicas = runtime.states["Worker"].replicas
+    await await_until(lambda: (replicas.ongoing, replicas.queued) == (1, 2), "one call running, two queued")
     assert await asyncio.gather(*calls) == ["Worker#0"] * 3
 
 
