@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 import servekit as sk
+from servekit._replica.latency import DEFAULT_CAPACITY
 from servekit._runtime.local.runtime import LocalRuntime
 from servekit._spec.graph import build_graph
 
@@ -92,3 +93,12 @@ async def test_a_start_past_start_timeout_fails_and_stops_what_started() -> None
     with pytest.raises(sk.errors.DeploymentStartError, match=r"did not start within start_timeout_s=0\.1"):
         await runtime.start()
     assert runtime.status()["state"] == "stopped"
+
+
+async def test_per_request_bookkeeping_stays_bounded_without_an_autoscaler(runtime: LocalRuntime) -> None:
+    state = runtime.states["Worker"]
+    for _ in range(3 * DEFAULT_CAPACITY):
+        await runtime.call("Worker", "work", (0,), {})
+    assert state.autoscaler is None  # nothing ever drains what the calls record
+    assert len(state.latencies) == DEFAULT_CAPACITY
+    assert runtime.status()["deployments"]["Worker"]["ongoing"] == 0
