@@ -1,6 +1,6 @@
 """mkdocs hook: render servekit's option models as Markdown tables.
 
-A page writes ``<!-- options: DeploymentConfig -->`` (or ``Resources``, ``Autoscaling``)
+A page writes ``<!-- options: DeploymentConfig -->`` (or ``Resources``, ``Autoscaling``, ``RunOptions``)
 and gets a table built from the pydantic model's fields, so the documented options,
 defaults and descriptions are always the ones the code validates.
 """
@@ -23,6 +23,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "DeploymentConfig": sk.DeploymentConfig,
     "Resources": sk.Resources,
     "Autoscaling": sk.Autoscaling,
+    "RunOptions": sk.RunOptions,
 }
 
 
