@@ -1,11 +1,11 @@
-"""Quality gates: `nox -s tests`, `nox -s lint`, `nox -s docs`."""
+"""Quality gates: `nox -s lint smoke tests` (what CI runs), `nox -s docs`."""
 
 from __future__ import annotations
 
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "smoke", "tests"]
 
 TORCH = "torch==2.13.0"  # the CPU build; any other spec may pull a multi-GB CUDA build
 
@@ -19,6 +19,13 @@ def tests(session: nox.Session) -> None:
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
     session.run("coverage", "combine", success_codes=[0, 1])
     session.run("coverage", "report")
+
+
+@nox.session(python="3.11")
+def smoke(session: nox.Session) -> None:
+    """The default install alone (no extras): it serves correctly on the fast stack."""
+    session.install(".")
+    session.run("python", "tests/install/smoke.py")
 
 
 @nox.session(python="3.11")
