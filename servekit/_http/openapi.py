@@ -92,6 +92,7 @@ _BUILTIN_SCHEMAS: dict[str, Any] = {
 }
 
 _ALLOW = {"description": "The methods the path accepts.", "schema": {"type": "string"}}
+_INTERNAL_ERROR = "Internal error (user code raised); the traceback is in the server log under error_id."
 _RETRY_AFTER = {
     "description": "Seconds after which a retry is likely to be admitted.",
     "schema": {"type": "integer", "minimum": 1},
@@ -109,7 +110,8 @@ def openapi_document(
             operation = _operation(route, method, schemas, max_body_bytes)
             paths.setdefault(_openapi_path(route.path), {})[method.lower()] = operation
     schemas.update(_BUILTIN_SCHEMAS)
-    paths.update(_builtin_paths(max_body_bytes))  # as in the router, where the built-ins come first
+    for path, item in _builtin_paths(max_body_bytes).items():  # built-ins win, as in the router
+        paths.setdefault(path, {}).update(item)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
@@ -159,9 +161,6 @@ def _responses(route: EndpointRoute, schemas: dict[str, Any], max_body_bytes: in
     )
     responses["504"] = _error("The request ran past request_timeout_s; its work was cancelled.")
     return dict(sorted(responses.items()))
-
-
-_INTERNAL_ERROR = "Internal error (user code raised); the traceback is in the server log under error_id."
 
 
 def _success(route: EndpointRoute, schemas: dict[str, Any]) -> dict[str, Any]:
