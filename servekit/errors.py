@@ -25,6 +25,7 @@ plus error-specific fields (see `ServekitError.to_dict`).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -156,7 +157,11 @@ class UserCodeError(ServekitError):
 
 
 class OverloadedError(ServekitError):
-    """Every replica is at max_ongoing_requests and the queue is at max_queued_requests."""
+    """Every replica is at max_ongoing_requests and the queue is at max_queued_requests.
+
+    `retry_after_s` estimates when a retry is likely to be admitted (how long the queue takes to
+    drain at the rate requests complete); it is also the `Retry-After` header, in whole seconds.
+    """
 
     status_code = 503
     error_type = "overloaded"
@@ -169,7 +174,7 @@ class OverloadedError(ServekitError):
         return {**super().to_dict(), "retry_after_s": self.retry_after_s}
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 class DeploymentUnavailableError(ServekitError):

@@ -30,10 +30,13 @@ ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 def build_asgi_app(
     runtime: ServingRuntime, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, *, strict: bool = False
 ) -> Starlette:
-    """The ASGI app serving `runtime`'s ingress deployment over HTTP."""
+    """The ASGI app serving `runtime`'s ingress deployment over HTTP.
+
+    `strict` is the default validation mode of endpoints that do not set `@endpoint(strict=...)`.
+    """
     ingress = runtime.graph.ingress_node
-    found = ingress_routes(ingress.deployment)
-    routes: list[BaseRoute] = _builtin_routes(runtime, found)
+    found = ingress_routes(ingress.deployment, strict)
+    routes: list[BaseRoute] = _builtin_routes(runtime, found, max_body_bytes)
     routes += [
         Route(r.path, _endpoint_handler(runtime, ingress.name, r), methods=list(r.methods))
         for r in found.endpoints
@@ -97,7 +100,7 @@ def _raw_handler(runtime: ServingRuntime, deployment: str) -> Handler:
     return raw
 
 
-def _builtin_routes(runtime: ServingRuntime, found: IngressRoutes) -> list[BaseRoute]:
+def _builtin_routes(runtime: ServingRuntime, found: IngressRoutes, max_body_bytes: int) -> list[BaseRoute]:
     node = runtime.graph.ingress_node
     document: dict[str, Any] = {}
 
@@ -115,7 +118,7 @@ def _builtin_routes(runtime: ServingRuntime, found: IngressRoutes) -> list[BaseR
     async def openapi(request: Request) -> Response:
         if not document:
             version = node.deployment.config.version or __version__
-            document.update(openapi_document(node.name, version, found.endpoints))
+            document.update(openapi_document(node.name, version, found.endpoints, max_body_bytes))
         return JSONResponse(document)
 
     return [

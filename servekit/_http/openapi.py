@@ -1,4 +1,9 @@
-"""The OpenAPI 3.1 document of an app's endpoints, generated from their pydantic types."""
+"""The OpenAPI 3.1 document of an app: its endpoints from their pydantic types, and the built-in routes.
+
+Routes and the server's limits in, a JSON-ready document out. Every operation lists every status
+the server itself can answer it with, each error with the one error body (`Error` under
+`components/schemas`, see `servekit._http.errors`) and its headers (`Allow`, `Retry-After`).
+"""
 
 from __future__ import annotations
 
@@ -11,27 +16,102 @@ from pydantic import TypeAdapter
 from servekit._http.routes import EndpointRoute
 
 _REF = "#/components/schemas/{model}"
-_ERROR_SCHEMA = {
+ERROR_SCHEMA_NAME = "Error"
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "title": ERROR_SCHEMA_NAME,
+    "description": "The body of every error response.",
     "type": "object",
     "required": ["error"],
     "properties": {
         "error": {
             "type": "object",
             "required": ["type", "message"],
-            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "type": {
+                    "type": "string",
+                    "description": "A stable machine-readable name of the error.",
+                    "examples": ["bad_request", "validation_error", "overloaded", "timeout"],
+                },
+                "message": {"type": "string", "description": "What went wrong, for people."},
+                "errors": {
+                    "type": "array",
+                    "description": "422 only: each mismatch, as pydantic reports it.",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "loc", "msg"],
+                        "properties": {
+                            "type": {"type": "string"},
+                            "loc": {
+                                "type": "array",
+                                "description": "Where: 'body', 'query' or 'path', then the field.",
+                                "items": {"type": ["string", "integer"]},
+                            },
+                            "msg": {"type": "string"},
+                            "input": {},
+                            "ctx": {"type": "object"},
+                        },
+                    },
+                },
+                "error_id": {"type": "string", "description": "500 only: the id in the server log."},
+                "limit_bytes": {"type": "integer", "description": "413 only: the body size limit."},
+                "retry_after_s": {
+                    "type": "number",
+                    "description": "503 overloaded only: when a retry is likely to be admitted.",
+                },
+            },
         }
     },
 }
 
+_BUILTIN_SCHEMAS: dict[str, Any] = {
+    ERROR_SCHEMA_NAME: _ERROR_SCHEMA,
+    "Health": {
+        "title": "Health",
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"const": "ok"}},
+    },
+    "Readiness": {
+        "title": "Readiness",
+        "type": "object",
+        "required": ["ready", "state"],
+        "properties": {"ready": {"type": "boolean"}, "state": {"type": "string"}},
+    },
+    "AppStatus": {
+        "title": "AppStatus",
+        "description": "The app's state and, per deployment, its replicas, load and queue.",
+        "type": "object",
+        "required": ["state", "deployments"],
+        "properties": {
+            "state": {"type": "string"},
+            "ready": {"type": "boolean"},
+            "deployments": {"type": "object", "additionalProperties": {"type": "object"}},
+        },
+    },
+}
 
-def openapi_document(title: str, version: str, routes: list[EndpointRoute]) -> dict[str, Any]:
-    """OpenAPI for `routes`, with shared models under `components/schemas`."""
-    schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+_ALLOW = {"description": "The methods the path accepts.", "schema": {"type": "string"}}
+_INTERNAL_ERROR = "Internal error (user code raised); the traceback is in the server log under error_id."
+_RETRY_AFTER = {
+    "description": "Seconds after which a retry is likely to be admitted.",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+
+def openapi_document(
+    title: str, version: str, routes: list[EndpointRoute], max_body_bytes: int
+) -> dict[str, Any]:
+    """OpenAPI for `routes` and the built-in routes, with shared models under `components/schemas`."""
+    schemas: dict[str, Any] = {}
     paths: dict[str, Any] = {}
     for route in routes:
-        operation = _operation(route, schemas)
         for method in route.methods:
+            operation = _operation(route, method, schemas, max_body_bytes)
             paths.setdefault(_openapi_path(route.path), {})[method.lower()] = operation
+    schemas.update(_BUILTIN_SCHEMAS)
+    for path, item in _builtin_paths(max_body_bytes).items():  # built-ins win, as in the router
+        paths.setdefault(path, {}).update(item)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
@@ -40,12 +120,15 @@ def openapi_document(title: str, version: str, routes: list[EndpointRoute]) -> d
     }
 
 
-def _operation(route: EndpointRoute, schemas: dict[str, Any]) -> dict[str, Any]:
+def _operation(
+    route: EndpointRoute, method: str, schemas: dict[str, Any], max_body_bytes: int
+) -> dict[str, Any]:
     params = route.params
+    several = len(route.methods) > 1
     operation: dict[str, Any] = {
-        "operationId": route.method_name,
+        "operationId": f"{route.method_name}_{method.lower()}" if several else route.method_name,
         "summary": (inspect.getdoc(route.func) or route.method_name).split("\n")[0],
-        "responses": _responses(route, schemas),
+        "responses": _responses(route, schemas, max_body_bytes),
     }
     parameters = [_parameter(name, "path", route, schemas) for name in params.path_params]
     parameters += [_parameter(name, "query", route, schemas) for name in params.query_params]
@@ -61,20 +144,89 @@ def _operation(route: EndpointRoute, schemas: dict[str, Any]) -> dict[str, Any]:
     return operation
 
 
-def _responses(route: EndpointRoute, schemas: dict[str, Any]) -> dict[str, Any]:
-    error = {"content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}}}
+def _responses(route: EndpointRoute, schemas: dict[str, Any], max_body_bytes: int) -> dict[str, Any]:
+    params = route.params
+    responses: dict[str, Any] = {"200": _success(route, schemas)}
+    if params.body_adapter is not None:
+        responses["400"] = _error("The body is not valid JSON.")
+    if params.path_params:
+        responses["404"] = _error("Nothing at this path: the path value matches no route or no item.")
+    responses.update(_common_errors(max_body_bytes))
+    if params.body_adapter is not None or params.params_adapter is not None:
+        responses["422"] = _error("The body, path or query does not match the declared types.")
+    responses["500"] = _error(_INTERNAL_ERROR)
+    responses["503"] = _error(
+        "Overloaded (every replica busy and the queue full) or not running; retry after Retry-After.",
+        {"Retry-After": _RETRY_AFTER},
+    )
+    responses["504"] = _error("The request ran past request_timeout_s; its work was cancelled.")
+    return dict(sorted(responses.items()))
+
+
+def _success(route: EndpointRoute, schemas: dict[str, Any]) -> dict[str, Any]:
     returned = typing.get_type_hints(route.func).get("return", Any)
     if route.streaming:
-        ok: dict[str, Any] = {"description": "A stream of chunks (SSE or JSON lines)"}
-    elif returned in (Any, None, type(None)) or not _json_type(returned):
-        ok = {"description": "Successful response"}
-    else:
-        content = {"application/json": {"schema": _schema(TypeAdapter(returned), schemas)}}
-        ok = {"description": "Successful response", "content": content}
-    responses: dict[str, Any] = {"200": ok}
-    for status, text in (("422", "Validation error"), ("503", "Overloaded"), ("504", "Timeout")):
-        responses[status] = {"description": text, **error}
-    return responses
+        return {"description": "A stream of chunks (SSE or JSON lines)"}
+    if returned in (Any, None, type(None)) or not _json_type(returned):
+        return {"description": "Successful response"}
+    content = {"application/json": {"schema": _schema(TypeAdapter(returned), schemas)}}
+    return {"description": "Successful response", "content": content}
+
+
+def _common_errors(max_body_bytes: int) -> dict[str, Any]:
+    """The errors any route can answer: another method on its path, a body over the limit."""
+    return {
+        "405": _error("The path does not take this method; Allow lists those it takes.", {"Allow": _ALLOW}),
+        "413": _error(f"The request body is over the server's limit of {max_body_bytes} bytes."),
+    }
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(model=ERROR_SCHEMA_NAME)}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _json_response(description: str, schema_name: str) -> dict[str, Any]:
+    content = {"application/json": {"schema": {"$ref": _REF.format(model=schema_name)}}}
+    return {"description": description, "content": content}
+
+
+def _builtin_paths(max_body_bytes: int) -> dict[str, Any]:
+    def operation(name: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+        all_responses = {**responses, **_common_errors(max_body_bytes), "500": _error(_INTERNAL_ERROR)}
+        return {
+            "get": {
+                "operationId": f"servekit_{name}",
+                "summary": summary,
+                "tags": ["servekit"],
+                "responses": dict(sorted(all_responses.items())),
+            }
+        }
+
+    return {
+        "/healthz": operation("healthz", "Liveness", {"200": _json_response("The server runs", "Health")}),
+        "/readyz": operation(
+            "readyz",
+            "Readiness",
+            {
+                "200": _json_response("Every deployment runs its replicas", "Readiness"),
+                "503": _json_response("Not ready yet (or stopping)", "Readiness"),
+            },
+        ),
+        "/-/status": operation(
+            "status", "The app's state", {"200": _json_response("The app's state", "AppStatus")}
+        ),
+        "/openapi.json": operation(
+            "openapi",
+            "This document",
+            {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {}}}}},
+        ),
+    }
 
 
 def _parameter(name: str, where: str, route: EndpointRoute, schemas: dict[str, Any]) -> dict[str, Any]:
@@ -88,12 +240,33 @@ def _parameter(name: str, where: str, route: EndpointRoute, schemas: dict[str, A
 
 def _schema(adapter: TypeAdapter[Any], schemas: dict[str, Any], inline: bool = False) -> dict[str, Any]:
     schema = adapter.json_schema(ref_template=_REF)
-    schemas.update(schema.pop("$defs", {}))
+    defs: dict[str, Any] = schema.pop("$defs", {})
     title = schema.get("title")
-    if inline or schema.get("type") != "object" or not isinstance(title, str):
+    name = title if isinstance(title, str) and not inline and schema.get("type") == "object" else None
+    if name is not None:
+        defs[name] = schema
+    renames = {key: f"{key}Model" for key in defs if key in _BUILTIN_SCHEMAS}
+    if renames:  # a user model named like one of servekit's schemas gets another name
+        defs = {renames.get(key, key): _renamed(value, renames) for key, value in defs.items()}
+        schema = _renamed(schema, renames)
+    schemas.update(defs)
+    if name is not None:
+        return {"$ref": _REF.format(model=renames.get(name, name))}
+    return schema
+
+
+def _renamed(schema: Any, renames: dict[str, str]) -> Any:
+    """`schema` with its references to the models in `renames` pointing to their new names."""
+    if isinstance(schema, list):
+        return [_renamed(item, renames) for item in schema]
+    if not isinstance(schema, dict):
         return schema
-    schemas[title] = schema
-    return {"$ref": _REF.format(model=title)}
+    result = {key: _renamed(value, renames) for key, value in schema.items()}
+    ref = schema.get("$ref")
+    for old, new in renames.items():
+        if ref == _REF.format(model=old):
+            result["$ref"] = _REF.format(model=new)
+    return result
 
 
 def _json_type(annotation: Any) -> bool:

@@ -7,11 +7,17 @@ Each parameter has one source, decided once from its annotation:
 - a pydantic model, dict, list, tuple or set -> the JSON body (the whole body when it is the only
   body parameter, else the body's key of the parameter's name);
 - anything else (str, int, float, bool, enums, optionals) -> the query string.
+
+In strict mode (`@endpoint(strict=True)` or the app's default) the body is validated with pydantic's
+strict JSON mode (`1` is a float, `false` and `"1"` are not), and a path or query string counts as
+the JSON number or boolean it spells only where the parameter's type takes no string: `?n=5` is an
+int, `?n=5.0` is not; `?flag=true` is a bool, `?flag=yes` and `?flag=1` are not.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -20,7 +26,7 @@ from typing import Any
 
 import pydantic
 from pydantic import BaseModel, TypeAdapter, create_model
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 from starlette.requests import Request
 from starlette.routing import compile_path
 
@@ -39,6 +45,9 @@ class EndpointParams:
     params_adapter: TypeAdapter[Any] | None = None
     body_adapter: TypeAdapter[Any] | None = None
     body_required: bool = True
+    strict: bool = False
+    param_adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
+    """Each path and query parameter's own type, to read its string strictly (strict mode only)."""
 
     @property
     def single_body(self) -> str | None:
@@ -66,12 +75,18 @@ class EndpointParams:
             if name in query:
                 raw[name] = query[name]
         try:
-            model = self.params_adapter.validate_python(raw)
+            if self.strict:
+                wire = {name: _wire_value(self.param_adapters[name], value) for name, value in raw.items()}
+                model = self.params_adapter.validate_json(to_json(wire), strict=True)
+            else:
+                model = self.params_adapter.validate_python(raw)
         except pydantic.ValidationError as exc:
             errors = _errors(exc)
             for error in errors:
                 name = error["loc"][0] if error["loc"] else ""
                 error["loc"] = ["path" if name in self.path_params else "query", *error["loc"]]
+                if len(error["loc"]) == 2 and "input" in error and name in raw:
+                    error["input"] = raw[name]  # as sent, not as read in strict mode
             raise RequestValidationError(_summary("invalid parameters", errors), errors) from None
         return {name: getattr(model, name) for name in (*self.path_params, *self.query_params)}
 
@@ -87,13 +102,31 @@ class EndpointParams:
                 raise RequestValidationError("a JSON request body is required", [error])
             return {}
         try:
-            value = self.body_adapter.validate_json(body)
+            value = self.body_adapter.validate_json(body, strict=self.strict)
         except pydantic.ValidationError as exc:
             raise _body_error(exc, body) from None
         single = self.single_body
         if single is not None:
             return {single: value}
         return {name: getattr(value, name) for name in self.body_params}
+
+
+_JSON_SCALAR = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false")
+_TYPE_MISMATCHES = frozenset({"enum", "literal_error"})
+
+
+def _wire_value(adapter: TypeAdapter[Any], value: Any) -> Any:
+    """What a path or query string stands for in strict mode: the string itself, or the JSON number
+    or boolean it spells when the parameter's type takes no string."""
+    if not isinstance(value, str) or not _JSON_SCALAR.fullmatch(value):
+        return value
+    try:
+        adapter.validate_json(to_json(value), strict=True)
+    except pydantic.ValidationError as exc:
+        kinds = {error["type"] for error in exc.errors()}
+        if all(kind.endswith("_type") or kind in _TYPE_MISMATCHES for kind in kinds):
+            return from_json(value)
+    return value
 
 
 def _body_error(exc: pydantic.ValidationError, body: bytes) -> Exception:
@@ -119,11 +152,14 @@ def _summary(what: str, errors: list[dict[str, Any]]) -> str:
     return f"{what}: {location}: {first['msg']}{more}"
 
 
-def analyse(func: Callable[..., Any], path: str, owner: str) -> EndpointParams:
-    """Decide each parameter's source for `func` served at `path`; raises `GraphError` if unusable."""
+def analyse(func: Callable[..., Any], path: str, owner: str, strict: bool = False) -> EndpointParams:
+    """Decide each parameter's source for `func` served at `path`; raises `GraphError` if unusable.
+
+    `strict` validates the request without pydantic's lax coercions (see the module docstring).
+    """
     path_names = set(compile_path(path)[2])
     hints = typing.get_type_hints(func, include_extras=True)
-    params = EndpointParams()
+    params = EndpointParams(strict=strict)
     fields: dict[str, Any] = {}
     for name, parameter in _parameters(func, owner):
         annotation = hints.get(name, Any)
@@ -148,6 +184,8 @@ def analyse(func: Callable[..., Any], path: str, owner: str) -> EndpointParams:
     if fields:
         model = create_model(f"{owner}Params", **fields)
         params.params_adapter = TypeAdapter(model)
+        if strict:
+            params.param_adapters = {name: TypeAdapter(fields[name][0]) for name in fields}
     _prepare_body(params, owner)
     return params
 

@@ -39,28 +39,32 @@ class IngressRoutes:
     """A user ASGI app (from `@ingress`) that takes every request not matched by an endpoint."""
 
 
-def ingress_routes(deployment: Deployment) -> IngressRoutes:
-    """Discover the routes of `deployment` as the ingress of an app."""
+def ingress_routes(deployment: Deployment, strict: bool = False) -> IngressRoutes:
+    """Discover the routes of `deployment` as the ingress of an app.
+
+    `strict` is the app's default validation mode, for endpoints that do not choose their own.
+    """
     target = deployment.target
     name = deployment.name
     if deployment.is_function:
         members: list[tuple[str, Callable[..., Any]]] = [("__call__", target)]
     else:
         members = [(n, m) for n, m in inspect.getmembers(target, callable) if endpoint_spec(m)]
-    endpoints = [_route(n, m, endpoint_spec(m), name) for n, m in members if endpoint_spec(m)]
+    endpoints = [_route(n, m, endpoint_spec(m), name, strict) for n, m in members if endpoint_spec(m)]
     asgi_app = None if deployment.is_function else asgi_app_of(target)
     call = target if deployment.is_function else _own_call(typing.cast(type, target))
     raw_call = not endpoints and asgi_app is None and call is not None and _takes_request_only(call)
     if not endpoints and not raw_call and call is not None and asgi_app is None:
-        endpoints = [_route("__call__", call, _DEFAULT, name)]
+        endpoints = [_route("__call__", call, _DEFAULT, name, strict)]
     return IngressRoutes(endpoints, raw_call, asgi_app)
 
 
 def _route(
-    method_name: str, func: Callable[..., Any], spec: EndpointSpec | None, owner: str
+    method_name: str, func: Callable[..., Any], spec: EndpointSpec | None, owner: str, app_strict: bool
 ) -> EndpointRoute:
     spec = spec or _DEFAULT
-    params = analyse(func, spec.path, owner)
+    strict = app_strict if spec.strict is None else spec.strict
+    params = analyse(func, spec.path, owner, strict=strict)
     streaming = method_kind(func).streaming
     return EndpointRoute(spec.path, spec.methods, method_name, func, params, streaming)
 

@@ -2,7 +2,8 @@
 
 A request goes to the less loaded of two randomly chosen replicas that has room (fewer than
 `max_ongoing_requests`). When none has room it waits in a FIFO queue of at most
-`max_queued_requests`; beyond that it is refused with `OverloadedError` (HTTP 503).
+`max_queued_requests`; beyond that it is refused with `OverloadedError` (HTTP 503), whose
+`retry_after_s` is how long the queue takes to drain at the rate requests complete (`DrainRate`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from servekit._replica.drain import DrainRate
 from servekit.errors import DeploymentUnavailableError, OverloadedError, ServekitError
 
 
@@ -41,6 +44,7 @@ class ReplicaSet:
         max_ongoing_requests: int,
         max_queued_requests: int,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.deployment = deployment
         self._max_ongoing = max_ongoing_requests
@@ -48,6 +52,8 @@ class ReplicaSet:
         self._slots: list[ReplicaSlot] = []
         self._waiters: deque[asyncio.Future[ReplicaSlot]] = deque()
         self._rng = rng or random.Random()
+        self._clock = clock
+        self._drain = DrainRate()
         self._closed = False
         self._idle: asyncio.Event | None = None
         self.rejected = 0
@@ -108,14 +114,12 @@ class ReplicaSet:
         slot = self._choose() if not self._waiters else None
         if slot is not None:
             slot.ongoing += 1
+            if self._drain.idle:
+                self._drain.busy(self._clock())
             return slot
         if len(self._waiters) >= self._max_queued:
             self.rejected += 1
-            raise OverloadedError(
-                f"deployment {self.deployment!r} is overloaded: {len(self._slots)} replicas at "
-                f"max_ongoing_requests={self._max_ongoing} and {len(self._waiters)} requests queued "
-                f"(max_queued_requests={self._max_queued}); retry later"
-            )
+            raise self._overloaded()
         waiter: asyncio.Future[ReplicaSlot] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         if not self._slots and self.on_wait is not None:
@@ -131,6 +135,7 @@ class ReplicaSet:
         """Give back the room taken by `acquire`; a queued request takes it at once."""
         slot.ongoing = max(0, slot.ongoing - 1)
         self._hand_over(slot)
+        self._drain.completed(self._clock(), idle=self.ongoing == 0)
         if slot.drained is not None and slot.ongoing == 0:
             slot.drained.set()
         if self._idle is not None and self.ongoing == 0:
@@ -167,6 +172,19 @@ class ReplicaSet:
         replicas = [slot.replica for slot in self._slots]
         self._slots.clear()
         return replicas
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue drains at the measured completion rate, within [1, 60]."""
+        return self._drain.retry_after_s(self.queued, self._clock())
+
+    def _overloaded(self) -> OverloadedError:
+        retry_after_s = self.retry_after_s()
+        return OverloadedError(
+            f"deployment {self.deployment!r} is overloaded: {len(self._slots)} replicas at "
+            f"max_ongoing_requests={self._max_ongoing} and {len(self._waiters)} requests queued "
+            f"(max_queued_requests={self._max_queued}); retry in {retry_after_s} s",
+            retry_after_s=retry_after_s,
+        )
 
     def status(self) -> dict[str, Any]:
         """JSON-ready view: replicas with their load, totals, rejected count."""
@@ -214,4 +232,6 @@ class ReplicaSet:
             if waiter.done():
                 continue
             slot.ongoing += 1
+            if self._drain.idle:
+                self._drain.busy(self._clock())
             waiter.set_result(slot)

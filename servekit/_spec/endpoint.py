@@ -18,23 +18,32 @@ ASGI_ATTR = "__servekit_asgi_app__"
 
 @dataclass(frozen=True)
 class EndpointSpec:
-    """Where an ingress method is served: a path and its HTTP methods."""
+    """Where an ingress method is served (a path and its HTTP methods), and how it validates."""
 
     path: str
     methods: tuple[str, ...]
+    strict: bool | None = None
+    """Validate without lax coercions; None: the app's default (`build_asgi_app(strict=...)`)."""
 
 
-def endpoint(path: str, methods: Sequence[str] = ("POST",)) -> Callable[[F], F]:
+def endpoint(
+    path: str, methods: Sequence[str] = ("POST",), *, strict: bool | None = None
+) -> Callable[[F], F]:
     """Serve an ingress deployment's method at `path` for the given HTTP `methods`.
 
     Parameters come from the JSON body (pydantic models, dicts, lists), the path
     (`/items/{item_id}`) or the query string (scalars); a parameter annotated
     `starlette.requests.Request` receives the raw request.
+
+    `strict=True` validates them without lax coercions (`false` or `"1"` is no number, `"yes"`
+    no boolean), `strict=False` with them; the default, None, follows the app's setting.
     """
     if not path.startswith("/"):
         raise DeploymentOptionError(f"endpoint path must start with '/', like '/{path}'; got {path!r}")
     upper = tuple(method.upper() for method in methods)
     unknown = sorted(set(upper) - _HTTP_METHODS)
+    if strict is not None and not isinstance(strict, bool):
+        raise DeploymentOptionError(f"endpoint {path!r}: strict must be True, False or None; got {strict!r}")
     if unknown or not upper:
         raise DeploymentOptionError(
             f"endpoint {path!r}: unknown HTTP methods {unknown or list(methods)}; "
@@ -42,7 +51,7 @@ def endpoint(path: str, methods: Sequence[str] = ("POST",)) -> Callable[[F], F]:
         )
 
     def mark(func: F) -> F:
-        setattr(func, ENDPOINT_ATTR, EndpointSpec(path, upper))
+        setattr(func, ENDPOINT_ATTR, EndpointSpec(path, upper, strict))
         return func
 
     return mark

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import behaviour_apps as apps
 import httpx
 import pytest
 from behaviour_support import ServedShop
+from jsonschema import Draft202012Validator
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +122,23 @@ def test_every_error_status_has_the_one_body_shape(
     status: int,
     error_type: str,
 ) -> None:
-    assert_error_body(client.request(method, shop.url + path, **send), status, error_type)
+    response = client.request(method, shop.url + path, **send)
+    assert_error_body(response, status, error_type)
+    assert_documented(client.get(shop.url + "/openapi.json").json(), path.partition("?")[0], response)
+
+
+def assert_documented(document: dict[str, Any], path: str, response: httpx.Response) -> None:
+    """On a documented path, `/openapi.json` lists the response's status, with the error schema."""
+    templates = [t for t in document["paths"] if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", t), path)]
+    if not templates:
+        return  # an unknown path: no route to document it on
+    operations = document["paths"][templates[0]]
+    method = response.request.method.lower()
+    declared = [operations[method]] if method in operations else list(operations.values())
+    status = str(response.status_code)
+    assert any(status in operation["responses"] for operation in declared), (path, status)
+    schema = {"$ref": "#/components/schemas/Error"}
+    Draft202012Validator({"allOf": [schema], "components": document["components"]}).validate(response.json())
 
 
 def test_error_details_name_the_problem(shop: ServedShop, client: httpx.Client) -> None:

@@ -244,6 +244,57 @@ def test_path_or_query_of_the_wrong_type_is_422_at_its_location(
     assert [e["loc"] for e in response.json()["error"]["errors"]] == [loc]
 
 
+class Measure(BaseModel):
+    grams: float
+
+
+@sk.deployment
+class Scale:
+    @sk.endpoint("/lax")
+    async def lax(self, measure: Measure) -> Measure:
+        return measure
+
+    @sk.endpoint("/strict", strict=True)
+    async def strict(self, measure: Measure, unit: str = "g", exact: bool = False) -> Measure:
+        return measure
+
+
+def test_strict_endpoint_refuses_what_lax_mode_coerces(serve_app: StartServer, client: httpx.Client) -> None:
+    server = serve_app(Scale.bind())
+    assert client.post(server.url + "/lax", json={"grams": False}).json() == {"grams": 0.0}
+    assert client.post(server.url + "/strict", json={"grams": 1}).json() == {"grams": 1.0}
+    for wrong in (False, "1"):
+        response = client.post(server.url + "/strict", json={"grams": wrong})
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["error"]["errors"]
+        assert (error["loc"], error["type"]) == (["body", "grams"], "float_type")
+    response = client.post(server.url + "/strict?exact=yes", json={"grams": 1})
+    assert response.status_code == 422
+    assert response.json()["error"]["errors"][0]["loc"] == ["query", "exact"]
+    assert client.post(server.url + "/strict?exact=true&unit=1", json={"grams": 1}).status_code == 200
+
+
+@sk.deployment
+class LaxScale:
+    @sk.endpoint("/default")
+    async def default(self, measure: Measure) -> Measure:
+        return measure
+
+    @sk.endpoint("/lax", strict=False)
+    async def lax(self, measure: Measure) -> Measure:
+        return measure
+
+
+def test_serve_strict_is_the_default_that_endpoints_may_override(
+    serve_app: StartServer, client: httpx.Client
+) -> None:
+    server = serve_app(LaxScale.bind(), strict=True)
+    response = client.post(server.url + "/default", json={"grams": False})
+    assert response.status_code == 422
+    assert response.json()["error"]["errors"][0]["type"] == "float_type"
+    assert client.post(server.url + "/lax", json={"grams": False}).json() == {"grams": 0.0}
+
+
 def test_request_parameter_receives_the_raw_request(shop: sk.Server, client: httpx.Client) -> None:
     response = client.put(
         shop.url + "/inspect", params={"a": "1"}, headers={"x-probe": "probe-7"}, content=b"raw body"

@@ -66,6 +66,23 @@ class Bottleneck:
         return {"n": n}
 
 
+@sk.deployment(max_ongoing_requests=1, max_queued_requests=6)
+class Paced:
+    """Each request takes `seconds`, then waits until the test opens the gate."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+
+    @sk.endpoint("/work", methods=["GET"])
+    async def work(self, seconds: float) -> dict[str, float]:
+        await asyncio.sleep(seconds)  # the model's work, which sets the rate the queue drains at
+        for _ in range(1000):  # bounded: at most ~10 s
+            if self.gate.is_set():
+                break
+            await asyncio.sleep(0.01)
+        return {"seconds": seconds}
+
+
 @sk.deployment(request_timeout_s=0.3)
 class Sluggish:
     @sk.endpoint("/slow", methods=["GET"])
@@ -246,6 +263,30 @@ async def test_overload_is_503_with_retry_after_and_admitted_requests_succeed(
     for n, response in enumerate(responses):
         if response.status_code == 200:
             assert response.json() == {"n": n}
+
+
+async def test_overload_retry_after_is_the_time_the_queue_takes_to_drain(
+    serve_app: Callable[..., sk.Server], async_client: httpx.AsyncClient
+) -> None:
+    gate = threading.Event()
+    gate.set()
+    server = serve_app(Paced.bind(gate))
+    # one request of 0.5 s: the queue drains at most 2 requests per second
+    assert (await async_client.get(server.url + "/work", params={"seconds": 0.5})).status_code == 200
+    gate.clear()
+    tasks = [
+        asyncio.create_task(async_client.get(server.url + "/work", params={"seconds": 0})) for _ in range(8)
+    ]
+    try:
+        await _wait_until_done(tasks, 1)  # one runs, six wait in the queue, one is refused
+    finally:
+        gate.set()
+    refused = [r for r in await asyncio.gather(*tasks) if r.status_code == 503]
+    assert len(refused) == 1
+    error = assert_error_body(refused[0], 503, "overloaded")
+    retry_after = int(refused[0].headers["retry-after"])
+    assert 3 <= retry_after <= 60  # six queued at no more than 2 per second
+    assert error["retry_after_s"] == retry_after
 
 
 async def test_request_over_timeout_is_504_and_its_work_is_released(

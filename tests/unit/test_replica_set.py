@@ -1,20 +1,34 @@
-"""Admission control: at most max_ongoing per replica, a bounded FIFO queue, 503 beyond it."""
+"""Admission control: at most max_ongoing per replica, a bounded FIFO queue, 503 beyond it, with a
+Retry-After estimated from how fast the queue drains (a fake clock drives the estimate)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
 
 from servekit._replica.context import ReplicaContext
 from servekit._replica.replica import Replica
-from servekit._runtime.replica_set import ReplicaSet
+from servekit._runtime.replica_set import ReplicaSet, ReplicaSlot
 from servekit.errors import DeploymentUnavailableError, OverloadedError
 
 
-def make_set(replicas: int, max_ongoing: int = 2, max_queued: int = 2) -> ReplicaSet:
-    replica_set = ReplicaSet("Model", max_ongoing, max_queued, rng=random.Random(0))
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_set(
+    replicas: int, max_ongoing: int = 2, max_queued: int = 2, clock: FakeClock | None = None
+) -> ReplicaSet:
+    replica_set = ReplicaSet(
+        "Model", max_ongoing, max_queued, rng=random.Random(0), clock=clock or FakeClock()
+    )
     for index in range(replicas):
         replica_set.add(Replica(ReplicaContext("Model", f"Model#{index}"), object, is_function=False))
     return replica_set
@@ -112,3 +126,97 @@ async def test_retire_waits_for_in_flight_requests() -> None:
     assert not retiring.done()
     replica_set.release(first)
     await asyncio.wait_for(retiring, 1)
+
+
+async def _fill(replica_set: ReplicaSet, running: int, queued: int) -> tuple[list[ReplicaSlot], list[Any]]:
+    slots = [await replica_set.acquire() for _ in range(running)]
+    waiters = [asyncio.ensure_future(replica_set.acquire()) for _ in range(queued)]
+    await asyncio.sleep(0)
+    return slots, waiters
+
+
+async def _refusal(replica_set: ReplicaSet) -> OverloadedError:
+    with pytest.raises(OverloadedError) as info:
+        await replica_set.acquire()
+    return info.value
+
+
+async def _complete(replica_set: ReplicaSet, clock: FakeClock, count: int, every_s: float) -> None:
+    """`count` requests, one after another, each running `every_s` on the fake clock."""
+    for _ in range(count):
+        slot = await replica_set.acquire()
+        clock.now += every_s
+        replica_set.release(slot)
+
+
+async def test_retry_after_is_one_second_before_any_request_completed() -> None:
+    replica_set = make_set(1, max_ongoing=1, max_queued=4)
+    _, waiters = await _fill(replica_set, running=1, queued=4)
+    refused = await _refusal(replica_set)
+    assert refused.retry_after_s == 1
+    assert refused.headers() == {"Retry-After": "1"}
+    for waiter in waiters:
+        waiter.cancel()
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_request", "queued", "retry_after"),
+    [
+        pytest.param(0.5, 4, 2, id="2-per-s-4-queued"),
+        pytest.param(2.0, 4, 8, id="half-per-s-4-queued"),
+        pytest.param(0.3, 5, 2, id="rounds-up"),
+        pytest.param(0.01, 4, 1, id="fast-drain-floor-1"),
+        pytest.param(30.0, 4, 60, id="slow-drain-capped-at-60"),
+    ],
+)
+async def test_retry_after_is_the_time_the_queue_takes_to_drain(
+    seconds_per_request: float, queued: int, retry_after: int
+) -> None:
+    clock = FakeClock()
+    replica_set = make_set(1, max_ongoing=1, max_queued=queued, clock=clock)
+    await _complete(replica_set, clock, count=10, every_s=seconds_per_request)
+    _, waiters = await _fill(replica_set, running=1, queued=queued)
+    refused = await _refusal(replica_set)
+    assert refused.retry_after_s == retry_after
+    assert refused.headers() == {"Retry-After": str(retry_after)}
+    assert f"retry in {retry_after} s" in refused.message
+    for waiter in waiters:
+        waiter.cancel()
+
+
+async def test_idle_time_between_requests_does_not_slow_the_measured_drain() -> None:
+    clock = FakeClock()
+    replica_set = make_set(1, max_ongoing=1, max_queued=8, clock=clock)
+    for _ in range(8):  # each request takes 0.25 s, then nothing runs for 10 s
+        await _complete(replica_set, clock, count=1, every_s=0.25)
+        clock.now += 10
+    _, waiters = await _fill(replica_set, running=1, queued=8)
+    assert (await _refusal(replica_set)).retry_after_s == 2  # 8 queued at 4 per busy second
+    for waiter in waiters:
+        waiter.cancel()
+
+
+async def test_requests_completing_together_count_as_a_fast_drain() -> None:
+    """A batch of 10 finishing at once every second drains 10 per second, not 1."""
+    clock = FakeClock()
+    replica_set = make_set(1, max_ongoing=10, max_queued=30, clock=clock)
+    for _ in range(3):
+        batch = [await replica_set.acquire() for _ in range(10)]
+        clock.now += 1.0
+        for slot in batch:
+            replica_set.release(slot)
+    _, waiters = await _fill(replica_set, running=10, queued=30)
+    assert (await _refusal(replica_set)).retry_after_s == 3
+    for waiter in waiters:
+        waiter.cancel()
+
+
+async def test_the_drain_estimate_follows_a_model_that_slows_down() -> None:
+    clock = FakeClock()
+    replica_set = make_set(1, max_ongoing=1, max_queued=4, clock=clock)
+    await _complete(replica_set, clock, count=20, every_s=0.1)  # 10 per second
+    await _complete(replica_set, clock, count=10, every_s=1.0)  # then 1 per second
+    _, waiters = await _fill(replica_set, running=1, queued=4)
+    assert (await _refusal(replica_set)).retry_after_s == 4
+    for waiter in waiters:
+        waiter.cancel()
