@@ -21,7 +21,7 @@ import uvicorn
 from servekit._http.app import DEFAULT_MAX_BODY_BYTES, build_asgi_app, describe_routes
 from servekit._http.routes import ingress_routes
 from servekit._runtime.app import AppHandle, RunningApp
-from servekit._runtime.backends import get_backend
+from servekit._runtime.backends import get_backend, make_runtime
 from servekit._runtime.interface import HttpIngress, ProxiedRuntime, ServingRuntime
 from servekit._runtime.options import RunKeywords, RunOptions, run_options
 from servekit._spec.deployment import Application
@@ -184,10 +184,11 @@ def _start(graph: AppGraph, host: str, port: int, front: _FrontOptions, options:
         running = RunningApp.start(graph, options, http)
         address = cast(ProxiedRuntime, running.runtime).http_address()
         return Server(running, ProxyFront(running, address, front.grace_s))
-    sock = _bind(host, port)
     http = HttpIngress(host, port, front.build_app, front.access_log, ingress_in_process=in_process)
+    runtime = make_runtime(graph, options, http)  # refuses bad options before the port is taken
+    sock = _bind(host, port)
     try:
-        running = RunningApp.start(graph, options, http)
+        running = RunningApp.launch(runtime, options)
     except BaseException:
         sock.close()
         raise

@@ -34,8 +34,12 @@ class RunningApp:
     @classmethod
     def start(cls, graph: AppGraph, options: RunOptions, http: HttpIngress | None = None) -> RunningApp:
         """Make `graph`'s runtime on the backend `options` name and start it; raises if it cannot start."""
-        runtime = make_runtime(graph, options, http)
-        thread = LoopThread(f"servekit-{graph.ingress}", options.loop)
+        return cls.launch(make_runtime(graph, options, http), options)
+
+    @classmethod
+    def launch(cls, runtime: Runtime, options: RunOptions) -> RunningApp:
+        """Start `runtime` (made by `make_runtime`) on a new event-loop thread of the kind `options` name."""
+        thread = LoopThread(f"servekit-{runtime.graph.ingress}", options.loop)
         try:
             thread.run(runtime.start())
         except BaseException:
