@@ -15,7 +15,7 @@ from servekit._runtime.handle import (
     DeploymentResponse,
     DeploymentResponseGenerator,
 )
-from servekit._spec.config import Autoscaling, DeploymentConfig, Resources
+from servekit._spec.config import Autoscaling, BatchOptions, DeploymentConfig, Resources
 from servekit._spec.deployment import Application, Deployment, deployment
 from servekit._spec.endpoint import endpoint, idempotent, ingress
 from servekit._version import __version__
@@ -25,6 +25,7 @@ __all__ = [
     "AppHandle",
     "Application",
     "Autoscaling",
+    "BatchOptions",
     "Deployment",
     "DeploymentConfig",
     "DeploymentHandle",

@@ -45,6 +45,9 @@ from servekit.errors import (
 
 logger = logging.getLogger("servekit.runtime")
 
+IN_PLACE = ("batching",)
+"""Options a redeploy applies to running replicas, without restarting them."""
+
 
 class LocalRuntime:
     """Hosts every replica of an app on this machine.
@@ -253,8 +256,10 @@ class LocalRuntime:
             if state is None:
                 self._planner_check({name: node})
                 await self._start_deployment(node)
-            elif state.fingerprint != fingerprint(node):
+            elif state.fingerprint != fingerprint(node, ignore=IN_PLACE):
                 await self._roll(state, node)
+            elif state.node.deployment.config.batching != node.deployment.config.batching:
+                await self._configure_batching(state, node)
         for name in set(old.nodes) - set(graph.nodes):
             state = self._states.pop(name)
             for replica in await state.replicas.close(
@@ -320,7 +325,7 @@ class LocalRuntime:
             replicas=ReplicaSet(node.name, config.max_ongoing_requests, config.max_queued_requests),
             target=config.start_replicas,
             isolation=self.isolation_of(node),
-            fingerprint=fingerprint(node),
+            fingerprint=fingerprint(node, ignore=IN_PLACE),
             autoscaler=None
             if autoscaling is None
             else Autoscaler(autoscaling, time.monotonic(), max_ongoing_requests=config.max_ongoing_requests),
@@ -385,12 +390,15 @@ class LocalRuntime:
                 gpu_fraction=placement.gpu_fraction,
                 cpu_ids=placement.cpu_ids,
                 max_threads=min(self._threads, 32),
+                batching=config.batching,
             )
             replica.on_death = lambda dead, reason: self._on_replica_death(state, dead, reason)
             self._live.add(replica)
             args, kwargs = node.init_args, node.init_kwargs
         else:
-            replica = Replica(context, node.deployment.target, node.deployment.is_function, self._executor)
+            replica = Replica(
+                context, node.deployment.target, node.deployment.is_function, self._executor, config.batching
+            )
             args = with_handles(node.init_args, self.handle)
             kwargs = with_handles(node.init_kwargs, self.handle)
         try:
@@ -444,7 +452,7 @@ class LocalRuntime:
                 old_slots = state.replicas.slots
                 config = node.deployment.config
                 state.node = node
-                state.fingerprint = fingerprint(node)
+                state.fingerprint = fingerprint(node, ignore=IN_PLACE)
                 state._idempotent.clear()
                 state.isolation = self.isolation_of(node)
                 state.replicas.configure(config.max_ongoing_requests, config.max_queued_requests)
@@ -477,6 +485,14 @@ class LocalRuntime:
                     await self._add_replicas(state, missing, raise_errors=True)
         finally:
             state.updating = False
+
+    async def _configure_batching(self, state: DeploymentState, node: DeploymentNode) -> None:
+        """Apply `node`'s batch options to `state`'s running replicas in place (nothing else changed)."""
+        async with state.lock:
+            batching = node.deployment.config.batching
+            for slot in state.replicas.slots:
+                await slot.replica.configure_batching(batching)
+            state.node = node
 
     def _planner_check(self, nodes: dict[str, DeploymentNode]) -> None:
         self.planner.check(
