@@ -81,34 +81,43 @@ def report(label: str, concurrency: int, seconds: float, latencies: list[float],
 
 
 async def run_all(args: argparse.Namespace) -> None:
-    """Each mode at each concurrency."""
-    for concurrency in args.concurrency:
-        unbatched = Model(args.fixed_ms, args.per_item_ms)
+    """Each mode at each concurrency, `rounds` times (interleaved, since a shared CPU drifts)."""
+    for _ in range(args.rounds):
+        for concurrency in args.concurrency:
+            await run_round(args, concurrency)
 
-        async def direct(x: float, model: Model = unbatched) -> Any:
-            return model.run([x])[0]
 
-        latencies = await load(direct, concurrency, args.seconds, args.overhead_ms)
-        report("unbatched", concurrency, args.seconds, latencies, unbatched.sizes)
+async def run_round(args: argparse.Namespace, concurrency: int) -> None:
+    """Unbatched, hand-rolled batcher and `@sk.batch`, one after the other."""
+    unbatched = Model(args.fixed_ms, args.per_item_ms)
 
-        hand = Model(args.fixed_ms, args.per_item_ms)
-        batcher = Batcher(lambda xs, model=hand: model.run(xs), 32, 0.005)  # type: ignore[misc]
-        latencies = await load(batcher.submit, concurrency, args.seconds, args.overhead_ms)  # type: ignore[arg-type]
-        report("hand-rolled", concurrency, args.seconds, latencies, hand.sizes)
+    async def direct(x: float, model: Model = unbatched) -> Any:
+        return model.run([x])[0]
 
-        model = Model(args.fixed_ms, args.per_item_ms)
-        latencies = await load(model.predict, concurrency, args.seconds, args.overhead_ms)
-        report("sk.batch", concurrency, args.seconds, latencies, model.sizes)
+    latencies = await load(direct, concurrency, args.seconds, args.overhead_ms)
+    report("unbatched", concurrency, args.seconds, latencies, unbatched.sizes)
+
+    hand = Model(args.fixed_ms, args.per_item_ms)
+    batcher = Batcher(lambda xs, model=hand: model.run(xs), 32, 0.005)  # type: ignore[misc]
+    latencies = await load(batcher.submit, concurrency, args.seconds, args.overhead_ms)  # type: ignore[arg-type]
+    report("hand-rolled", concurrency, args.seconds, latencies, hand.sizes)
+    if batcher._task is not None:
+        batcher._task.cancel()
+
+    model = Model(args.fixed_ms, args.per_item_ms)
+    latencies = await load(model.predict, concurrency, args.seconds, args.overhead_ms)
+    report("sk.batch", concurrency, args.seconds, latencies, model.sizes)
 
 
 def main() -> None:
     """Parse arguments and run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--fixed-ms", type=float, default=0.36)
     parser.add_argument("--per-item-ms", type=float, default=0.027)
-    parser.add_argument("--overhead-ms", type=float, default=0.1, help="loop time per request before the call")
+    parser.add_argument("--overhead-ms", type=float, default=0.1, help="loop time per request (the edge)")
     asyncio.run(run_all(parser.parse_args()))
 
 
