@@ -79,5 +79,7 @@ def test_a_redeploy_naming_a_method_that_is_not_batched_is_refused(
 
 @pytest.mark.parametrize("method", ["predict", "echo"])
 def test_a_start_naming_an_unknown_or_unbatched_method_fails_clearly(isolation: str, method: str) -> None:
-    with pytest.raises(DeploymentStartError, match=rf"batching names '{method}', which is not a @batch method"):
+    with pytest.raises(
+        DeploymentStartError, match=rf"batching names '{method}', which is not a @batch method"
+    ):
         sk.run(app(isolation, **{method: sk.BatchOptions(max_batch_size=4)}))
