@@ -179,10 +179,11 @@ class BatchQueue:
             self.gaps.observe(item.arrived - self._last_arrival)
         self._last_arrival = item.arrived
         pending.append(item)
-        if self._running < self._limits.max_concurrent_batches and (
-            self._timer is None or len(pending) >= self._limits.max_batch_size
-        ):
-            self._decide_soon()
+        if self._running < self._limits.max_concurrent_batches:
+            if len(pending) >= self._limits.max_batch_size and not self._deciding:
+                self._decide()  # a full batch goes now
+            elif self._timer is None:
+                self._decide_soon()
 
     def _decide_soon(self) -> None:
         """Decide once this loop iteration's arrivals are in (so simultaneous calls share a batch)."""

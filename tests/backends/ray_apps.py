@@ -124,6 +124,6 @@ class Batched:
 
     async def batch_options(self) -> dict[str, Any]:
         """This replica's process and the options its `double` queue runs with."""
-        state = batched_state(Batched.double)
+        state = batched_state(type(self).double)
         assert state is not None
         return {"pid": os.getpid(), **state.limits_for(self).to_dict()}
