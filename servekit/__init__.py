@@ -17,7 +17,7 @@ from servekit._runtime.handle import (
     DeploymentResponseGenerator,
 )
 from servekit._runtime.options import RunOptions
-from servekit._spec.config import Autoscaling, DeploymentConfig, DeploymentOptions, Resources
+from servekit._spec.config import Autoscaling, BatchOptions, DeploymentConfig, DeploymentOptions, Resources
 from servekit._spec.deployment import Application, Deployment, deployment
 from servekit._spec.endpoint import endpoint, idempotent, ingress
 from servekit._version import __version__
@@ -27,6 +27,7 @@ __all__ = [
     "AppHandle",
     "Application",
     "Autoscaling",
+    "BatchOptions",
     "Deployment",
     "DeploymentConfig",
     "DeploymentHandle",

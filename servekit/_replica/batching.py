@@ -1,8 +1,11 @@
 """Dynamic batching: `@batch` turns per-item calls into list calls, one queue per method per replica.
 
-Each caller passes one item and awaits one result. A `BatchQueue` collects items until
-`max_batch_size` are waiting or `max_wait_ms` passed since the first, then calls the user's
-function with lists. One batch runs at a time per queue; items arriving meanwhile form the next.
+Each caller passes one item and awaits one result. A `BatchQueue` collects items and calls the
+user's function with lists, when `batch_policy.decide` says so: at once when the model is free
+and nothing else waits, and holding for more items only while that pays, up to `max_batch_size`
+items and `max_wait_ms` for the oldest. At most `max_concurrent_batches` batches run at a time;
+items arriving meanwhile form the next. A deployment's `batching` option overrides the
+decorator's values per replica (`BatchedFunction.configure`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from servekit._replica.batch_policy import ArrivalGap, BatchInput, BatchLimits, CostModel, decide
 from servekit._replica.context import current_replica
+from servekit._spec.config import BatchOptions
 from servekit.errors import DeploymentOptionError, DeploymentUnavailableError
 
 logger = logging.getLogger("servekit.batching")
@@ -71,26 +76,31 @@ class _Item:
 
 
 class BatchQueue:
-    """Collects single calls into batches for one function on one event loop."""
+    """Collects single calls into batches for one function on one event loop.
 
-    def __init__(
-        self,
-        func: Callable[..., Any],
-        max_batch_size: int,
-        max_wait_s: float,
-        name: str,
-    ) -> None:
+    `submit` queues an item; `batch_policy.decide` says when a batch starts. Each batch runs as
+    its own task, at most `max_concurrent_batches` at a time; its duration teaches the cost
+    model, and gaps between queued arrivals the arrival estimate.
+    """
+
+    def __init__(self, func: Callable[..., Any], limits: BatchLimits, name: str) -> None:
         self._func = func
-        self._max_batch_size = max_batch_size
-        self._max_wait_s = max_wait_s
+        self._limits = limits
         self._name = name
         self._streaming = inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func)
         self._loop = asyncio.get_running_loop()
         self._pending: deque[_Item] = deque()
-        self._wakeup: asyncio.Future[None] | None = None
-        self._full: asyncio.Future[None] | None = None
+        self._running = 0
+        self._batches: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._deciding = False
+        self._last_arrival = 0.0
+        self._closed = False
+        self._reason = "idle"
+        self.costs = CostModel()
+        self.gaps = ArrivalGap()
         self.stats = BatchStats()
-        self._task = self._loop.create_task(self._run(), name=f"servekit-batch-{name}")
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -98,9 +108,38 @@ class BatchQueue:
         return self._loop
 
     @property
+    def limits(self) -> BatchLimits:
+        """The options the queue runs with now."""
+        return self._limits
+
+    @property
     def queued(self) -> int:
         """Items waiting for a batch."""
         return len(self._pending)
+
+    @property
+    def running(self) -> int:
+        """Batches executing now."""
+        return self._running
+
+    def configure(self, limits: BatchLimits) -> None:
+        """Run with `limits` from now on (waiting items and running batches are kept)."""
+        self._limits = limits
+        self._decide_soon()
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready stats, options, what was learned and the last decision."""
+        cost, gap = self.costs.estimate, self.gaps.mean_s
+        return {
+            **self.stats.to_dict(),
+            "queued": len(self._pending),
+            "running": self._running,
+            "options": self._limits.to_dict(),
+            "fixed_cost_ms": None if cost is None else round(cost.fixed_s * 1000, 4),
+            "per_item_cost_ms": None if cost is None else round(cost.per_item_s * 1000, 4),
+            "arrival_gap_ms": None if gap is None else round(gap * 1000, 4),
+            "decision": self._reason,
+        }
 
     async def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Queue one item and wait for its result."""
@@ -123,53 +162,118 @@ class BatchQueue:
             item.closed = True
 
     def close(self) -> None:
-        """Stop the loop and fail every waiting item."""
-        self._task.cancel()
+        """Stop forming batches, cancel running ones and fail every waiting item."""
+        self._closed = True
+        self._cancel_timer()
+        for task in list(self._batches):
+            task.cancel()
         error = DeploymentUnavailableError(f"batched method {self._name!r} is shutting down")
         while self._pending:
             _fail(self._pending.popleft(), error)
 
     def _enqueue(self, item: _Item) -> None:
-        if self._task.done():
+        if self._closed:
             raise DeploymentUnavailableError(f"batched method {self._name!r} is shut down")
-        self._pending.append(item)
-        _resolve(self._wakeup)
-        if len(self._pending) >= self._max_batch_size:
-            _resolve(self._full)
+        pending = self._pending
+        if pending:
+            self.gaps.observe(item.arrived - self._last_arrival)
+        self._last_arrival = item.arrived
+        pending.append(item)
+        if self._running < self._limits.max_concurrent_batches:
+            if len(pending) >= self._limits.max_batch_size and not self._deciding:
+                self._decide()  # a full batch goes now
+            elif self._timer is None:
+                self._decide_soon()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                batch = await self._next_batch()
-                if batch:
-                    self.stats.record(len(batch))
-                    await self._execute(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the loop must outlive any single batch
-                logger.exception("batching loop of %s failed; continuing", self._name)
+    def _decide_soon(self) -> None:
+        """Decide once this loop iteration's arrivals are in (so simultaneous calls share a batch)."""
+        if not self._deciding:
+            self._deciding = True
+            self._loop.call_soon(self._decide)
 
-    async def _next_batch(self) -> list[_Item]:
-        while not self._pending:
-            self._wakeup = self._loop.create_future()
-            await self._wakeup
-        # The wait counts from the oldest item's arrival: items that queued while the previous
-        # batch ran have waited already, so a busy queue flushes sooner and no item waits longer
-        # than max_wait_ms for its batch to start.
-        remaining = self._pending[0].arrived + self._max_wait_s - self._loop.time()
-        if len(self._pending) < self._max_batch_size and remaining > 0:
-            self._full = self._loop.create_future()
-            timer = self._loop.call_later(remaining, _resolve, self._full)
-            try:
-                await self._full
-            finally:
-                timer.cancel()
+    def _decide(self) -> None:
+        self._deciding = False
+        try:
+            while not self._closed and self._pending:
+                decision = decide(self._input(self._loop.time()))
+                self._reason = decision.reason
+                if not decision.dispatch:
+                    if decision.hold_until is not None:
+                        self._hold(decision.hold_until)
+                    return
+                self._cancel_timer()
+                self._start(self._take())
+        except Exception:  # the queue must outlive a bug in a decision
+            logger.exception("batching of %s failed to decide; dispatching what waits", self._name)
+            self._start(self._take())
+
+    def _input(self, now: float) -> BatchInput:
+        return BatchInput(
+            now=now,
+            queued=len(self._pending),
+            oldest_arrival=self._pending[0].arrived,
+            last_arrival=self._last_arrival,
+            running=self._running,
+            limits=self._limits,
+            cost=self.costs.estimate,
+            arrival_gap_s=self.gaps.mean_s,
+        )
+
+    def _hold(self, until: float) -> None:
+        if self._timer is not None:
+            if self._timer_at <= until:
+                return  # fires earlier; the decision then holds again if it still pays
+            self._timer.cancel()
+        self._timer_at = until
+        self._timer = self._loop.call_at(until, self._on_hold_end)
+
+    def _on_hold_end(self) -> None:
+        self._timer = None
+        cost = self.costs.estimate
+        silent = self._loop.time() - self._last_arrival
+        if cost is not None and self._pending and silent >= cost.fixed_s - cost.per_item_s:
+            self.gaps.observe_silence(silent)
+        self._decide()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _take(self) -> list[_Item]:
         batch: list[_Item] = []
-        while self._pending and len(batch) < self._max_batch_size:
-            item = self._pending.popleft()
+        pending, limit = self._pending, self._limits.max_batch_size
+        while pending and len(batch) < limit:
+            item = pending.popleft()
             if not item.abandoned:
                 batch.append(item)
         return batch
+
+    def _start(self, batch: list[_Item]) -> None:
+        if not batch:
+            return
+        self._running += 1
+        self.stats.record(len(batch))
+        task = self._loop.create_task(self._run(batch), name=f"servekit-batch-{self._name}")
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _run(self, batch: list[_Item]) -> None:
+        started = self._loop.time()
+        try:
+            await self._execute(batch)
+        except asyncio.CancelledError:
+            error = DeploymentUnavailableError(f"batched method {self._name!r} is shutting down")
+            for item in batch:
+                _fail(item, error)
+            raise
+        except Exception:  # the queue must outlive any single batch
+            logger.exception("batch of %s failed; continuing", self._name)
+        finally:
+            self._running -= 1
+            self.costs.observe(len(batch), self._loop.time() - started)
+            if not self._closed:
+                self._decide()
 
     async def _execute(self, batch: list[_Item]) -> None:
         try:
@@ -204,11 +308,6 @@ class BatchQueue:
                 _stream_chunk(item, exc)
         for item in batch:
             _stream_chunk(item, END)
-
-
-def _resolve(future: asyncio.Future[None] | None) -> None:
-    if future is not None and not future.done():
-        future.set_result(None)
 
 
 def _fail(item: _Item, error: BaseException) -> None:
@@ -286,12 +385,13 @@ async def _iterate(func: Callable[..., Any], args: list[Any], kwargs: dict[str, 
         generator.close()
 
 
-@dataclass(frozen=True)
-class BatchOptions:
-    """How a batched function forms batches."""
-
-    max_batch_size: int
-    max_wait_ms: float
+def with_overrides(limits: BatchLimits, options: BatchOptions) -> BatchLimits:
+    """`limits` with the fields `options` sets replaced."""
+    return BatchLimits(
+        max_batch_size=options.max_batch_size or limits.max_batch_size,
+        max_wait_s=limits.max_wait_s if options.max_wait_ms is None else options.max_wait_ms / 1000,
+        max_concurrent_batches=options.max_concurrent_batches or limits.max_concurrent_batches,
+    )
 
 
 class BatchedFunction:
@@ -299,16 +399,18 @@ class BatchedFunction:
 
     Queues are keyed by the owner: the replica instance for methods, the current replica (or
     the event loop outside one) for plain functions. A queue is made on first use in the
-    running loop; the runtime calls `discard` when the replica stops, so nothing is stored on
-    user objects.
+    running loop; `configure` sets one owner's options (a deployment's overrides); the runtime
+    calls `discard` when the replica stops, so nothing is stored on user objects.
     """
 
-    def __init__(self, func: Callable[..., Any], options: BatchOptions, is_method: bool) -> None:
+    def __init__(self, func: Callable[..., Any], limits: BatchLimits, is_method: bool) -> None:
         self.func = func
-        self.options = options
+        self.limits = limits
+        """The decorator's options."""
         self.is_method = is_method
         self.streaming = inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func)
         self._queues: dict[int, tuple[Any, BatchQueue]] = {}
+        self._configured: dict[int, tuple[Any, BatchLimits]] = {}
 
     def queue_for(self, owner: Any) -> BatchQueue:
         """The queue of `owner`, made in the running loop if missing or from another loop."""
@@ -316,10 +418,21 @@ class BatchedFunction:
         if entry is None or entry[0] is not owner or entry[1].loop is not asyncio.get_running_loop():
             bound = functools.partial(self.func, owner) if self.is_method else self.func
             name = getattr(self.func, "__qualname__", "batch")
-            opts = self.options
-            entry = (owner, BatchQueue(bound, opts.max_batch_size, opts.max_wait_ms / 1000, name))
+            entry = (owner, BatchQueue(bound, self.limits_for(owner), name))
             self._queues[id(owner)] = entry
         return entry[1]
+
+    def limits_for(self, owner: Any) -> BatchLimits:
+        """The options `owner`'s queue runs with: those given to `configure`, else the decorator's."""
+        entry = self._configured.get(id(owner))
+        return entry[1] if entry is not None and entry[0] is owner else self.limits
+
+    def configure(self, owner: Any, limits: BatchLimits) -> None:
+        """Run `owner`'s queue with `limits`, now if it exists, else from its first call."""
+        self._configured[id(owner)] = (owner, limits)
+        queue = self.existing_queue(owner)
+        if queue is not None:
+            queue.configure(limits)
 
     def existing_queue(self, owner: Any) -> BatchQueue | None:
         """The queue of `owner` if one was made."""
@@ -327,11 +440,14 @@ class BatchedFunction:
         return entry[1] if entry is not None and entry[0] is owner else None
 
     def discard(self, owner: Any) -> None:
-        """Close and forget the queue of `owner` (its replica stopped)."""
+        """Close and forget the queue and options of `owner` (its replica stopped)."""
         queue = self.existing_queue(owner)
         if queue is not None:
             queue.close()
             del self._queues[id(owner)]
+        entry = self._configured.get(id(owner))
+        if entry is not None and entry[0] is owner:
+            del self._configured[id(owner)]
 
 
 def batch(
@@ -340,6 +456,7 @@ def batch(
     *,
     max_batch_size: int = 32,
     max_wait_ms: float = 5.0,
+    max_concurrent_batches: int = 1,
 ) -> Any:
     """Batch calls to a method (or function): callers pass one item, the function gets lists.
 
@@ -347,6 +464,13 @@ def batch(
     @servekit.batch(max_batch_size=32, max_wait_ms=5)
     async def predict(self, xs: list[Tensor]) -> list[int]: ...
     ```
+
+    A batch starts at once when the model is free and no other call waits; while a batch runs,
+    calls queue and form the next one. The queue holds a batch open for more calls only while
+    that pays (calls arrive faster than a batch's learned fixed cost), never beyond
+    `max_wait_ms` for the oldest call nor `max_batch_size` calls. `max_concurrent_batches` lets
+    batches overlap (for pipelined GPU work). A deployment can override these per method with
+    `batching={"predict": BatchOptions(...)}`, also at runtime.
 
     The function returns one result per input, in order; an `Exception` instance in place of a
     result fails only that caller. A generator function yields, at each step, one chunk per
@@ -357,11 +481,16 @@ def batch(
         raise DeploymentOptionError(f"batch option max_batch_size={max_batch_size!r} must be >= 1")
     if max_wait_ms < 0:
         raise DeploymentOptionError(f"batch option max_wait_ms={max_wait_ms!r} must be >= 0")
-    options = BatchOptions(max_batch_size, max_wait_ms)
+    if not isinstance(max_concurrent_batches, int) or max_concurrent_batches < 1:
+        raise DeploymentOptionError(
+            f"batch option max_concurrent_batches={max_concurrent_batches!r} must be an int >= 1 "
+            "(1 runs one batch at a time; 2 or more let batches overlap, e.g. for GPU pipelines)"
+        )
+    limits = BatchLimits(max_batch_size, max_wait_ms / 1000, max_concurrent_batches)
 
     def decorate(target: Callable[..., Any]) -> Callable[..., Any]:
         params = list(inspect.signature(target).parameters)
-        state = BatchedFunction(target, options, is_method=bool(params) and params[0] == "self")
+        state = BatchedFunction(target, limits, is_method=bool(params) and params[0] == "self")
         return _wrap(target, state)
 
     return decorate if func is None else decorate(func)

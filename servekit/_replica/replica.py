@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from typing import Any, NoReturn
 
-from servekit._replica.batching import END, BatchedFunction, batched_state, next_in_context
+from servekit._replica.batching import END, BatchedFunction, batched_state, next_in_context, with_overrides
 from servekit._replica.context import ReplicaContext, enter_replica, exit_replica
 from servekit._replica.errors import attribute_to_deployment
+from servekit._spec.config import BatchOptions
 from servekit._spec.endpoint import is_idempotent
 from servekit._spec.graph import DeploymentNode
-from servekit.errors import DeploymentStartError, NotFoundError
+from servekit.errors import DeploymentOptionError, DeploymentStartError, NotFoundError
 
 
 def _reraise_attributed(exc: Exception, deployment: str) -> NoReturn:
@@ -78,11 +79,13 @@ class Replica:
         target: type | Callable[..., Any],
         is_function: bool,
         executor: Executor | None = None,
+        batching: Mapping[str, BatchOptions] | None = None,
     ) -> None:
         self.context = context
         self._target = target
         self._is_function = is_function
         self._executor = executor
+        self._batching = dict(batching or {})
         self._instance: Any = None
         self._methods: dict[str, tuple[Callable[..., Any], MethodKind]] = {}
 
@@ -92,9 +95,15 @@ class Replica:
         return self._instance
 
     async def start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Construct the user's instance on a worker thread, so the event loop stays free."""
+        """Construct the user's instance on a worker thread, so the event loop stays free.
+
+        Raises `DeploymentOptionError` before running user code when the deployment's
+        `batching` option names a method that is not batched.
+        """
+        self._batched_targets(self._batching)
         if self._is_function:
             self._instance = self._target
+            await self.configure_batching(self._batching)
             return
         token = enter_replica(self.context)
         try:
@@ -106,6 +115,32 @@ class Replica:
             ) from exc
         finally:
             exit_replica(token)
+        await self.configure_batching(self._batching)
+
+    async def configure_batching(self, options: Mapping[str, BatchOptions]) -> None:
+        """Run each batched method with the decorator's options overridden by `options[method]`.
+
+        Applies at once to waiting items and later batches; a method left out goes back to the
+        decorator's options. Raises `DeploymentOptionError`, changing nothing, when `options`
+        names a method that does not exist or is not batched.
+        """
+        targets = self._batched_targets(options)
+        self._batching = dict(options)
+        for name, state in targets.items():
+            limits = state.limits if name not in options else with_overrides(state.limits, options[name])
+            state.configure(self._batch_owner(state), limits)
+
+    def _batched_targets(self, options: Mapping[str, BatchOptions]) -> dict[str, BatchedFunction]:
+        """Each batched method by name; raises if `options` names another one."""
+        targets = dict(self._batched_methods())
+        unknown = sorted(set(options) - set(targets))
+        if unknown:
+            raise DeploymentOptionError(
+                f"deployment {self.context.deployment!r}: option batching names "
+                f"{', '.join(map(repr, unknown))}, which {'is' if len(unknown) == 1 else 'are'} not a "
+                f"@batch method; batched methods: {sorted(targets) or 'none'}"
+            )
+        return targets
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call a unary method and return its result."""
@@ -155,7 +190,7 @@ class Replica:
         for name, state in self._batched_methods():
             queue = state.existing_queue(self._batch_owner(state))
             if queue is not None:
-                stats[name] = {**queue.stats.to_dict(), "queued": queue.queued}
+                stats[name] = queue.status()
         return stats
 
     async def check_health(self) -> None:
@@ -173,9 +208,10 @@ class Replica:
         return self._instance if state.is_method else self.context
 
     def _batched_methods(self) -> Iterator[tuple[str, BatchedFunction]]:
-        names = ["__call__"] if self._is_function else dir(type(self._instance))
+        cls = self._target if isinstance(self._target, type) else type(self._instance)
+        names = ["__call__"] if self._is_function else dir(cls)
         for name in names:
-            attr = self._target if self._is_function else getattr(type(self._instance), name, None)
+            attr = self._target if self._is_function else getattr(cls, name, None)
             state = batched_state(attr)
             if state is not None:
                 yield name, state

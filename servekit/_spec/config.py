@@ -166,6 +166,31 @@ class Autoscaling(_Options):
         return self.min_replicas if self.initial_replicas is None else self.initial_replicas
 
 
+class BatchOptions(_Options):
+    """Overrides of one `@batch` method's options for a deployment; unset fields keep the decorator's.
+
+    Set per method with `batching={"predict": BatchOptions(max_batch_size=64)}`. A redeploy that
+    changes only `batching` updates running replicas in place, without restarting them.
+    """
+
+    max_batch_size: int | None = Field(None, ge=1, description="Most items in one batch.")
+    max_wait_ms: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Longest the oldest waiting item is held for a batch to fill while the model is free "
+            "(the batcher holds only while waiting pays; 0 never holds)."
+        ),
+    )
+    max_concurrent_batches: int | None = Field(
+        None, ge=1, description="Batches of this method that may run at once on one replica."
+    )
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields set to a value (what this overrides)."""
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
 class DeploymentConfig(_Options):
     """Every option of a deployment. `model_fields_set` tells what the user set explicitly."""
 
@@ -205,6 +230,13 @@ class DeploymentConfig(_Options):
     graceful_shutdown_timeout_s: float = Field(
         20.0, ge=0, description="How long a stopping replica may drain in-flight requests."
     )
+    batching: dict[str, BatchOptions] = Field(
+        default_factory=dict,
+        description=(
+            "Per `@batch` method name, overrides of its batch options (max_batch_size, max_wait_ms, "
+            "max_concurrent_batches); changing only this on a redeploy updates replicas in place."
+        ),
+    )
 
     @model_validator(mode="after")
     def _replicas_or_autoscaling(self) -> Self:
@@ -213,6 +245,16 @@ class DeploymentConfig(_Options):
                 "set either num_replicas or autoscaling, not both "
                 "(autoscaling=Autoscaling(min_replicas=..., max_replicas=...))"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _batching_names_methods(self) -> Self:
+        for method in self.batching:
+            if not method.isidentifier():
+                raise ValueError(
+                    f"batching keys are method names, like {{'predict': BatchOptions(max_batch_size=64)}}; "
+                    f"got {method!r}"
+                )
         return self
 
     @property
@@ -249,6 +291,7 @@ class DeploymentOptions(TypedDict, total=False):
     health_check_period_s: float
     health_check_timeout_s: float
     graceful_shutdown_timeout_s: float
+    batching: dict[str, BatchOptions] | dict[str, dict[str, Any]]
 
 
 def parse_config(owner: str, options: Mapping[str, Any]) -> DeploymentConfig:
@@ -276,9 +319,13 @@ def _describe(owner: str, exc: ValidationError) -> str:
 def _unknown_option(option: str) -> str:
     *parents, leaf = option.split(".")
     model: type[BaseModel] = DeploymentConfig
-    for parent in parents:
-        annotation = DeploymentConfig.model_fields[parent].annotation
-        model = Resources if annotation is Resources else Autoscaling
+    if parents:
+        nested: dict[str, type[BaseModel]] = {
+            "resources": Resources,
+            "autoscaling": Autoscaling,
+            "batching": BatchOptions,
+        }
+        model = nested[parents[0]]
     valid = sorted(model.model_fields)
     close = difflib.get_close_matches(leaf, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -73,6 +73,7 @@ class Batched:
 
     @sk.batch(max_batch_size=8, max_wait_ms=200)
     def sizes(self, xs: list[str]) -> list[int]:  # a sync batched method
+        time.sleep(0.02)  # a model that takes a while: callers arriving meanwhile share the next batch
         return [len(xs)] * len(xs)
 
 

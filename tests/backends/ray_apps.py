@@ -10,6 +10,7 @@ from typing import Any
 import ray
 
 import servekit as sk
+from servekit._replica.batching import batched_state
 
 
 def placement() -> dict[str, Any]:
@@ -113,3 +114,16 @@ class Versioned:
     async def label_of(self) -> str:
         await asyncio.sleep(0.005)
         return self.label
+
+
+@sk.deployment(resources=sk.Resources(cpus=0.1))
+class Batched:
+    @sk.batch(max_batch_size=8, max_wait_ms=50)
+    async def double(self, xs: list[float]) -> list[float]:
+        return [x * 2 for x in xs]
+
+    async def batch_options(self) -> dict[str, Any]:
+        """This replica's process and the options its `double` queue runs with."""
+        state = batched_state(type(self).double)
+        assert state is not None
+        return {"pid": os.getpid(), **state.limits_for(self).to_dict()}

@@ -62,9 +62,13 @@ async def test_batched_items_fail_alone(front: sk.AppHandle) -> None:
     assert results[2:] == [9, 16]
 
 
-async def test_concurrent_callers_share_full_batches(front: sk.AppHandle) -> None:
-    sizes = await front.batch_sizes(8)
-    assert sizes == [8] * 8, "eight concurrent callers within max_wait_ms form one batch of max_batch_size"
+async def test_concurrent_callers_share_batches(front: sk.AppHandle) -> None:
+    sizes = await front.batch_sizes(8)  # each caller gets the size of the batch it was in
+    assert all(sizes.count(size) % size == 0 for size in set(sizes)), sizes
+    batches = round(sum(1 / size for size in sizes))
+    # the first caller may run alone at once (an idle model pays no window); the others arrive
+    # while it runs, or within max_wait_ms, and share batches
+    assert batches <= 2, f"eight concurrent callers formed {batches} batches: {sizes}"
 
 
 async def test_concurrent_calls_from_many_tasks_all_answer(front: sk.AppHandle) -> None:

@@ -163,3 +163,24 @@ async def test_a_redeploy_that_only_scales_keeps_the_running_replicas(
     after = {r["id"] for r in handle.status()["deployments"]["Scaled"]["replicas"]}
     assert len(after) == 2
     assert before < after, "the first replica kept running; one was added"
+
+
+async def test_a_redeploy_that_changes_only_batching_reconfigures_the_running_replica(
+    ray_cluster: RayCluster, on_ray: list[sk.AppHandle]
+) -> None:
+    app = ray_apps.Batched.options(batching={"double": sk.BatchOptions(max_batch_size=2)})
+    handle = sk.run(app.bind(), backend="ray")
+    on_ray.append(handle)
+    before = await handle.batch_options()
+    assert before["max_batch_size"] == 2, "the override applies when the replica starts"
+    ids = {r["id"] for r in handle.status()["deployments"]["Batched"]["replicas"]}
+    changed = app.options(batching={"double": sk.BatchOptions(max_batch_size=16, max_wait_ms=1)})
+    await asyncio.to_thread(handle.redeploy, changed.bind())
+    for _ in range(300):  # Ray reconfigures the replica once the redeploy lands: up to 30 s
+        now = await handle.batch_options()
+        if now["max_batch_size"] == 16:
+            break
+        await asyncio.sleep(0.1)
+    assert now == {**before, "max_batch_size": 16, "max_wait_ms": 1.0}, "same process, new options"
+    assert {r["id"] for r in handle.status()["deployments"]["Batched"]["replicas"]} == ids
+    assert await asyncio.gather(*(handle.double(float(i)) for i in range(4))) == [0.0, 2.0, 4.0, 6.0]

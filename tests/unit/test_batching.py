@@ -9,7 +9,18 @@ from typing import Any
 import pytest
 
 import servekit as sk
-from servekit._replica.batching import batched_state
+from servekit._replica.batch_policy import (
+    ArrivalGap,
+    BatchInput,
+    BatchLimits,
+    CostEstimate,
+    CostModel,
+    decide,
+)
+from servekit._replica.batching import BatchQueue, batched_state
+from servekit._replica.context import ReplicaContext
+from servekit._replica.replica import Replica
+from servekit.errors import DeploymentOptionError
 
 
 class Doubler:
@@ -183,3 +194,227 @@ async def test_sync_batched_generators_stream_too() -> None:
     streamer = SyncStreamer()
     results = await asyncio.gather(collect(streamer.words("a b")), collect(streamer.words("c d")))
     assert results == [["a", "b"], ["c", "d"]]
+
+
+# -- the adaptive policy: pure decisions over a fake clock -------------------------------------
+
+LIMITS = BatchLimits(max_batch_size=32, max_wait_s=0.005)
+COST = CostEstimate(fixed_s=0.00036, per_item_s=0.000027)
+
+
+def state(**changes: Any) -> BatchInput:
+    base: dict[str, Any] = {
+        "now": 10.0,
+        "queued": 1,
+        "oldest_arrival": 10.0,
+        "last_arrival": 10.0,
+        "running": 0,
+        "limits": LIMITS,
+        "cost": COST,
+        "arrival_gap_s": 0.0001,
+    }
+    return BatchInput(**{**base, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "dispatch", "reason"),
+    [
+        ({"queued": 0}, False, "empty"),
+        ({"running": 1}, False, "busy"),
+        ({"running": 1, "queued": 40}, False, "busy"),
+        ({"running": 1, "limits": BatchLimits(32, 0.005, max_concurrent_batches=2)}, False, "holding"),
+        ({"queued": 32}, True, "full"),
+        ({"now": 10.005}, True, "max_wait"),
+        ({"cost": None}, True, "nothing learned"),
+        ({"arrival_gap_s": None}, True, "nothing learned"),
+        ({"arrival_gap_s": 0.001}, True, "too sparse"),
+        ({"arrival_gap_s": 0.0001}, False, "holding"),
+        ({"now": 10.0004, "queued": 3}, True, "no arrival within a fixed cost"),
+        ({"limits": BatchLimits(32, 0.0)}, True, "max_wait"),
+    ],
+)
+def test_policy_decisions(changes: dict[str, Any], dispatch: bool, reason: str) -> None:
+    decision = decide(state(**changes))
+    assert decision.dispatch is dispatch
+    assert reason in decision.reason
+
+
+def test_a_lone_caller_with_sparse_arrivals_is_dispatched_at_once() -> None:
+    # one caller at a time: the next call comes after this one's batch, so gaps exceed a batch's cost
+    decision = decide(state(arrival_gap_s=COST.fixed_s + COST.per_item_s))
+    assert decision.dispatch
+
+
+def test_a_hold_lasts_one_fixed_cost_after_the_last_arrival() -> None:
+    decision = decide(state(queued=5, oldest_arrival=9.999, last_arrival=10.0))
+    assert not decision.dispatch
+    assert decision.hold_until == pytest.approx(10.0 + COST.fixed_s - COST.per_item_s)
+
+
+@pytest.mark.parametrize("oldest", [9.996, 9.9951])
+def test_a_hold_never_passes_the_oldest_items_max_wait(oldest: float) -> None:
+    decision = decide(state(queued=5, oldest_arrival=oldest))
+    assert decision.hold_until is not None
+    assert decision.hold_until <= oldest + LIMITS.max_wait_s
+
+
+def test_the_cost_model_learns_fixed_and_per_item_cost() -> None:
+    model = CostModel()
+    for size in [1, 32, 8, 16, 4, 32, 1, 24] * 5:
+        model.observe(size, 0.00036 + 0.000027 * size)
+    assert model.estimate is not None
+    assert model.estimate.fixed_s == pytest.approx(0.00036, rel=1e-6)
+    assert model.estimate.per_item_s == pytest.approx(0.000027, rel=1e-6)
+
+
+def test_with_one_batch_size_the_cost_model_counts_it_all_as_fixed() -> None:
+    model = CostModel()
+    for _ in range(5):
+        model.observe(1, 0.0004)
+    assert model.estimate == CostEstimate(fixed_s=pytest.approx(0.0004), per_item_s=0.0)
+
+
+def test_silent_holds_lift_the_arrival_gap_past_what_pays_for_a_wait() -> None:
+    gaps = ArrivalGap()
+    for _ in range(20):
+        gaps.observe(0.0001)
+    saving = COST.fixed_s - COST.per_item_s
+    silences = 0
+    while decide(state(arrival_gap_s=gaps.mean_s)).hold_until is not None:
+        gaps.observe_silence(saving)
+        silences += 1
+    assert silences <= 5
+
+
+# -- the queue: dispatch order, growth under load, overlap, live options -------------------------
+
+
+class Gated:
+    """A batched method that waits for the test to open its gate; records each batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.running = 0
+        self.most_running = 0
+
+    @sk.batch(max_batch_size=32, max_wait_ms=60_000)
+    async def run(self, xs: list[int]) -> list[int]:
+        self.batches.append(xs)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        await self.gate.wait()
+        self.running -= 1
+        return xs
+
+
+async def turns(n: int = 5) -> None:
+    """Let the event loop run `n` iterations (no clock involved)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def queue_of(owner: Any, method: Any) -> BatchQueue:
+    state = batched_state(method)
+    assert state is not None
+    queue = state.existing_queue(owner)
+    assert queue is not None
+    return queue
+
+
+async def test_a_lone_caller_is_dispatched_at_once_not_after_max_wait() -> None:
+    model = Gated()
+    model.gate.set()
+    call = asyncio.ensure_future(model.run(7))
+    await turns()  # with a 60 s max_wait, only an immediate dispatch has run the batch by now
+    assert model.batches == [[7]]
+    assert await call == 7
+    assert queue_of(model, Gated.run).status()["decision"] == "nothing learned"
+
+
+async def test_items_arriving_while_a_batch_runs_form_the_next_batch() -> None:
+    model = Gated()
+    first = asyncio.ensure_future(model.run(0))
+    await turns()
+    assert model.batches == [[0]]
+    rest = [asyncio.ensure_future(model.run(i)) for i in range(1, 21)]
+    await turns()
+    assert model.batches == [[0]], "the model is busy: arrivals wait"
+    status = queue_of(model, Gated.run).status()
+    assert (status["running"], status["queued"]) == (1, 20)
+    model.gate.set()
+    assert await asyncio.gather(first, *rest) == list(range(21))
+    assert model.batches == [[0], list(range(1, 21))]
+
+
+async def test_max_concurrent_batches_lets_batches_overlap() -> None:
+    model = Gated()
+    state = batched_state(Gated.run)
+    assert state is not None
+    state.configure(model, BatchLimits(max_batch_size=2, max_wait_s=60, max_concurrent_batches=2))
+    calls = [asyncio.ensure_future(model.run(i)) for i in range(6)]
+    await turns()
+    assert model.batches == [[0, 1], [2, 3]]
+    assert model.running == 2
+    model.gate.set()
+    assert await asyncio.gather(*calls) == list(range(6))
+    assert model.most_running == 2
+    assert queue_of(model, Gated.run).status()["options"]["max_concurrent_batches"] == 2
+
+
+async def test_one_batch_at_a_time_by_default() -> None:
+    model = Gated()
+    calls = [asyncio.ensure_future(model.run(i)) for i in range(3)]
+    await turns()
+    model.gate.set()
+    await asyncio.gather(*calls)
+    assert model.most_running == 1
+
+
+async def test_new_options_apply_to_items_already_waiting() -> None:
+    model = Gated()
+    first = asyncio.ensure_future(model.run(0))
+    await turns()
+    rest = [asyncio.ensure_future(model.run(i)) for i in range(1, 11)]
+    await turns()
+    state = batched_state(Gated.run)
+    assert state is not None
+    state.configure(model, BatchLimits(max_batch_size=4, max_wait_s=0))
+    model.gate.set()
+    await asyncio.gather(first, *rest)
+    assert [len(batch) for batch in model.batches] == [1, 4, 4, 2]
+
+
+async def test_a_busy_queue_fills_batches_to_max_batch_size() -> None:
+    model = Gated()
+    model.gate.set()
+    await asyncio.gather(*(model.run(i) for i in range(100)))
+    sizes = [len(batch) for batch in model.batches]
+    assert sizes == [32, 32, 32, 4]
+
+
+def test_max_concurrent_batches_must_be_a_positive_int() -> None:
+    with pytest.raises(DeploymentOptionError, match=r"max_concurrent_batches=0 must be an int >= 1"):
+        sk.batch(max_concurrent_batches=0)
+
+
+def test_deployment_batching_overrides_are_validated() -> None:
+    with pytest.raises(DeploymentOptionError, match=r"batching.predict.max_wait_ms=-1 is invalid"):
+        Doubler_deployment.options(batching={"predict": {"max_wait_ms": -1}})
+    with pytest.raises(DeploymentOptionError, match=r"unknown option 'batching.predict.max_batch'"):
+        Doubler_deployment.options(batching={"predict": {"max_batch": 4}})
+
+
+Doubler_deployment = sk.deployment(Doubler)
+
+
+async def test_a_replica_refuses_batching_for_a_method_that_is_not_batched() -> None:
+    replica = Replica(ReplicaContext("Doubler", "Doubler#0", "cpu", ()), Doubler, is_function=False)
+    await replica.start((), {})
+    with pytest.raises(DeploymentOptionError, match=r"'__init__', which is not a @batch method"):
+        await replica.configure_batching({"__init__": sk.BatchOptions(max_batch_size=2)})
+    await replica.configure_batching({"double": sk.BatchOptions(max_batch_size=2)})
+    instance = replica.instance
+    await asyncio.gather(*(instance.double(i) for i in range(5)))
+    assert max(instance.sizes) == 2
+    replica.stop()

@@ -70,12 +70,15 @@ class ReplicaLauncher:
                 gpu_fraction=placement.gpu_fraction,
                 cpu_ids=placement.cpu_ids,
                 max_threads=min(self.threads, 32),
+                batching=config.batching,
             )
             replica.on_death = on_death
             self._live.add(replica)
             args, kwargs = node.init_args, node.init_kwargs
         else:
-            replica = Replica(context, node.deployment.target, node.deployment.is_function, self.executor)
+            replica = Replica(
+                context, node.deployment.target, node.deployment.is_function, self.executor, config.batching
+            )
             args = with_handles(node.init_args, make_handle)
             kwargs = with_handles(node.init_kwargs, make_handle)
         try:

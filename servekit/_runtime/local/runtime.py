@@ -31,6 +31,7 @@ from servekit._runtime.replica_set import ReplicaSet, ReplicaSlot
 from servekit._spec.config import Isolation, Resources
 from servekit._spec.graph import AppGraph, DeploymentNode
 from servekit.errors import (
+    DeploymentOptionError,
     DeploymentStartError,
     DeploymentUnavailableError,
     InsufficientResourcesError,
@@ -39,6 +40,9 @@ from servekit.errors import (
 )
 
 logger = logging.getLogger("servekit.runtime")
+
+IN_PLACE = ("batching",)
+"""Options a redeploy applies to running replicas, without restarting them."""
 
 
 class LocalRuntime:
@@ -251,17 +255,21 @@ class LocalRuntime:
                     self._planner_check({name: node})
                     await self._start_deployment(node)
                     undo.append(functools.partial(self._remove_deployment, name))
-                elif state.fingerprint != fingerprint(node):
+                elif state.fingerprint != fingerprint(node, ignore=IN_PLACE):
                     previous = state.node
                     await self._roll(state, node)
                     undo.append(functools.partial(self._roll, state, previous))
+                elif state.node.deployment.config.batching != node.deployment.config.batching:
+                    previous = state.node
+                    await self._configure_batching(state, node)
+                    undo.append(functools.partial(self._configure_batching, state, previous))
         except BaseException as exc:
             await self._undo(undo)
             self._launcher.methods = old_methods
             self._last_rollout = {"state": "failed", "error": str(exc), "at": time.time()}
-            if isinstance(exc, Exception):
+            if isinstance(exc, Exception) and not isinstance(exc, DeploymentOptionError):
                 raise DeploymentStartError(f"the redeploy failed and was rolled back: {exc}") from exc
-            raise
+            raise  # a bad option keeps its type: the app is as it was all the same
         self._graph = graph
         self._launcher.methods = method_table(graph.nodes)
         self._last_rollout = {"state": "done", "error": None, "at": time.time()}
@@ -342,7 +350,7 @@ class LocalRuntime:
             replicas=ReplicaSet(node.name, config.max_ongoing_requests, config.max_queued_requests),
             target=config.start_replicas,
             isolation=self.isolation_of(node),
-            fingerprint=fingerprint(node),
+            fingerprint=fingerprint(node, ignore=IN_PLACE),
             autoscaler=None
             if autoscaling is None
             else Autoscaler(autoscaling, time.monotonic(), max_ongoing_requests=config.max_ongoing_requests),
@@ -426,12 +434,17 @@ class LocalRuntime:
         try:
             async with state.lock:
                 first = await self._start_replica(state, node)  # raises with nothing changed
-                previous = state.switch_to(node, self.isolation_of(node), fingerprint(node), time.monotonic())
+                previous = state.switch_to(
+                    node, self.isolation_of(node), fingerprint(node, ignore=IN_PLACE), time.monotonic()
+                )
                 try:
                     await self._replace_replicas(state, node, first)
                 except BaseException:
                     state.switch_to(
-                        previous, self.isolation_of(previous), fingerprint(previous), time.monotonic()
+                        previous,
+                        self.isolation_of(previous),
+                        fingerprint(previous, ignore=IN_PLACE),
+                        time.monotonic(),
                     )
                     await self._replace_replicas(state, previous, None, only_version=node)
                     raise
@@ -469,6 +482,14 @@ class LocalRuntime:
         missing = state.target - state.running
         if missing > 0:
             await self._add_replicas(state, missing, raise_errors=True)
+
+    async def _configure_batching(self, state: DeploymentState, node: DeploymentNode) -> None:
+        """Apply `node`'s batch options to `state`'s running replicas in place (nothing else changed)."""
+        async with state.lock:
+            batching = node.deployment.config.batching
+            for slot in state.replicas.slots:
+                await slot.replica.configure_batching(batching)
+            state.node = node
 
     def _planner_check(self, nodes: dict[str, DeploymentNode]) -> None:
         """Prove `nodes` fit beside what runs, before starting any of them."""

@@ -15,6 +15,7 @@
 | `request_timeout_s` | enforced by servekit's replica wrapper (Ray has no per-deployment timeout) |
 | `version` | part of the code version Ray compares to roll replicas; shown in status |
 | `isolation` | every Ray replica is an actor process: 'process' holds, 'in_process' is refused |
+| `batching` | `user_config` (`{"batching": {...}}`): Ray calls the replica's `reconfigure`, in place |
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import cloudpickle
 
 from servekit._runtime.fingerprint import fingerprint
-from servekit._spec.config import Autoscaling, DeploymentConfig, Resources
+from servekit._spec.config import Autoscaling, BatchOptions, DeploymentConfig, Resources
 from servekit._spec.graph import AppGraph, DeploymentNode
 from servekit.errors import DeploymentOptionError, InsufficientResourcesError
 
@@ -39,6 +40,7 @@ UPDATED_IN_PLACE = (
     "health_check_period_s",
     "health_check_timeout_s",
     "graceful_shutdown_timeout_s",
+    "batching",
 )
 """Options Ray Serve changes on running replicas; a change to any other one rolls them."""
 
@@ -73,12 +75,23 @@ def deployment_options(node: DeploymentNode, *, ingress: bool, access_log: bool 
         "health_check_timeout_s": config.health_check_timeout_s,
         "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s,
         "logging_config": {"enable_access_log": access_log},
+        "user_config": user_config(config),
     }
     if config.autoscaling is None:
         options["num_replicas"] = config.num_replicas
     else:
         options["autoscaling_config"] = autoscaling_config(config.autoscaling, config.max_ongoing_requests)
     return options
+
+
+def user_config(config: DeploymentConfig) -> dict[str, Any]:
+    """Ray's `user_config` (JSON): the options a replica's `reconfigure` applies in place."""
+    return {"batching": {method: options.overrides() for method, options in config.batching.items()}}
+
+
+def batching_options(user_config: Mapping[str, Any]) -> dict[str, BatchOptions]:
+    """The inverse of `user_config`: the per-method batch options a replica gets from Ray."""
+    return {method: BatchOptions(**options) for method, options in user_config.get("batching", {}).items()}
 
 
 def actor_options(resources: Resources) -> dict[str, Any]:

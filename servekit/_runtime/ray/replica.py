@@ -3,6 +3,7 @@
 `RayReplica` builds the user's instance with servekit's `Replica` (the runner every backend
 uses), with servekit handles over Ray handles for the bound deployments, and serves two
 methods to Ray: `call` (unary, within `request_timeout_s`) and `stream` (generators). It also
+applies `batching` options in place through Ray's `reconfigure` (they travel as `user_config`),
 answers Ray's health checks with the user's `check_health()` and reports latency for the
 'latency' autoscaling policy.
 
@@ -33,6 +34,7 @@ from servekit._replica.replica import Replica
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.ray.autoscaling import P95_LATENCY_METRIC
 from servekit._runtime.ray.dispatcher import RayDispatcher
+from servekit._runtime.ray.options import batching_options
 from servekit._runtime.ray.ship import ReplicaSpec, restore_annotation_names, unpack
 from servekit._runtime.ray.status import fetch_app_status
 from servekit._runtime.replica_set import ReplicaSet
@@ -57,7 +59,7 @@ class RayReplica:
         threads = max(8, min(64, 8 * (os.cpu_count() or 1)))
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="servekit-replica")
         self.replica = Replica(
-            self.context, node.deployment.target, node.deployment.is_function, self._executor
+            self.context, node.deployment.target, node.deployment.is_function, self._executor, config.batching
         )
         self._timeout = config.request_timeout_s
         look_back = config.autoscaling.look_back_period_s if config.autoscaling is not None else 10.0
@@ -82,6 +84,11 @@ class RayReplica:
         """Run the user's generator `method`, yielding its chunks."""
         async for chunk in self.replica.stream(method, args, kwargs):
             yield chunk
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray's in-place update (at start, and on a redeploy that changes only `user_config`):
+        apply the deployment's `batching` options without restarting the replica."""
+        await self.replica.configure_batching(batching_options(user_config))
 
     async def check_health(self) -> None:
         """Ray's health check: the user's `check_health()` when defined (raising marks it unhealthy)."""

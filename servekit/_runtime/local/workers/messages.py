@@ -1,10 +1,11 @@
 """The typed messages between the server and a worker process.
 
-Server to worker: `Init`, `Request`, `Cancel`, `Probe`, `Stop`, and the answers to the
+Server to worker: `Init`, `Request`, `Cancel`, `Probe`, `ConfigureBatching`, `Stop`, and the answers to the
 worker's own handle calls (`Reply`, `Chunk`, `End` with the call's id).
 Worker to server: `Started` or `StartFailed`, then `Reply` / `Chunk` / `End` for requests,
-`ProbeResult`, and `HandleRequest` / `Cancel` for calls the worker's user code makes to other
-deployments. Ids are chosen by the side that starts the exchange; each side keeps its own.
+`ProbeResult`, a `Reply` to `ConfigureBatching`, and `HandleRequest` / `Cancel` for calls the
+worker's user code makes to other deployments. Ids are chosen by the side that starts the
+exchange; each side keeps its own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from servekit._replica.context import ReplicaContext
+from servekit._spec.config import BatchOptions
 
 
 class Init(NamedTuple):
@@ -29,6 +31,8 @@ class Init(NamedTuple):
     gpu_fraction: float
     cpu_ids: tuple[int, ...] | None
     max_threads: int
+    batching: dict[str, BatchOptions]
+    """The deployment's per-method batch option overrides."""
 
 
 class Started(NamedTuple):
@@ -107,6 +111,13 @@ class ProbeResult(NamedTuple):
     batch_stats: dict[str, dict[str, Any]]
 
 
+class ConfigureBatching(NamedTuple):
+    """Apply new per-method batch option overrides in place; answered by a `Reply` (None or the error)."""
+
+    id: int
+    batching: dict[str, BatchOptions]
+
+
 class Stop(NamedTuple):
     """Release the replica and exit; in-flight work has drained already."""
 
@@ -123,5 +134,5 @@ class Undecodable(NamedTuple):
     error: BaseException
 
 
-STARTS_EXCHANGE = (Request, HandleRequest, Probe)
+STARTS_EXCHANGE = (Request, HandleRequest, Probe, ConfigureBatching)
 """Messages the receiver must answer (with a `Reply`, `Chunk`/`End` or `ProbeResult`)."""

@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import cloudpickle
@@ -26,6 +26,7 @@ from servekit._runtime.local.workers.calls import OutgoingCalls
 from servekit._runtime.local.workers.messages import (
     Cancel,
     Chunk,
+    ConfigureBatching,
     End,
     HandleRequest,
     Init,
@@ -38,6 +39,7 @@ from servekit._runtime.local.workers.messages import (
     Stop,
     Undecodable,
 )
+from servekit._spec.config import BatchOptions
 from servekit.errors import DeploymentStartError, ReplicaDiedError
 
 logger = logging.getLogger("servekit.runtime")
@@ -72,6 +74,7 @@ class ProcessReplica:
         gpu_fraction: float = 1.0,
         cpu_ids: tuple[int, ...] | None = None,
         max_threads: int = 8,
+        batching: Mapping[str, BatchOptions] | None = None,
     ) -> None:
         self.context = context
         self._target = target
@@ -82,6 +85,7 @@ class ProcessReplica:
         self._gpu_fraction = gpu_fraction
         self._cpu_ids = cpu_ids
         self._max_threads = max_threads
+        self._batching = dict(batching or {})
         self._process: asyncio.subprocess.Process | None = None
         self._link: codec.FrameProtocol | None = None
         self._outgoing = OutgoingCalls(self._send)
@@ -183,6 +187,11 @@ class ProcessReplica:
         """Batch stats as of the last probe."""
         return self._stats
 
+    async def configure_batching(self, options: Mapping[str, BatchOptions]) -> None:
+        """Apply per-method batch option overrides in the worker, in place (see `Replica`)."""
+        await self._outgoing.call(lambda key: ConfigureBatching(key, dict(options)))
+        self._batching = dict(options)
+
     async def check_health(self) -> None:
         """Run the user's `check_health()` in the worker; raises if unhealthy or gone."""
         await self.probe(health=True)
@@ -236,6 +245,7 @@ class ProcessReplica:
             gpu_fraction=self._gpu_fraction,
             cpu_ids=self._cpu_ids,
             max_threads=self._max_threads,
+            batching=self._batching,
         )
 
     def _send(self, message: Any) -> None:

@@ -32,6 +32,7 @@ from servekit._runtime.local.workers.calls import OutgoingCalls
 from servekit._runtime.local.workers.messages import (
     Cancel,
     Chunk,
+    ConfigureBatching,
     End,
     HandleRequest,
     Init,
@@ -79,6 +80,8 @@ class Worker:
                 self._outgoing.answer(message)
             case Probe():
                 self.loop.create_task(self._probe(message))
+            case ConfigureBatching():
+                self.loop.create_task(self._configure_batching(message))
             case Init():
                 self.loop.create_task(self._start(message))
             case Stop():
@@ -122,7 +125,7 @@ class Worker:
             args, kwargs = cloudpickle.loads(init.init_args)
             make_handle = functools.partial(DeploymentHandle, self)
             args, kwargs = with_handles(args, make_handle), with_handles(kwargs, make_handle)
-            replica = Replica(init.context, target, init.is_function, self._executor)
+            replica = Replica(init.context, target, init.is_function, self._executor, init.batching)
             await replica.start(args, kwargs)
         except BaseException as exc:
             cause = exc.__cause__ if exc.__cause__ is not None else exc
@@ -164,6 +167,17 @@ class Worker:
                 error = exc
         stats = replica.batch_stats() if replica is not None else {}
         self._send(ProbeResult(probe.id, error, stats))
+
+    async def _configure_batching(self, message: ConfigureBatching) -> None:
+        replica = self.replica
+        try:
+            if replica is None:
+                raise DeploymentUnavailableError("the replica is not started")
+            await replica.configure_batching(message.batching)
+        except Exception as exc:
+            self._send(Reply(message.id, False, exc))
+            return
+        self._send(Reply(message.id, True, None))
 
     def _send(self, message: Any) -> None:
         try:

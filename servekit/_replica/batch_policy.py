@@ -1,0 +1,168 @@
+"""When a batch queue dispatches: queue state and learned estimates in, a decision out.
+
+`BatchQueue` asks `decide` what to do whenever something changes (an item arrives while the
+model is free, a batch finishes, a hold expires). The rules, in order:
+
+1. busy: `max_concurrent_batches` batches run already, so arrivals wait and form the next one
+   (batches grow with load);
+2. full: `max_batch_size` items wait, or the oldest has waited `max_wait_ms`: dispatch;
+3. nothing learned yet (no batch cost, or no gap between queued arrivals seen): dispatch, so
+   a lone caller pays no window;
+4. hold only while waiting pays: the next arrival is expected sooner than the fixed cost of a
+   batch it would otherwise pay for (`gap + per_item < fixed`), and at most one fixed cost
+   after the last arrival, and never past the oldest item's `max_wait_ms`.
+
+`CostModel` learns a batch's duration as `fixed + per_item * size` (an exponentially weighted
+least-squares fit), and `ArrivalGap` the time between arrivals while items are queued. Nothing
+here reads a clock: callers pass `now`, so a test with a fake clock reproduces a run exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+COST_WEIGHT = 0.1
+"""Weight of the newest batch in the cost fit (older ones fade geometrically)."""
+GAP_WEIGHT = 0.2
+"""Weight of the newest arrival gap in its average."""
+_MIN_SIZE_VARIANCE = 0.25
+"""Below this spread of batch sizes the fit cannot tell fixed from per-item cost."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """The options one queue runs with (the decorator's, with a deployment's overrides)."""
+
+    max_batch_size: int
+    max_wait_s: float
+    max_concurrent_batches: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view, in the options' own units."""
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_wait_ms": round(self.max_wait_s * 1000, 3),
+            "max_concurrent_batches": self.max_concurrent_batches,
+        }
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """A batch of `n` items takes about `fixed_s + per_item_s * n` seconds."""
+
+    fixed_s: float
+    per_item_s: float
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """What a decision sees: the clock, the queue and what was learned so far."""
+
+    now: float
+    queued: int
+    """Items waiting (possibly including ones whose caller left; the queue skips those)."""
+    oldest_arrival: float
+    last_arrival: float
+    running: int
+    """Batches executing now."""
+    limits: BatchLimits
+    cost: CostEstimate | None = None
+    arrival_gap_s: float | None = None
+    """Mean time between arrivals while items were queued; None before any was seen."""
+
+
+@dataclass(frozen=True)
+class BatchDecision:
+    """Dispatch now, or hold until `hold_until` (None: until a batch finishes or items arrive)."""
+
+    dispatch: bool
+    hold_until: float | None
+    reason: str
+
+
+def decide(state: BatchInput) -> BatchDecision:
+    """Whether the queue should start a batch now, and if not, until when it holds."""
+    forced = _forced(state)
+    return forced if forced is not None else _hold_if_it_pays(state)
+
+
+def _forced(state: BatchInput) -> BatchDecision | None:
+    """The decisions the limits make: nothing to do, no room to run, or a batch that must go."""
+    limits = state.limits
+    if state.queued == 0:
+        return BatchDecision(False, None, "empty")
+    if state.running >= limits.max_concurrent_batches:
+        return BatchDecision(False, None, "busy")
+    if state.queued >= limits.max_batch_size:
+        return BatchDecision(True, None, "full")
+    if state.now >= state.oldest_arrival + limits.max_wait_s:
+        return BatchDecision(True, None, "max_wait")
+    return None
+
+
+def _hold_if_it_pays(state: BatchInput) -> BatchDecision:
+    """Hold for the next arrival while it is due sooner than the fixed cost it saves, else go."""
+    cost, gap = state.cost, state.arrival_gap_s
+    if cost is None or gap is None:
+        return BatchDecision(True, None, "nothing learned")
+    saving = cost.fixed_s - cost.per_item_s
+    if gap >= saving:
+        return BatchDecision(True, None, "arrivals too sparse to pay for a wait")
+    hold_until = min(state.oldest_arrival + state.limits.max_wait_s, state.last_arrival + saving)
+    if state.now >= hold_until:
+        return BatchDecision(True, None, "no arrival within a fixed cost")
+    return BatchDecision(False, hold_until, "holding for the next arrival")
+
+
+class CostModel:
+    """Learns `CostEstimate` from (batch size, duration) pairs."""
+
+    def __init__(self, weight: float = COST_WEIGHT) -> None:
+        self._weight = weight
+        self._mean_n = 0.0
+        self._mean_d = 0.0
+        self._mean_nn = 0.0
+        self._mean_nd = 0.0
+        self._per_item_s = 0.0
+        self.estimate: CostEstimate | None = None
+        """The current fit; None before the first batch."""
+
+    def observe(self, size: int, duration_s: float) -> None:
+        """Fold in one finished batch of `size` items that took `duration_s`."""
+        if self.estimate is None:
+            self._mean_n, self._mean_d = float(size), duration_s
+            self._mean_nn, self._mean_nd = float(size * size), size * duration_s
+        else:
+            w = self._weight
+            self._mean_n += w * (size - self._mean_n)
+            self._mean_d += w * (duration_s - self._mean_d)
+            self._mean_nn += w * (size * size - self._mean_nn)
+            self._mean_nd += w * (size * duration_s - self._mean_nd)
+        variance = self._mean_nn - self._mean_n * self._mean_n
+        if variance >= _MIN_SIZE_VARIANCE:
+            slope = (self._mean_nd - self._mean_n * self._mean_d) / variance
+            self._per_item_s = max(0.0, slope)
+        fixed = max(0.0, self._mean_d - self._per_item_s * self._mean_n)
+        self.estimate = CostEstimate(fixed, self._per_item_s)
+
+
+class ArrivalGap:
+    """The mean time between arrivals while items are queued (arrivals to an empty queue start no gap)."""
+
+    def __init__(self, weight: float = GAP_WEIGHT) -> None:
+        self._weight = weight
+        self.mean_s: float | None = None
+
+    def observe(self, gap_s: float) -> None:
+        """Fold in one gap between two queued arrivals."""
+        mean = self.mean_s
+        self.mean_s = gap_s if mean is None else mean + self._weight * (gap_s - mean)
+
+    def observe_silence(self, waited_s: float) -> None:
+        """A hold ended with no arrival for `waited_s`: the gap is at least that long.
+
+        The expected gap given that it exceeds `waited_s` is `waited_s` plus the mean (arrivals
+        without memory), so a few silent holds lift the mean past what pays for a wait.
+        """
+        self.observe(waited_s + (self.mean_s or 0.0))
