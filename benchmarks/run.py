@@ -4,11 +4,11 @@
     python -m benchmarks.run --quick    # ~2 s per point, for a smoke test
 
 For each workload and server it starts the server in a subprocess on
-127.0.0.1 (uvicorn, one worker, uvloop + httptools, no access log), waits for
-readiness, and drives it with ``wrk`` (1 thread, connections = concurrency) at
-concurrency 1, 16 and 64.  It also measures W1 cold start and idle RSS, the W3
-model's batch-1 vs batch-32 cost, and how long ``sk.run`` of
-examples/classifier takes beyond ``import torch``.  Results go to
+127.0.0.1 (uvicorn, one worker, uvloop + httptools, no access log; the ``-pure``
+workloads run both servers on asyncio + h11), waits for readiness, and drives it with
+``wrk`` (1 thread, connections = concurrency) at concurrency 1, 16 and 64.  It also
+measures W1 cold start and idle RSS, the W3 model's batch-1 vs batch-32 cost, and how
+long ``sk.run`` of examples/classifier takes beyond ``import torch``.  Results go to
 ``benchmarks/results/<date>-<host>.md`` and ``.json``.
 """
 
@@ -21,6 +21,7 @@ import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +33,34 @@ from benchmarks.harness.wrk import ensure_wrk, write_lua_script
 from benchmarks.workloads import SAMPLE_X
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-WORKLOADS = ("W1", "W2", "W3", "W2P", "W3P")
+#: W1-W3 on the fast stack (uvloop + httptools), the same on the pure stack (asyncio + h11),
+#: and the process-replica variants.
+WORKLOADS = ("W1", "W2", "W3", "W1-pure", "W2-pure", "W3-pure", "W2P", "W3P")
 #: What runs without --workloads: the process-replica variants (W2P, W3P) are opt-in.
-DEFAULT_WORKLOADS = ("W1", "W2", "W3")
+DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W1-pure", "W2-pure", "W3-pure")
 SERVERS = ("baseline", "servekit")
 
-CASES: tuple[bench.Case, ...] = (
+FAST_CASES: tuple[bench.Case, ...] = (
     bench.Case("W1", "Starlette", "baseline", "w1", "baseline"),
     bench.Case("W1", "servekit", "servekit", "w1", "servekit"),
     bench.Case("W2", "Starlette (one function)", "baseline", "w2", "baseline"),
-    bench.Case("W2", "servekit (3 deployments + ingress)", "servekit", "w2", "servekit"),
+    bench.Case("W2", "servekit (3 async deployments + ingress)", "servekit", "w2", "servekit"),
+    bench.Case("W2", "servekit (3 sync def deployments + ingress)", "servekit", "w2-sync",
+               "servekit-sync"),
     bench.Case("W3", "Starlette, no batching", "baseline", "w3", "reference"),
     bench.Case("W3", "Starlette + hand-rolled batcher", "baseline", "w3-batched", "baseline",
                "/stats"),
     bench.Case("W3", "servekit @sk.batch", "servekit", "w3", "servekit", "/-/status"),
+)  # fmt: skip
+#: The same cases with both servers on asyncio's loop and h11 (a default install without
+#: uvloop/httptools), workloads named ``W1-pure`` ...: compared within the same stack.
+PURE_CASES = tuple(replace(case, workload=f"{case.workload}-pure", stack="pure") for case in FAST_CASES)
+PROCESS_CASES: tuple[bench.Case, ...] = (
     bench.Case("W2P", "servekit, 3 stages as process replicas", "servekit", "w2-process", "servekit"),
     bench.Case("W3P", "servekit @sk.batch, model as 2 process replicas", "servekit", "w3-process",
                "servekit", "/-/status"),
 )  # fmt: skip
+CASES = FAST_CASES + PURE_CASES + PROCESS_CASES
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -70,7 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--workloads",
         type=_name_list(WORKLOADS),
         default=DEFAULT_WORKLOADS,
-        help="e.g. W1,W3; W2P/W3P (process replicas) are compared with W2/W3 of the same run",
+        help="e.g. W1,W3,W1-pure; W2P/W3P (process replicas) are compared with W2/W3 of the same run",
     )
     parser.add_argument(
         "--servers", type=_name_list(SERVERS), default=SERVERS, help="baseline and/or servekit"

@@ -55,6 +55,8 @@ class Case:
     app: str
     role: str
     stats_path: str | None = None
+    stack: str = "fast"
+    """``fast`` (uvloop + httptools) or ``pure`` (asyncio + h11), for both servers."""
 
 
 def batch_counters(payload: Any) -> tuple[int, int]:
@@ -88,6 +90,7 @@ def _base_row(case: Case, concurrency: int) -> Row:
         "server": case.server,
         "app": case.app,
         "role": case.role,
+        "stack": case.stack,
         "concurrency": concurrency,
         "error": None,
     }
@@ -129,7 +132,7 @@ def measure_point(srv: ServerProcess, case: Case, concurrency: int, settings: Se
 def run_case(case: Case, settings: Settings) -> list[Row]:
     """Start the case's server once and measure every concurrency level."""
     print(f"== {case.workload} {case.label}", file=sys.stderr, flush=True)
-    with ServerProcess(case.server, case.app, settings.log_dir, settings.env) as srv:
+    with ServerProcess(case.server, case.app, settings.log_dir, settings.env, case.stack) as srv:
         try:
             ready_s = srv.wait_ready(settings.body)
         except ServerError as exc:

@@ -9,10 +9,14 @@ from benchmarks.harness import process_report
 
 Row = dict[str, Any]
 
+PURE = " — pure asyncio + h11 on both servers (no uvloop/httptools)"
 WORKLOAD_TITLES = {
     "W1": "W1 echo",
     "W2": "W2 pipeline: normalize -> MLP 16-256-256-10 -> softmax/argmax",
     "W3": "W3 batched: deep narrow MLP 16 -> 256 x16 -> 10, max batch 32, 5 ms wait",
+    "W1-pure": "W1 echo" + PURE,
+    "W2-pure": "W2 pipeline" + PURE,
+    "W3-pure": "W3 batched" + PURE,
     "W2P": "W2P: W2 with the three stages as process replicas (ingress in-process)",
     "W3P": "W3P: W3 with the batched model as 2 process replicas (ingress in-process)",
 }
@@ -21,10 +25,15 @@ PROCESS_VARIANTS = {
     "W2P": ("W2", "Starlette (one function)"),
     "W3P": ("W3", "Starlette + hand-rolled batcher"),
 }
+#: Workload-name suffix of each stack; the same targets hold on both.
+STACKS = {"fast": "", "pure": "-pure"}
 W1_TARGET = 0.85
 W2_TARGET = 0.70
-W3_TARGET = 0.90
+W2_SYNC_TARGET = 0.80
+W3_C1_TARGET = 0.90  # servekit @sk.batch at c=1 / the unbatched Starlette server
+W3_BATCHER_TARGET = 0.95  # servekit @sk.batch at the top concurrency / the hand-rolled batcher
 W3_MIN_MEAN_BATCH = 28.0
+SOAK_SLOPE_TARGET = 1024.0  # bytes of RSS per 10k requests after warm-up: flat
 CLASSIFIER_TARGET_S = 0.5
 W2P_TARGET = 1.0
 HOP_TARGET_US = 150.0
@@ -73,13 +82,27 @@ def w3_ceiling(results: Row, top: int) -> Row:
 
 
 def targets(results: Row) -> list[Row]:
-    """Evaluate the README's targets at the highest concurrency measured.
+    """Evaluate the README's targets (at c=1 and at the highest concurrency measured).
 
-    The process-replica targets appear only when their inputs were measured (W2P rows,
-    the hop measurement), so a plain W1-W3 run reports exactly the five base targets.
+    The pure-stack, process-replica and soak targets appear only when their inputs were
+    measured (``-pure`` rows, W2P rows, the hop measurement, a soak), so a fast-stack W1-W3
+    run reports exactly the fast-stack targets.
     """
     checks = base_targets(results) if "runs" in results else []
-    return checks + process_targets(results)
+    return checks + process_targets(results) + soak_targets(results)
+
+
+def soak_targets(results: Row) -> list[Row]:
+    """Each soaked workload's RSS slope after warm-up, in bytes per 10k requests."""
+    checks = []
+    for run in results.get("soak", {}).get("runs", []):
+        slope = run.get("slope_bytes_per_1k")
+        name = (
+            f"soak {run['workload']} ({run['requests']:,} requests):"
+            " RSS slope after warm-up, bytes / 10k requests"
+        )
+        checks.append(_check(name, None if slope is None else 10 * slope, SOAK_SLOPE_TARGET, at_most=True))
+    return checks
 
 
 def process_targets(results: Row) -> list[Row]:
@@ -101,38 +124,67 @@ def process_targets(results: Row) -> list[Row]:
 
 
 def base_targets(results: Row) -> list[Row]:
-    """The five targets of a W1-W3 run."""
+    """The W1-W3 targets on the fast stack, then on the pure stack when it was measured."""
     rows, top = results["runs"], max(results["settings"]["concurrency"])
-    w3_sk = find(rows, "W3", "servekit", top)
-    ceiling = results["w3_ceiling"]
     classifier = results.get("classifier", {})
-    sk_rps = {w: rps(rows, w, "servekit", top) for w in ("W1", "W2", "W3")}
-    return [
-        _check(
-            f"W1 c={top} servekit/Starlette req/s",
-            _ratio(sk_rps["W1"], rps(rows, "W1", "baseline", top)),
-            W1_TARGET,
-        ),
-        _check(
-            f"W2 c={top} servekit (3 deployments)/Starlette (one function) req/s",
-            _ratio(sk_rps["W2"], rps(rows, "W2", "baseline", top)),
-            W2_TARGET,
-        ),
-        _check(
-            f"W3 c={top} servekit / min(batch-32 model ceiling, hand-rolled batcher) req/s",
-            _ratio(sk_rps["W3"], ceiling["bound_rps"]),
-            W3_TARGET,
-        ),
-        _check(
-            f"W3 c={top} servekit mean batch size",
-            w3_sk.get("mean_batch") if w3_sk else None,
-            W3_MIN_MEAN_BATCH,
-        ),
+    checks = stack_targets(rows, top, "fast")
+    if any(row["workload"].endswith(STACKS["pure"]) for row in rows):
+        checks += stack_targets(rows, top, "pure")
+    checks.append(
         _check(
             "examples/classifier sk.run ready beyond import torch (s)",
             classifier.get("ready_beyond_torch_s"),
             CLASSIFIER_TARGET_S,
             at_most=True,
+        )
+    )
+    return checks
+
+
+def stack_targets(rows: Sequence[Row], top: int, stack: str) -> list[Row]:
+    """W1 at c=1 and top, W2 (async at top, sync at c=1 and top), W3 at c=1 and top, on one stack."""
+    w1, w2, w3 = (f"{workload}{STACKS[stack]}" for workload in ("W1", "W2", "W3"))
+    levels = sorted({1, top})
+
+    def ratio(workload: str, role: str, against: str, c: int) -> float | None:
+        return _ratio(rps(rows, workload, role, c), rps(rows, workload, against, c))
+
+    checks = [
+        _check(f"{w1} c={c} servekit/Starlette req/s", ratio(w1, "servekit", "baseline", c), W1_TARGET)
+        for c in levels
+    ]
+    checks.append(
+        _check(
+            f"{w2} c={top} servekit (3 async deployments)/Starlette (one function) req/s",
+            ratio(w2, "servekit", "baseline", top),
+            W2_TARGET,
+        )
+    )
+    checks += [
+        _check(
+            f"{w2} c={c} servekit (3 sync def deployments)/Starlette (one function) req/s",
+            ratio(w2, "servekit-sync", "baseline", c),
+            W2_SYNC_TARGET,
+        )
+        for c in levels
+    ]
+    w3_sk = find(rows, w3, "servekit", top)
+    return [
+        *checks,
+        _check(
+            f"{w3} c=1 servekit @sk.batch / Starlette without batching req/s",
+            ratio(w3, "servekit", "reference", 1),
+            W3_C1_TARGET,
+        ),
+        _check(
+            f"{w3} c={top} servekit @sk.batch / hand-rolled batcher req/s",
+            ratio(w3, "servekit", "baseline", top),
+            W3_BATCHER_TARGET,
+        ),
+        _check(
+            f"{w3} c={top} servekit mean batch size",
+            w3_sk.get("mean_batch") if w3_sk else None,
+            W3_MIN_MEAN_BATCH,
         ),
     ]
 
@@ -164,15 +216,39 @@ def _run_line(row: Row) -> list[str]:
     ]
 
 
+#: servekit roles, each compared with the workload's Starlette baseline.
+SERVEKIT_ROLES = ("servekit", "servekit-sync")
+
+
+def _comparisons(rows: Sequence[Row], workload: str) -> list[tuple[str, str]]:
+    """(role, against role) pairs to print as ratios for one workload's rows."""
+    roles = {row["role"] for row in rows}
+    pairs = [(role, "baseline") for role in SERVEKIT_ROLES if role in roles and "baseline" in roles]
+    if workload.startswith("W3") and {"servekit", "reference"} <= roles:
+        pairs.append(("servekit", "reference"))
+    return pairs
+
+
 def _ratio_lines(rows: Sequence[Row], workload: str, concurrency: Sequence[int]) -> list[str]:
+    pairs = _comparisons(rows, workload)
+    label = {row["role"]: row["label"] for row in rows}
     lines = []
     for c in concurrency:
-        base, sk = find(rows, workload, "baseline", c), find(rows, workload, "servekit", c)
-        if base and sk:
-            lines.append([str(c), f"{sk['rps'] / base['rps']:.2f}x", f"{sk['p99_ms'] / base['p99_ms']:.2f}x"])
-    if not lines:
+        line = [str(c)]
+        for role, against in pairs:
+            mine, other = find(rows, workload, role, c), find(rows, workload, against, c)
+            line += (
+                [f"{mine['rps'] / other['rps']:.2f}x", f"{mine['p99_ms'] / other['p99_ms']:.2f}x"]
+                if mine and other
+                else ["—", "—"]
+            )
+        lines.append(line)
+    if not pairs:
         return []
-    return ["", *_table(["concurrency", "servekit/baseline req/s", "p99 ratio"], lines)]
+    header = ["concurrency"]
+    for role, against in pairs:
+        header += [f"{label[role]} / {label[against]} req/s", "p99 ratio"]
+    return ["", *_table(header, lines)]
 
 
 def workload_section(results: Row, workload: str) -> list[str]:
@@ -309,7 +385,8 @@ def _machine_section(results: Row) -> list[str]:
         f" warm-up {s['warmup_s']} s then {s['duration_s']} s measured per point;"
         f" best of {s.get('repeat', 1)} interleaved round(s) per point (all req/s in the JSON);"
         f" torch threads {s['torch_threads']}; uvicorn one worker, loop=uvloop,"
-        " http=httptools, access log off, one server at a time."
+        " http=httptools (the -pure workloads: loop=asyncio, http=h11, on both servers),"
+        " access log off, one server at a time."
         " CPU server / wrk: CPU time of the server process tree and of wrk, in % of one core."
         " steal: CPU time the hypervisor took from this VM during the window, in % of the"
         " machine (a noisy neighbour makes every number lower; compare ratios within one run)."
@@ -356,6 +433,8 @@ def markdown(results: Row) -> str:
         out += process_report.two_core_note(results)
     if "step_load" in results:
         out += process_report.step_load_section(results["step_load"])
+    if "soak" in results:
+        out += soak_section(results["soak"])
     if "runs" in results:
         out += _startup_section(results) + _classifier_section(results)
         out += _loadgen_section(results) + _machine_section(results)
@@ -364,10 +443,57 @@ def markdown(results: Row) -> str:
     return "\n".join(out)
 
 
+def soak_section(soak: Row) -> list[str]:
+    """The soak: RSS from start to end and its slope per request after warm-up, per workload."""
+    header = [
+        "workload",
+        "stack",
+        "c",
+        "requests",
+        "seconds",
+        "req/s",
+        "errors",
+        "RSS start MB",
+        "RSS end MB",
+        "slope after warm-up, bytes / 1k requests",
+        "fitted from request",
+    ]
+    lines = [
+        [
+            run["workload"],
+            run["stack"],
+            str(run["concurrency"]),
+            f"{run['requests']:,}",
+            _fmt(run["seconds"], ".0f"),
+            _fmt(run["rps"]),
+            str(run["errors"]),
+            _fmt(run["start_rss_mb"], ".1f"),
+            _fmt(run["end_rss_mb"], ".1f"),
+            _fmt(run["slope_bytes_per_1k"], ".1f"),
+            f"{run['fit_from_requests']:,}",
+        ]
+        for run in soak["runs"]
+    ]
+    out = ["## Soak: server memory over many requests", "", *_table(header, lines), ""]
+    for run in soak["runs"]:
+        points = run["samples"]
+        shown = points[:: max(1, len(points) // 8)]
+        shown += [] if shown[-1] is points[-1] else [points[-1]]
+        trace = ", ".join(f"{requests:,}: {rss / 2**20:.1f}" for requests, rss, _ in shown)
+        out += [f"{run['workload']} RSS (MB) by requests served: {trace}", ""]
+    out += [
+        "RSS of the server process tree (psutil) sampled between wrk windows of up to"
+        f" {soak['sample_every_s']} s; the slope is a least-squares line of RSS against requests served,"
+        " over the samples after the warm-up.",
+        "",
+    ]
+    return out
+
+
 def _commands(results: Row) -> list[str]:
     """The command line(s) that produced the file."""
     commands = [results["command"]] if "command" in results else []
-    commands += [results[key]["command"] for key in ("hops", "step_load") if key in results]
+    commands += [results[key]["command"] for key in ("hops", "step_load", "soak") if key in results]
     if len(commands) == 1:
         return [f"Command: `{commands[0]}`", ""]
     return ["Commands (one results file, one section each):", "", *(f"- `{c}`" for c in commands), ""]

@@ -1,9 +1,10 @@
 """One results file (``<stem>.json`` + ``<stem>.md``) shared by several benchmark scripts.
 
-``benchmarks.run`` owns the wrk part of a file; ``benchmarks.hops`` and
-``benchmarks.step_load`` each own one section (``hops``, ``step_load``) and merge it
-into the file named by their ``--out``, so the three commands with the same ``--out``
-build one report.  Every write re-evaluates the targets and re-renders the markdown.
+``benchmarks.run`` owns the wrk part of a file; ``benchmarks.hops``,
+``benchmarks.step_load`` and ``benchmarks.soak`` each own one section (``hops``,
+``step_load``, ``soak``) and merge it into the file named by their ``--out``, so the
+commands with the same ``--out`` build one report.  Every write re-evaluates the targets
+and re-renders the markdown.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from benchmarks.harness import machine, report
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 #: Sections written by the scripts other than ``benchmarks.run``.
-SECTIONS = ("hops", "step_load")
+SECTIONS = ("hops", "step_load", "soak")
 
 
 def default_stem(suffix: str = "process") -> Path:

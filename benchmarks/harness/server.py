@@ -108,12 +108,15 @@ def tree_rss_mb(pid: int) -> float:
 class ServerProcess:
     """One ``benchmarks.workloads.launch`` subprocess bound to a free port."""
 
-    def __init__(self, server: str, workload: str, log_dir: Path, env: dict[str, str]) -> None:
-        """Describe the server; :meth:`start` launches it."""
+    def __init__(
+        self, server: str, workload: str, log_dir: Path, env: dict[str, str], stack: str = "fast"
+    ) -> None:
+        """Describe the server; :meth:`start` launches it on ``stack`` (``fast`` or ``pure``)."""
         self.server = server
         self.workload = workload
+        self.stack = stack
         self.port = free_port()
-        self.log_path = log_dir / f"{server}-{workload}-{self.port}.log"
+        self.log_path = log_dir / f"{server}-{workload}-{stack}-{self.port}.log"
         self._env = env
         self._proc: subprocess.Popen[bytes] | None = None
         self._started_at = 0.0
@@ -141,6 +144,8 @@ class ServerProcess:
             HOST,
             "--port",
             str(self.port),
+            "--stack",
+            self.stack,
         ]
         env = {**os.environ, **self._env, "PYTHONPATH": str(REPO_ROOT)}
         with self.log_path.open("wb") as log:

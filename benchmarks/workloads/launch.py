@@ -5,43 +5,53 @@ Usage::
     python -m benchmarks.workloads.launch baseline w1 --port 8001
     python -m benchmarks.workloads.launch servekit w3 --port 8002
     python -m benchmarks.workloads.launch servekit w2-process --port 8003   # servekit only
+    python -m benchmarks.workloads.launch baseline w1 --stack pure --port 8004
 
-Both servers run uvicorn in this process with one worker, ``loop="uvloop"``,
-``http="httptools"`` and no access log: the baseline calls ``uvicorn.run``
-directly, servekit goes through ``sk.serve(..., blocking=True)``.
+Both servers run uvicorn in this process with one worker and no access log, on the
+same stack: ``--stack fast`` (default) is ``loop="uvloop"``, ``http="httptools"``;
+``--stack pure`` is ``loop="asyncio"``, ``http="h11"`` (what runs where uvloop and
+httptools are not installed).  The baseline calls ``uvicorn.run`` directly, servekit goes
+through ``sk.serve(..., blocking=True, loop=..., http=...)``.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Literal
 
 SERVERS = ("baseline", "servekit")
-WORKLOADS = ("w1", "w2", "w3", "w3-batched", "w2-process", "w3-process", "step")
+WORKLOADS = ("w1", "w2", "w2-sync", "w3", "w3-batched", "w2-process", "w3-process", "step")
+#: Stack name -> (event loop, HTTP parser), the same for the baseline and servekit.
+STACKS: dict[str, tuple[Literal["uvloop", "asyncio"], Literal["httptools", "h11"]]] = {
+    "fast": ("uvloop", "httptools"),
+    "pure": ("asyncio", "h11"),
+}
 UVICORN_SETTINGS: dict[str, object] = {
-    "loop": "uvloop",
-    "http": "httptools",
     "access_log": False,
     "workers": 1,
     "log_level": "warning",
 }
 
 
-def serve_baseline(workload: str, host: str, port: int) -> None:
+def serve_baseline(workload: str, host: str, port: int, stack: str = "fast") -> None:
     """Serve a Starlette baseline with uvicorn until SIGINT/SIGTERM."""
     import uvicorn
 
     from benchmarks.workloads.starlette_apps import BUILDERS
 
-    uvicorn.run(BUILDERS[workload](), host=host, port=port, **UVICORN_SETTINGS)  # type: ignore[arg-type]
+    loop, http = STACKS[stack]
+    app = BUILDERS[workload]()
+    uvicorn.run(app, host=host, port=port, loop=loop, http=http, **UVICORN_SETTINGS)  # type: ignore[arg-type]
 
 
-def serve_servekit(workload: str, host: str, port: int) -> None:
+def serve_servekit(workload: str, host: str, port: int, stack: str = "fast") -> None:
     """Serve the servekit version of a workload until SIGINT/SIGTERM."""
     import servekit as sk
     from benchmarks.workloads.servekit_apps import BUILDERS
 
-    sk.serve(BUILDERS[workload](), host=host, port=port, blocking=True)
+    loop, http = STACKS[stack]
+    sk.serve(BUILDERS[workload](), host=host, port=port, blocking=True, loop=loop, http=http)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -51,6 +61,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("workload", choices=WORKLOADS)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--stack", choices=tuple(STACKS), default="fast", help="event loop + HTTP parser")
     return parser.parse_args(argv)
 
 
@@ -58,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Start the requested server (blocks)."""
     args = parse_args(argv)
     serve = serve_baseline if args.server == "baseline" else serve_servekit
-    serve(args.workload, args.host, args.port)
+    serve(args.workload, args.host, args.port, args.stack)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ starts without torch.
 * W1: one deployment with an ``@sk.endpoint("/")``.
 * W2: ``Normalize -> Model -> Postprocess``, three deployments composed with
   ``.bind()`` behind an ingress.
+* W2 sync (``w2-sync``): the same pipeline with the three stages written as plain
+  ``def`` methods (as the README's tour writes model code), behind the same async
+  ingress.  Its baseline is W2's Starlette function.
 * W3: an ingress plus a model deployment whose method is
   ``@sk.batch(max_batch_size=32, max_wait_ms=5)``; batch statistics come from
   ``GET /-/status``.
@@ -106,6 +109,42 @@ class Pipeline:
         return result
 
 
+# --- W2, sync stages --------------------------------------------------------
+
+
+@sk.deployment
+class SyncNormalize:
+    """W2 stage 1 as a plain ``def``."""
+
+    def __call__(self, x: Item) -> Item:
+        """Return the normalized vector."""
+        return normalize(x)
+
+
+@sk.deployment
+class SyncModel:
+    """W2 stage 2 as a plain ``def``: the MLP 16-256-256-10."""
+
+    def __init__(self) -> None:
+        """Build the seeded model."""
+        from benchmarks.workloads.models import w2_model
+
+        self.model = w2_model()
+
+    def __call__(self, x: Item) -> list[float]:
+        """Return the logits."""
+        return self.model(x)
+
+
+@sk.deployment
+class SyncPostprocess:
+    """W2 stage 3 as a plain ``def``: softmax + argmax."""
+
+    def __call__(self, logits: list[float]) -> Result:
+        """Return ``{"label", "score"}``."""
+        return postprocess(logits)
+
+
 # --- W3 -------------------------------------------------------------------
 
 
@@ -150,6 +189,11 @@ def build_w2() -> sk.Application:
     return Pipeline.bind(Normalize.bind(), Model.bind(), Postprocess.bind())
 
 
+def build_w2_sync() -> sk.Application:
+    """W2 with sync stages: three plain-``def`` deployments behind the async ingress."""
+    return Pipeline.bind(SyncNormalize.bind(), SyncModel.bind(), SyncPostprocess.bind())
+
+
 def build_w3() -> sk.Application:
     """W3 application: ingress + batched model deployment."""
     return BatchedIngress.bind(DeepModel.bind())
@@ -170,6 +214,7 @@ def build_w3_process() -> sk.Application:
 BUILDERS: dict[str, Callable[[], sk.Application]] = {
     "w1": build_w1,
     "w2": build_w2,
+    "w2-sync": build_w2_sync,
     "w3": build_w3,
     "w2-process": build_w2_process,
     "w3-process": build_w3_process,
