@@ -142,7 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
     from servekit._cli.reload import Reloader  # noqa: PLC0415
     from servekit._http.server import _serve_until_signal  # noqa: PLC0415
 
-    reloader = Reloader(args.target, server, app) if args.reload else None
+    reloader = Reloader(args.target, server, app).start() if args.reload else None
     try:
         _serve_until_signal(server)
     finally:

@@ -13,7 +13,9 @@ The pure parts (`fingerprints`, `plan_rollout`, `describe`, `modules_to_forget`)
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import logging
 import sys
 import threading
@@ -159,38 +161,54 @@ class Reloader:
         self._running = fingerprints(app)
         self._modules = user_modules()
         self._files = set(self._modules.values())
+        self._unsure = False  # a redeploy failed: the runtime may hold part of it, so ask it again
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="servekit-reload", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="servekit-reload", daemon=True)
+
+    def start(self) -> Reloader:
+        """Start watching in a background thread; returns this reloader."""
         print(f"servekit: reloading on changes to {self._listing()}", file=sys.stderr, flush=True)
         self._thread.start()
+        return self
 
     def stop(self) -> None:
         """Stop watching."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    @property
+    def watched(self) -> frozenset[Path]:
+        """The files whose changes reload the app now."""
+        return frozenset(self._files)
 
     def reload(self, changed: Sequence[Path]) -> None:
         """Import the changed modules and their importers afresh, and roll what they changed."""
         for name in modules_to_forget(changed, self._modules, sys.modules):
             sys.modules.pop(name, None)
+        for path in changed:  # bytecode stamped with the same second and size would pass for fresh
+            with contextlib.suppress(OSError, ValueError):
+                Path(importlib.util.cache_from_source(str(path))).unlink(missing_ok=True)
         importlib.invalidate_caches()
         try:
             app = load_app(self._target)
         except Exception as exc:
-            self._files |= files_in_error(exc)
+            self._set_watched(self._files | files_in_error(exc))
             self._failed(changed, exc)
             return
-        self._watch_imported()
+        self._modules = user_modules()
+        self._set_watched(set(self._modules.values()))
         try:
             new = fingerprints(app)
             rollout = plan_rollout(self._running, new)
             print(describe(changed, rollout, Path.cwd()), file=sys.stderr, flush=True)
-            if rollout.changes:
+            if rollout.changes or self._unsure:
                 self._server.redeploy(app)
         except Exception as exc:
+            self._unsure = True
             self._failed(changed, exc)
             return
-        self._running = new
+        self._running, self._unsure = new, False
         if rollout.changes:
             print("servekit: redeployed", file=sys.stderr, flush=True)
 
@@ -200,12 +218,10 @@ class Reloader:
             "reload failed after %s changed, still serving the previous version: %s", files, exc, exc_info=exc
         )
 
-    def _watch_imported(self) -> None:
-        """Watch the user modules imported now (a new import joins, a dropped one leaves)."""
-        before = self._files
-        self._modules = user_modules()
-        self._files = set(self._modules.values())
-        added = sorted(self._files - before)
+    def _set_watched(self, files: set[Path]) -> None:
+        """Watch `files` from now on (a new import joins, a dropped one leaves), saying which join."""
+        added = sorted(files - self._files)
+        self._files = files
         if added:
             listing = ", ".join(shown(path, Path.cwd()) for path in added)
             print(f"servekit: now also watching {listing}", file=sys.stderr, flush=True)
@@ -223,7 +239,7 @@ class Reloader:
         more = len(names) - LISTED_FILES
         return ", ".join(names[:LISTED_FILES]) + (f" and {more} more" if more > 0 else "")
 
-    def _watch(self) -> None:
+    def _run(self) -> None:
         import watchfiles  # noqa: PLC0415 (only --reload needs it)
 
         while not self._stop.is_set():
