@@ -95,6 +95,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from servekit._cli.reload import Reloader  # noqa: PLC0415
     from servekit._http.server import serve  # noqa: PLC0415 (keeps --version fast)
 
     if args.gpus is not None:
@@ -108,6 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         with _tracebacks_logged(args.log_level == "debug"):
             app = load_app(args.target)
+            reloader = Reloader(args.target, app) if args.reload else None
             server = serve(
                 app,
                 args.host,
@@ -139,10 +141,10 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    from servekit._cli.reload import Reloader  # noqa: PLC0415
     from servekit._http.server import _serve_until_signal  # noqa: PLC0415
 
-    reloader = Reloader(args.target, server, app).start() if args.reload else None
+    if reloader is not None:
+        reloader.start(server)
     try:
         _serve_until_signal(server)
     finally:

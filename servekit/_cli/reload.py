@@ -36,6 +36,10 @@ logger = logging.getLogger("servekit.cli")
 DEBOUNCE_MS = 200
 """Changes within this long of each other make one reload (an editor's save writes several)."""
 
+RESCAN_MS = 1000
+"""With no change reported for this long, the watched files' times and sizes are compared with
+those seen at the last import: that catches a change made while the watcher restarted."""
+
 LISTED_FILES = 8
 """How many watched files the start-up line names before it counts the rest."""
 
@@ -141,6 +145,28 @@ def files_in_error(error: BaseException) -> set[Path]:
     return found
 
 
+Stamp = tuple[int, int] | None
+"""A file's (modification time in ns, size), or None where it is missing."""
+
+
+def stamps(files: Iterable[Path]) -> dict[Path, Stamp]:
+    """The stamp of each of `files` now."""
+    found: dict[Path, Stamp] = {}
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:
+            found[path] = None
+        else:
+            found[path] = (stat.st_mtime_ns, stat.st_size)
+    return found
+
+
+def restamped(seen: Mapping[Path, Stamp]) -> list[Path]:
+    """The files of `seen` whose stamp differs now, by path."""
+    return sorted(path for path, stamp in stamps(seen).items() if stamp != seen[path])
+
+
 def shown(path: Path, cwd: Path) -> str:
     """`path` as the log shows it: relative to `cwd` when inside it."""
     return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
@@ -155,21 +181,28 @@ class Reloader:
     fingerprint changed roll, replica by replica.
     """
 
-    def __init__(self, target: str, server: Redeployable, app: Application) -> None:
+    def __init__(self, target: str, app: Application) -> None:
+        """Remember what `app` (just loaded from `target`) imported, as it is on disk now.
+
+        Made right after loading, before the app starts, so an edit made while replicas start
+        is seen by the first check of the watcher.
+        """
         self._target = target
-        self._server = server
+        self._server: Redeployable | None = None
         self._running = fingerprints(app)
         self._modules = user_modules()
         self._files = set(self._modules.values())
+        self._stamps = stamps(self._files)
         self._unsure = False  # a redeploy failed: the runtime may hold part of it, so ask it again
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="servekit-reload", daemon=True)
 
-    def start(self) -> Reloader:
-        """Start watching in a background thread; returns this reloader."""
-        print(f"servekit: reloading on changes to {self._listing()}", file=sys.stderr, flush=True)
-        self._thread.start()
-        return self
+    def start(self, server: Redeployable, *, watch: bool = True) -> None:
+        """Redeploy to `server` from now on, and (unless not `watch`) watch the files in a thread."""
+        self._server = server
+        if watch:
+            print(f"servekit: reloading on changes to {self._listing()}", file=sys.stderr, flush=True)
+            self._thread.start()
 
     def stop(self) -> None:
         """Stop watching."""
@@ -190,19 +223,20 @@ class Reloader:
             with contextlib.suppress(OSError, ValueError):
                 Path(importlib.util.cache_from_source(str(path))).unlink(missing_ok=True)
         importlib.invalidate_caches()
+        before = stamps(self._files)
         try:
             app = load_app(self._target)
         except Exception as exc:
-            self._set_watched(self._files | files_in_error(exc))
+            self._set_watched(self._files | files_in_error(exc), before)
             self._failed(changed, exc)
             return
         self._modules = user_modules()
-        self._set_watched(set(self._modules.values()))
+        self._set_watched(set(self._modules.values()), before)
         try:
             new = fingerprints(app)
             rollout = plan_rollout(self._running, new)
             print(describe(changed, rollout, Path.cwd()), file=sys.stderr, flush=True)
-            if rollout.changes or self._unsure:
+            if (rollout.changes or self._unsure) and self._server is not None:
                 self._server.redeploy(app)
         except Exception as exc:
             self._unsure = True
@@ -218,10 +252,14 @@ class Reloader:
             "reload failed after %s changed, still serving the previous version: %s", files, exc, exc_info=exc
         )
 
-    def _set_watched(self, files: set[Path]) -> None:
-        """Watch `files` from now on (a new import joins, a dropped one leaves), saying which join."""
+    def _set_watched(self, files: set[Path], seen: Mapping[Path, Stamp]) -> None:
+        """Watch `files` from now on (a new import joins, a dropped one leaves), saying which join.
+
+        `seen` are the stamps taken before the import; files new to it are stamped now.
+        """
         added = sorted(files - self._files)
         self._files = files
+        self._stamps = {**stamps(files - seen.keys()), **{path: seen[path] for path in files & seen.keys()}}
         if added:
             listing = ", ".join(shown(path, Path.cwd()) for path in added)
             print(f"servekit: now also watching {listing}", file=sys.stderr, flush=True)
@@ -253,7 +291,11 @@ class Reloader:
                 stop_event=self._stop,
                 debounce=DEBOUNCE_MS,
                 recursive=False,
+                rust_timeout=RESCAN_MS,
+                yield_on_timeout=True,
             ):
-                self.reload(sorted({Path(path) for _, path in changes}))
+                changed = sorted({Path(path) for _, path in changes}.union(restamped(self._stamps)))
+                if changed:
+                    self.reload(changed)
                 if self._folders() != folders:
                     break  # the watched files moved to other folders: watch those instead

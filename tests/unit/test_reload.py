@@ -22,6 +22,8 @@ from servekit._cli.reload import (
     fingerprints,
     modules_to_forget,
     plan_rollout,
+    restamped,
+    stamps,
 )
 from servekit._cli.target import load_app
 from servekit._spec.deployment import Application
@@ -76,7 +78,9 @@ def served(
     project.write("app.py", APP)
     monkeypatch.chdir(project.root)
     server = RecordingServer()
-    return project, Reloader("app.py:app", server, load_app("app.py:app")), server
+    reloader = Reloader("app.py:app", load_app("app.py:app"))
+    reloader.start(server, watch=False)
+    return project, reloader, server
 
 
 def prints(code: str, whole: str) -> NodePrint:
@@ -230,3 +234,16 @@ def test_files_in_error_are_the_user_files_of_the_traceback_and_of_a_syntax_erro
         project.load("raising")
 
     assert {broken, raising} <= files_in_error(syntax.value)  # (and this test's own frames)
+
+
+def test_restamped_lists_the_files_edited_or_removed_since_they_were_stamped(tmp_path: Path) -> None:
+    kept, edited, removed = (tmp_path / name for name in ("kept.py", "edited.py", "removed.py"))
+    for path in (kept, edited, removed):
+        path.write_text("x = 1\n")
+    seen = stamps([kept, edited, removed])
+
+    edited.write_text("x = 12\n")
+    removed.unlink()
+
+    assert restamped(seen) == sorted([edited, removed])
+    assert restamped(stamps([kept, edited, removed])) == []
