@@ -27,7 +27,7 @@ from typing import Protocol
 
 from servekit._cli.target import load_app
 from servekit._runtime.fingerprint import code_fingerprint, fingerprint
-from servekit._runtime.user_modules import Modules, dependents, library_roots, user_file, user_modules
+from servekit._runtime.user_modules import Modules, dependents, user_file, user_modules
 from servekit._spec.deployment import Application
 from servekit._spec.graph import build_graph
 
@@ -38,7 +38,8 @@ DEBOUNCE_MS = 200
 
 RESCAN_MS = 1000
 """With no change reported for this long, the watched files' times and sizes are compared with
-those seen at the last import: that catches a change made while the watcher restarted."""
+those seen at the last import: that catches an edit saved while the app was starting or while
+the watcher restarted on other folders."""
 
 LISTED_FILES = 8
 """How many watched files the start-up line names before it counts the rest."""
@@ -131,7 +132,6 @@ def files_in_error(error: BaseException) -> set[Path]:
     Watching them lets fixing a module that failed to import (and so is not in `sys.modules`)
     trigger the next reload.
     """
-    roots = library_roots()
     found: set[Path] = set()
     seen: set[int] = set()
     current: BaseException | None = error
@@ -140,7 +140,7 @@ def files_in_error(error: BaseException) -> set[Path]:
         names = [frame.filename for frame in traceback.extract_tb(current.__traceback__)]
         if isinstance(current, SyntaxError) and current.filename:
             names.append(current.filename)
-        found.update(path for path in (user_file(name, roots) for name in names) if path is not None)
+        found.update(path for path in map(user_file, names) if path is not None)
         current = current.__cause__ or current.__context__
     return found
 

@@ -4,12 +4,14 @@ In: a mapping of module names to modules (`sys.modules` unless given) and the mo
 files. Out: the user's modules with their source files (not the standard library, not installed
 packages, not servekit), the user modules a module imports (transitively, read from its import
 statements), and the user modules that import any of a set (transitively): those a reload must
-import again. Nothing here imports, reloads or caches anything.
+import again. Nothing here imports or reloads anything; only the library folders, fixed for
+the process, are kept after the first call.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import os
 import site
@@ -28,9 +30,10 @@ INSTALLED_PACKAGE_FOLDERS = frozenset({"site-packages", "dist-packages"})
 """A file inside a folder of one of these names belongs to an installed package."""
 
 
+@functools.cache
 def library_roots() -> tuple[str, ...]:
     """Folders whose modules are not the user's (Python's prefixes and library paths, servekit),
-    each as an absolute path ending in a separator, as given and resolved."""
+    each as an absolute path ending in a separator, as given and resolved (fixed per process)."""
     found = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(SERVEKIT_ROOT)}
     found.update(sysconfig.get_paths().get(key, "") for key in ("stdlib", "platstdlib", "purelib", "platlib"))
     if hasattr(site, "getsitepackages"):
@@ -41,21 +44,18 @@ def library_roots() -> tuple[str, ...]:
     return tuple(sorted(os.path.join(root, "") for root in roots))
 
 
-def source_file(module: ModuleType, roots: tuple[str, ...] | None = None) -> Path | None:
-    """`module`'s `.py` file, resolved, if the module is the user's code; else None.
-
-    `roots` are `library_roots()`, passed in by callers that check many modules.
-    """
+def source_file(module: ModuleType) -> Path | None:
+    """`module`'s `.py` file, resolved, if the module is the user's code; else None."""
     file = getattr(module, "__file__", None)
-    return user_file(file, roots) if isinstance(file, str) else None
+    return user_file(file) if isinstance(file, str) else None
 
 
-def user_file(file: str, roots: tuple[str, ...] | None = None) -> Path | None:
-    """`file`, resolved, if it is a `.py` file of the user's (outside `roots`, default
-    `library_roots()`, and outside any site-packages folder); else None."""
+def user_file(file: str) -> Path | None:
+    """`file`, resolved, if it is a `.py` file of the user's (outside `library_roots()` and
+    outside any site-packages folder); else None."""
     if not file.endswith(".py"):
         return None
-    library = library_roots() if roots is None else roots
+    library = library_roots()
     path = os.path.abspath(file)
     if _is_library(path, library):
         return None
@@ -68,12 +68,11 @@ def user_file(file: str, roots: tuple[str, ...] | None = None) -> Path | None:
 def user_modules(modules: Modules | None = None) -> dict[str, Path]:
     """The user's modules among `modules` (default `sys.modules`): name -> source file, by name."""
     loaded = sys.modules if modules is None else modules
-    roots = library_roots()
     found: dict[str, Path] = {}
     for name, module in list(loaded.items()):
         if name == "__main__" or not isinstance(module, ModuleType):
             continue
-        path = source_file(module, roots)
+        path = source_file(module)
         if path is not None:
             found[name] = path
     return dict(sorted(found.items()))
@@ -103,13 +102,12 @@ def imports_of(module: ModuleType, modules: Modules | None = None) -> dict[str, 
     source = _read(module)
     if source is None:
         return {}
-    roots = library_roots()
     found: dict[str, Path] = {}
     for name in imported_names(source, _package_of(module)):
         imported = loaded.get(name)
         if imported is None or imported is module or name == "__main__":
             continue
-        path = source_file(imported, roots)
+        path = source_file(imported)
         if path is not None:
             found[name] = path
     return found
