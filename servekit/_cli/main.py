@@ -6,16 +6,11 @@ import argparse
 import contextlib
 import logging
 import sys
-import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
 
-from servekit._cli.target import TargetError, load_app, watch_paths
+from servekit._cli.target import TargetError, load_app
 from servekit._version import __version__
 from servekit.errors import ServekitError
-
-logger = logging.getLogger("servekit.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +122,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from servekit._cli.reload import Reloader  # noqa: PLC0415
     from servekit._http.server import serve, serve_until_signal  # noqa: PLC0415 (keeps --version fast)
     from servekit._runtime.options import run_options  # noqa: PLC0415
 
@@ -146,6 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         with _tracebacks_logged(args.log_level == "debug"):
             app = load_app(args.target)
+            reloader = Reloader(args.target, app) if args.reload else None
             server = serve(
                 app,
                 args.host,
@@ -175,70 +172,11 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    reloader = Reloader(args.target, server) if args.reload else None
-    try:
-        serve_until_signal(server)
-    finally:
-        if reloader is not None:
-            reloader.stop()
+    if reloader is not None:
+        reloader.start(server)
+    serve_until_signal(server, before_shutdown=reloader.stop if reloader is not None else None)
     print("servekit: stopped", file=sys.stderr)
     return 0
-
-
-class Reloader:
-    """Watches the app's code and redeploys it in place: changed deployments roll replica by replica.
-
-    A change that fails to import or start is reported and the running version keeps serving.
-    """
-
-    def __init__(self, target: str, server: Any) -> None:
-        self._target = target
-        self._server = server
-        self._paths = watch_paths(target)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="servekit-reload", daemon=True)
-        print(f"servekit: reloading on changes in {', '.join(map(str, self._paths))}", file=sys.stderr)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop watching."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _watch(self) -> None:
-        import watchfiles  # noqa: PLC0415
-
-        for _changes in watchfiles.watch(
-            *self._paths, watch_filter=watchfiles.PythonFilter(), stop_event=self._stop, debounce=200
-        ):
-            self.reload()
-
-    def reload(self) -> None:
-        """Import the target afresh and redeploy it."""
-        print("servekit: code changed, redeploying", file=sys.stderr, flush=True)
-        forget_modules(self._paths)
-        try:
-            app = load_app(self._target)
-            self._server.redeploy(app)
-        except Exception as exc:
-            logger.error("reload failed, still serving the previous version: %s", exc, exc_info=exc)
-            return
-        print("servekit: redeployed", file=sys.stderr, flush=True)
-
-
-def forget_modules(paths: Sequence[Path]) -> None:
-    """Drop the user's modules under `paths` from `sys.modules`, so the next import reads them anew."""
-    roots = [path.resolve() for path in paths]
-    protected = (Path(sys.prefix).resolve(), Path(__file__).resolve().parents[1])
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if not file or name.startswith("servekit"):
-            continue
-        location = Path(file).resolve()
-        if any(location.is_relative_to(root) for root in protected):
-            continue
-        if any(location.is_relative_to(root) for root in roots):
-            del sys.modules[name]
 
 
 @contextlib.contextmanager

@@ -34,19 +34,10 @@ def load_app(target: str) -> Application:
     return value
 
 
-def watch_paths(target: str) -> list[Path]:
-    """Folders whose changes should reload `target`."""
-    location = target.partition(":")[0]
-    paths = {Path.cwd()}
-    if location.endswith(".py"):
-        paths.add(Path(location).resolve().parent)
-    return sorted(paths)
-
-
 def _import(location: str) -> ModuleType:
     if location.endswith(".py") or "/" in location:
         return _import_file(Path(location))
-    sys.path.insert(0, str(Path.cwd()))
+    _on_path(Path.cwd())
     try:
         return importlib.import_module(location)
     except ModuleNotFoundError as exc:
@@ -61,8 +52,11 @@ def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise TargetError(f"file not found: {str(path)!r}")
     resolved = path.resolve()
-    sys.path.insert(0, str(resolved.parent))
+    _on_path(resolved.parent)
     name = resolved.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(resolved):
+        return loaded  # imported already; a reload forgets the modules it must import again
     spec = importlib.util.spec_from_file_location(name, resolved)
     if spec is None or spec.loader is None:
         raise TargetError(f"cannot import {str(path)!r} as a Python module")
@@ -70,6 +64,18 @@ def _import_file(path: Path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except ImportError as exc:
-        raise TargetError(f"importing {str(path)!r} failed: {exc}") from None
+    except BaseException as exc:
+        sys.modules.pop(name, None)  # a half-run module must not be found by the next load
+        if isinstance(exc, ImportError):
+            raise TargetError(f"importing {str(path)!r} failed: {exc}") from None
+        raise
     return module
+
+
+def _on_path(folder: Path) -> None:
+    """Put `folder` first on `sys.path` (once), so the target's sibling modules import."""
+    entry = str(folder)
+    if sys.path[:1] != [entry]:
+        if entry in sys.path:
+            sys.path.remove(entry)
+        sys.path.insert(0, entry)

@@ -12,6 +12,7 @@ import math
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any, Literal, Protocol, Unpack, cast
@@ -316,8 +317,11 @@ async def _stop_http(http: uvicorn.Server, task: asyncio.Task[None], grace_s: fl
         task.cancel()
 
 
-def serve_until_signal(server: Server) -> None:
-    """Block until SIGINT or SIGTERM (or the HTTP server dies), then shut `server` down gracefully."""
+def serve_until_signal(server: Server, before_shutdown: Callable[[], None] | None = None) -> None:
+    """Block until SIGINT or SIGTERM (or the HTTP server dies), then shut `server` down gracefully.
+
+    `before_shutdown` runs first (the CLI stops its reloader there, so no redeploy races the drain).
+    """
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -334,6 +338,10 @@ def serve_until_signal(server: Server) -> None:
             if server.stopped():  # the HTTP server died on its own
                 break
     finally:
-        server.shutdown()
+        try:
+            if before_shutdown is not None:
+                before_shutdown()
+        finally:
+            server.shutdown()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -36,6 +36,8 @@ EXIT_DEADLINE_S = 20.0
 GRACE_PERIOD_S = 20.0
 RELOAD_DEADLINE_S = 20.0
 GREETER_ROUTES = [("GET", "/greet"), ("POST", "/size"), ("GET", "/wait")]
+SOURCE_TREE = Path(sk.__file__).resolve().parents[1]
+"""The checkout whose servekit these tests import: the CLI under test must be the same one."""
 
 
 @dataclass
@@ -60,11 +62,15 @@ StartCli = Callable[..., RunningCli]
 
 
 def child_env(pythonpath: Path | None = None) -> dict[str, str]:
-    """This environment, unbuffered, with PYTHONPATH set to `pythonpath` only."""
+    """This environment, unbuffered, with PYTHONPATH set to `pythonpath` only (and to the source
+    tree of the servekit under test, where that is a checkout rather than an installed package)."""
     env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     env["PYTHONUNBUFFERED"] = "1"
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
+    paths = [] if pythonpath is None else [str(pythonpath)]
+    if (SOURCE_TREE / "pyproject.toml").is_file():
+        paths.append(str(SOURCE_TREE))
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
 
 
@@ -400,6 +406,117 @@ def version(url: str) -> str | None:
     except httpx.TransportError:
         return None
     return str(response.json()["version"]) if response.status_code == 200 else None
+
+
+@pytest.fixture
+def split_app(tmp_path: Path) -> Path:
+    """A copy of `apps/split/` (app.py: Greeter uses helpers.py; stages.py: Preprocess does not)."""
+    folder = tmp_path / "split"
+    shutil.copytree(APPS / "split", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return folder
+
+
+def test_reload_rolls_only_the_deployments_whose_imported_modules_changed(
+    start_cli: StartCli, free_port: int, split_app: Path
+) -> None:
+    cli = start_cli("serve", "app.py:app", "--reload", "--port", str(free_port), cwd=split_app)
+    url = f"http://127.0.0.1:{free_port}"
+    wait_ready(cli, url)
+    assert greeting(url, "Ada") == "hello ada"
+    assert "servekit: reloading on changes to app.py, helpers.py, stages.py" in cli.output()
+    before = replica_ids(url)
+
+    helpers = split_app / "helpers.py"
+    helpers.write_text(helpers.read_text().replace('GREETING = "hello"', 'GREETING = "howdy there"'))
+    poll_until(
+        lambda: greeting(url, "Ada") == "howdy there ada", "the helper's edit served", cli, RELOAD_DEADLINE_S
+    )
+
+    assert (
+        "servekit: helpers.py changed; rolling Greeter (code changed); unchanged: Preprocess" in cli.output()
+    )
+    after = replica_ids(url)
+    assert after["Preprocess"] == before["Preprocess"], (
+        "the deployment that does not import helpers.py kept its replica"
+    )
+    assert after["Greeter"] != before["Greeter"]
+
+    # A new import (in a new folder) joins the watched files: editing it rolls Greeter again.
+    (split_app / "words").mkdir()
+    (split_app / "words" / "__init__.py").write_text("")
+    lexicon = split_app / "words" / "lexicon.py"
+    lexicon.write_text('WORD = "friend"\n')
+    helpers.write_text(
+        helpers.read_text().replace(
+            'GREETING = "howdy there"', "from words.lexicon import WORD\n\nGREETING = WORD"
+        )
+    )
+    poll_until(lambda: greeting(url, "Ada") == "friend ada", "the new import served", cli, RELOAD_DEADLINE_S)
+    assert "servekit: now also watching words/__init__.py, words/lexicon.py" in cli.output()
+    lexicon.write_text('WORD = "dear friend"\n')
+    poll_until(
+        lambda: greeting(url, "Ada") == "dear friend ada",
+        "the new module's edit served",
+        cli,
+        RELOAD_DEADLINE_S,
+    )
+
+    assert (
+        "servekit: words/lexicon.py changed; rolling Greeter (code changed); unchanged: Preprocess"
+        in cli.output()
+    )
+    assert replica_ids(url)["Preprocess"] == before["Preprocess"]
+    poll_until(lambda: redeploys(cli) == 3, "the last redeploy to finish", cli, RELOAD_DEADLINE_S)
+    cli.process.send_signal(signal.SIGTERM)
+    assert cli.wait_exit() == 0
+    assert "Traceback" not in cli.output()
+
+
+def test_a_helper_edit_that_fails_to_import_or_start_keeps_the_previous_version_serving(
+    start_cli: StartCli, free_port: int, split_app: Path
+) -> None:
+    cli = start_cli("serve", "app.py:app", "--reload", "--port", str(free_port), cwd=split_app)
+    url = f"http://127.0.0.1:{free_port}"
+    wait_ready(cli, url)
+    helpers = split_app / "helpers.py"
+    working = helpers.read_text()
+
+    helpers.write_text(working + "\nbroken = (\n")  # does not compile
+    poll_until(lambda: failed_reloads(cli) == 1, "the failed import reported", cli, RELOAD_DEADLINE_S)
+    assert greeting(url, "Ada") == "hello ada"
+    helpers.write_text(working.replace('"""Called', 'raise RuntimeError("no weights")\n    """Called'))
+    poll_until(lambda: failed_reloads(cli) == 2, "the failed start reported", cli, RELOAD_DEADLINE_S)
+    assert "no weights" in cli.output()
+    assert greeting(url, "Ada") == "hello ada"
+
+    helpers.write_text(working.replace('GREETING = "hello"', 'GREETING = "hi again"'))
+    poll_until(
+        lambda: greeting(url, "Ada") == "hi again ada", "the fixed edit served", cli, RELOAD_DEADLINE_S
+    )
+    poll_until(lambda: redeploys(cli) == 1, "the redeploy to finish", cli, RELOAD_DEADLINE_S)
+    cli.process.send_signal(signal.SIGTERM)
+    assert cli.wait_exit() == 0
+
+
+def redeploys(cli: RunningCli) -> int:
+    return cli.output().count("servekit: redeployed\n")
+
+
+def failed_reloads(cli: RunningCli) -> int:
+    return cli.output().count("reload failed after helpers.py changed, still serving the previous version")
+
+
+def greeting(url: str, name: str) -> str | None:
+    try:
+        response = httpx.get(f"{url}/greet", params={"name": name}, timeout=5)
+    except httpx.TransportError:
+        return None
+    return str(response.json()["message"]) if response.status_code == 200 else None
+
+
+def replica_ids(url: str) -> dict[str, list[str]]:
+    deployments = httpx.get(f"{url}/-/status", timeout=5).json()["deployments"]
+    return {name: [replica["id"] for replica in state["replicas"]] for name, state in deployments.items()}
 
 
 def test_max_body_bytes_refuses_larger_bodies_with_413(start_cli: StartCli, free_port: int) -> None:

@@ -1,13 +1,17 @@
-"""Unit tests run without sockets, subprocesses or Ray: anything that tries fails loudly."""
+"""Unit tests run without sockets, subprocesses or Ray (anything that tries fails loudly); `project`
+gives a test a throwaway folder of user modules."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from user_project import UserProject
 
 
 def _forbidden(*args: Any, **kwargs: Any) -> Any:
@@ -28,3 +32,14 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [name for name in sys.modules if name == "ray" or name.startswith("ray.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "ray", None)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[UserProject]:
+    """A `UserProject` in a fresh folder, first on `sys.path`; its modules are forgotten after."""
+    root = tmp_path / "project"
+    root.mkdir()
+    monkeypatch.setattr(sys, "path", [str(root), *sys.path])
+    made = UserProject(root)
+    yield made
+    made.forget()
