@@ -113,3 +113,11 @@ class Versioned:
     async def label_of(self) -> str:
         await asyncio.sleep(0.005)
         return self.label
+
+
+@sk.deployment(resources=sk.Resources(cpus=0.1, custom={"late_node": 1}))
+class OnLateNode:
+    """Needs a node labelled `late_node`, which the test cluster has only once a test adds one."""
+
+    def __call__(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
