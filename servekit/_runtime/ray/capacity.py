@@ -76,6 +76,8 @@ class NodeWait:
     """What the progress lines say it waits for, like "the Ray autoscaler"."""
     notice: str
     """What to log once, before deploying."""
+    warn: bool
+    """Whether the notice is a warning (the caller asked to wait; no autoscaler was seen)."""
 
 
 # -- reading what the autoscaler reports ----------------------------------------------------------
@@ -164,12 +166,14 @@ def plan_start(
             f"the app does not fit the Ray cluster's nodes yet; the cluster's autoscaler "
             f"({autoscaler.source}) can add nodes it needs: deploying and waiting up to "
             f"{timeout_s:g} s for them\n" + _details(shortfall, autoscaler),
+            warn=False,
         )
     if wait_for_nodes:
         return NodeWait(
             "nodes to join",
             f"{_first_line(shortfall)}; deploying anyway (wait_for_nodes) and waiting up to "
             f"{timeout_s:g} s for nodes to join\n" + _details(shortfall, autoscaler),
+            warn=True,
         )
     if autoscaler is not None:
         lines = [shortfall.splitlines()[0] + ", nor on the nodes its autoscaler can add"]

@@ -57,7 +57,7 @@ logger = logging.getLogger("servekit.ray")
 DEFAULT_START_TIMEOUT_S = 600.0
 """How long `start()` waits for Ray to run every replica (a cluster may be autoscaling)."""
 _POLL_S = 0.2
-_PROGRESS_S = 10.0
+_PROGRESS_S = 5.0
 """How often a start that waits for nodes logs its progress."""
 _STOP_SLACK_S = 30.0
 """How much longer than the longest graceful shutdown the app's deletion may take."""
@@ -242,7 +242,8 @@ class RayRuntime:
             timeout_s=self._start_timeout_s,
         )
         if self._node_wait is not None:
-            logger.warning("%s", self._node_wait.notice)
+            level = logging.WARNING if self._node_wait.warn else logging.INFO
+            logger.log(level, "%s", self._node_wait.notice)
         self._http_address = self._cluster.start_serve(self._http)
         try:
             self._deploy(self._graph)
