@@ -11,10 +11,15 @@ back the way it would on a real autoscaling cluster.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -189,3 +194,33 @@ def test_a_wait_for_nodes_that_runs_out_says_what_was_missing(ray_cluster: RayCl
     assert "GPU 2" in message, "the nodes are listed"
     assert "no autoscaler runs on the cluster" in message
     assert "OnLateNode" not in serve.status().applications, "the app is deleted"
+
+
+@pytest.mark.timeout(400)
+def test_on_a_real_autoscaling_cluster_the_start_waits_for_the_node_the_autoscaler_launches(
+    tmp_path: Path,
+) -> None:
+    """Ray's autoscaler (v1, fake node provider) launches the node while servekit waits; it
+    runs in a process of its own (one Ray cluster per driver), see `autoscaling_cluster_run`."""
+    script = Path(__file__).with_name("autoscaling_cluster_run.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "result.json")],
+        env=env,
+        timeout=360,
+        capture_output=True,
+        check=False,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["ran_on"].get("late_node") == 1, "the replica runs on the node the autoscaler added"
+    notice, *progress = [line for line in result["log"] if "autoscaler" in line]
+    assert notice.startswith(
+        "the app does not fit the Ray cluster's nodes yet; the cluster's autoscaler (Ray autoscaler v1) "
+        "can add nodes it needs: deploying and waiting up to 150 s for them"
+    )
+    assert progress, "the wait logged its progress"
+    assert progress[0].startswith(
+        "waiting for the Ray autoscaler: deployment 'OnLateNode' needs room for 1 more"
+    )
