@@ -160,7 +160,7 @@ def test_on_an_autoscaling_cluster_the_start_waits_for_the_nodes_it_can_add(
         handle.shutdown(grace_s=2)
     assert _progress(servekit_log)[0].startswith("waiting for the Ray autoscaler: deployment 'OnLateNode' ")
     notice = next(r.getMessage() for r in servekit_log.records if "can add nodes it needs" in r.getMessage())
-    assert "late-worker: CPU 1, late_node 1 (up to 2)" in notice
+    assert "late-worker: CPU 1, late_node 1 (up to 2 more)" in notice
 
 
 def test_an_autoscaler_that_cannot_add_such_nodes_fails_the_start_at_once(
@@ -173,7 +173,7 @@ def test_an_autoscaler_that_cannot_add_such_nodes_fails_the_start_at_once(
     assert (
         "no node has room for a replica of 'OnLateNode', nor on the nodes its autoscaler can add" in message
     )
-    assert "cpu-worker: CPU 4 (up to 10)" in message
+    assert "cpu-worker: CPU 4 (up to 10 more)" in message
     assert "OnLateNode" not in serve.status().applications
 
 

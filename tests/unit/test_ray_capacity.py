@@ -75,6 +75,10 @@ def cluster_config(*groups: tuple[str, dict[str, float], int], **caps: float) ->
     }
 
 
+def group(name: str, resources: dict[str, float], min_count: int, max_count: int) -> dict[str, object]:
+    return {"name": name, "resources": resources, "min_count": min_count, "max_count": max_count}
+
+
 def autoscaler(*groups: tuple[str, dict[str, float], int], **caps: float) -> AutoscalerView:
     view = view_from_cluster_config(cluster_config(*groups, **caps))
     assert view is not None
@@ -92,8 +96,15 @@ def test_the_cluster_config_lists_the_node_groups_that_can_grow() -> None:
     )
 
 
+def test_a_group_adds_at_most_its_max_less_its_min() -> None:
+    view = view_from_cluster_config({"node_group_configs": [group("gpu", {"GPU": 1}, 2, 5)]})
+    assert view is not None
+    assert view.groups == (NodeGroup("gpu", {"GPU": 1.0}, 3),)
+
+
 def test_a_cluster_config_whose_groups_cannot_grow_is_no_autoscaler() -> None:
     assert view_from_cluster_config(cluster_config(("head", {"CPU": 8}, 0))) is None
+    assert view_from_cluster_config({"node_group_configs": [group("fixed", {"GPU": 1}, 2, 2)]}) is None
     assert view_from_cluster_config(cluster_config(("empty", {}, 4))) is None
     assert view_from_cluster_config({}) is None
 
@@ -148,7 +159,7 @@ def test_an_autoscaler_that_can_add_fitting_nodes_makes_the_start_wait() -> None
     assert wait is not None
     assert not wait.warn
     assert wait.waiting_for == "the Ray autoscaler"
-    assert "gpu: CPU 8, GPU 1 (up to 2)" in wait.notice
+    assert "gpu: CPU 8, GPU 1 (up to 2 more)" in wait.notice
 
 
 @pytest.mark.parametrize(
@@ -207,6 +218,6 @@ def test_a_wait_that_runs_out_says_what_each_deployment_lacked_and_what_the_clus
         "    node 0: CPU 8, memory 32.0 GiB",
         "    node 1: CPU 4, GPU 2",
         "  node groups the cluster's autoscaler can add (Ray's cluster config):",
-        "    gpu: GPU 1 (up to 4)",
+        "    gpu: GPU 1 (up to 4 more)",
         "Add nodes with those resources (or let the autoscaler add them), or raise start_timeout_s.",
     ]

@@ -34,12 +34,13 @@ V1_STATUS_STALE_S = 60.0
 
 @dataclass(frozen=True)
 class NodeGroup:
-    """A kind of node the autoscaler can add: its resources and how many it may run."""
+    """A kind of node the autoscaler can add: its resources and how many more it may launch."""
 
     name: str
     resources: Mapping[str, float]
-    max_nodes: int | None
-    """At most this many nodes of the group; None when the group has no limit."""
+    max_added: int | None
+    """At most this many more nodes of the group (its max less its min, which run already);
+    None when the group has no limit."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class AutoscalerView:
             return [f"  the cluster's autoscaler ({self.source}) does not publish its node types"]
         lines = [f"  node groups the cluster's autoscaler can add ({self.source}):"]
         for group in self.groups:
-            limit = "no limit" if group.max_nodes is None else f"up to {group.max_nodes}"
+            limit = "no limit" if group.max_added is None else f"up to {group.max_added} more"
             lines.append(f"    {group.name or 'unnamed'}: {describe_resources(group.resources)} ({limit})")
         if self.max_resources:
             lines.append(f"    cluster total capped at {describe_resources(self.max_resources)}")
@@ -88,15 +89,18 @@ def view_from_cluster_config(config: Mapping[str, Any]) -> AutoscalerView | None
     ``node_group_configs`` with ``name``, ``resources``, ``min_count``, ``max_count``; and
     ``max_resources``). None when no group can add a node.
 
-    A `max_count` of -1 means no limit; groups of 0 nodes, or without resources, add nothing.
+    A `max_count` of -1 means no limit. A group adds at most `max_count - min_count` nodes (its
+    `min_count` nodes run already, among the alive ones); one that cannot grow, or has no
+    resources, adds nothing.
     """
     groups = []
     for group in config.get("node_group_configs", ()):
-        max_count = int(group.get("max_count", 0))
+        max_count, min_count = int(group.get("max_count", 0)), int(group.get("min_count", 0))
         resources = {key: float(amount) for key, amount in dict(group.get("resources", {})).items()}
-        if max_count == 0 or not resources:
+        if (0 <= max_count <= min_count) or not resources:
             continue
-        groups.append(NodeGroup(str(group.get("name", "")), resources, None if max_count < 0 else max_count))
+        added = None if max_count < 0 else max_count - min_count
+        groups.append(NodeGroup(str(group.get("name", "")), resources, added))
     if not groups:
         return None
     caps = {key: float(amount) for key, amount in dict(config.get("max_resources", {})).items()}
@@ -129,8 +133,9 @@ def fits_once_scaled(demands: Demands, nodes: list[dict[str, float]], autoscaler
     """Whether every replica would fit once the autoscaler added the nodes it may (None groups:
     unknown, taken as yes).
 
-    The alive nodes are counted with the groups' full sizes (servekit cannot tell which group a
-    node belongs to), so this errs towards waiting; the wait is bounded by the start timeout.
+    A group's nodes beyond its minimum that run already are counted twice (servekit cannot tell
+    which group an alive node belongs to), so this errs towards waiting; the wait is bounded by
+    the start timeout.
     """
     if autoscaler.groups is None:
         return True
@@ -140,7 +145,7 @@ def fits_once_scaled(demands: Demands, nodes: list[dict[str, float]], autoscaler
     added = [
         dict(group.resources)
         for group in autoscaler.groups
-        for _ in range(replicas if group.max_nodes is None else min(group.max_nodes, replicas))
+        for _ in range(replicas if group.max_added is None else min(group.max_added, replicas))
     ]
     return first_unfit(demands, [*nodes, *added]) is None
 
