@@ -201,7 +201,9 @@ def test_on_a_real_autoscaling_cluster_the_start_waits_for_the_node_the_autoscal
     tmp_path: Path,
 ) -> None:
     """Ray's autoscaler (v1, fake node provider) launches the node while servekit waits; it
-    runs in a process of its own (one Ray cluster per driver), see `autoscaling_cluster_run`."""
+    runs in a process of its own (one Ray cluster per driver), see `autoscaling_cluster_run`.
+    (The progress lines are pinned above, where the node joins only once one was logged; here a
+    quick launch can beat the first one.)"""
     script = Path(__file__).with_name("autoscaling_cluster_run.py")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
     run = subprocess.run(
@@ -215,12 +217,7 @@ def test_on_a_real_autoscaling_cluster_the_start_waits_for_the_node_the_autoscal
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["ran_on"].get("late_node") == 1, "the replica runs on the node the autoscaler added"
-    notice, *progress = [line for line in result["log"] if "autoscaler" in line]
-    assert notice.startswith(
+    assert result["log"][0].startswith(
         "the app does not fit the Ray cluster's nodes yet; the cluster's autoscaler (Ray autoscaler v1) "
         "can add nodes it needs: deploying and waiting up to 150 s for them"
-    )
-    assert progress, "the wait logged its progress"
-    assert progress[0].startswith(
-        "waiting for the Ray autoscaler: deployment 'OnLateNode' needs room for 1 more"
     )
