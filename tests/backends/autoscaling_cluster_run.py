@@ -29,6 +29,7 @@ import psutil
 import ray
 import yaml
 from ray.cluster_utils import Cluster
+from ray.experimental.internal_kv import _internal_kv_get
 
 import servekit as sk
 
@@ -127,6 +128,17 @@ def session_processes(session_dir: str) -> list[psutil.Process]:
     return list(found.values())
 
 
+def wait_for_the_autoscaler(within_s: float) -> None:
+    """Wait until the autoscaler has reported once (on a real cluster it has long since)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        status = _internal_kv_get("__autoscaling_status")
+        if status and "autoscaler_report" in json.loads(status):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"the autoscaler did not report within {within_s} s")
+
+
 def main(result_path: Path, work: Path) -> None:
     port = free_port()
     gcs_address = f"{ray._private.services.get_node_ip_address()}:{port}"
@@ -148,6 +160,7 @@ def main(result_path: Path, work: Path) -> None:
     result: dict[str, Any] = {}
     try:
         ray.init(address=cluster.address, log_to_driver=False)
+        wait_for_the_autoscaler(within_s=60)
         started = time.monotonic()
         with sk.run(OnLateNode.bind(), backend="ray", start_timeout_s=150) as handle:
             result["start_s"] = time.monotonic() - started
@@ -159,7 +172,7 @@ def main(result_path: Path, work: Path) -> None:
         started_processes = session_processes(session_dir)
         ray.shutdown()
         cluster.shutdown()
-        result["killed"] = stop_leftovers(started_processes, session_dir, within_s=30)
+        result["killed"] = stop_leftovers(started_processes, session_dir, within_s=10)
         result_path.write_text(json.dumps(result))
 
 
