@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--wait-for-nodes",
         action="store_true",
-        help="with --backend ray: when the app does not fit the cluster yet, wait for nodes to join "
-        "(up to --start-timeout) instead of failing at once",
+        help="with --backend ray: start even when the cluster's nodes cannot hold every replica yet, "
+        "and wait up to --start-timeout (600 s) for nodes to join (servekit waits on its own when "
+        "the cluster's autoscaler can add them)",
     )
     serve.add_argument(
         "--loop",

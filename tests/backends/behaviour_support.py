@@ -23,6 +23,8 @@ class RayCluster:
     http_port: int
     head_node_id: str
     gpu_node_id: str
+    nodes: Any = None
+    """The `ray.cluster_utils.Cluster` itself, for tests that add or remove a node."""
 
 
 def _free_port() -> int:

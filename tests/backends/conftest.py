@@ -37,7 +37,7 @@ def ray_cluster() -> Iterator[RayCluster]:
         gpu = next(node for node, resources in nodes.items() if "gpu_node" in resources)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-        yield RayCluster(cluster.address, port, head, gpu)
+        yield RayCluster(cluster.address, port, head, gpu, cluster)
     finally:
         with contextlib.suppress(Exception):
             serve.shutdown()

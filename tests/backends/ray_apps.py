@@ -127,3 +127,11 @@ class Batched:
         state = batched_state(type(self).double)
         assert state is not None
         return {"pid": os.getpid(), **state.limits_for(self).to_dict()}
+
+
+@sk.deployment(resources=sk.Resources(cpus=0.1, custom={"late_node": 1}))
+class OnLateNode:
+    """Needs a node labelled `late_node`, which the test cluster has only once a test adds one."""
+
+    def __call__(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())

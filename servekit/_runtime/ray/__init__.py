@@ -6,7 +6,8 @@
 - `replica`: the classes Ray Serve runs, around servekit's `Replica`; the ingress's `ServingRuntime`
 - `dispatcher`: servekit handles over Ray's `DeploymentHandle`, Ray's errors as servekit's
 - `status`: Ray Serve's details as servekit's `/-/status`
-- `cluster`: joining or starting Ray, and Serve's HTTP proxy
+- `capacity`: whether a start waits for nodes the cluster's autoscaler can add (pure)
+- `cluster`: joining or starting Ray, Serve's HTTP proxy, what the autoscaler reports
 - `runtime`: `RayRuntime`, the `Runtime` that drives all of it from the caller's process
 """
 

@@ -8,20 +8,32 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import ray
 from ray import serve
+from ray.core.generated import autoscaler_pb2
+from ray.experimental.internal_kv import _internal_kv_get
 
 from servekit._runtime.gpus import parse_gpu_ids
 from servekit._runtime.interface import HttpIngress
+from servekit._runtime.ray.capacity import AutoscalerView, view_from_cluster_config, view_from_v1_status
 from servekit._runtime.ray.status import serve_details, serve_running
 from servekit.errors import DeploymentStartError
 
 logger = logging.getLogger("servekit.ray")
+
+CLUSTER_CONFIG_KEY = ("__autoscaler", "__autoscaler_cluster_config")
+"""(namespace, key) of the cluster config an autoscaler publishes in the GCS (Ray's
+`GCS_AUTOSCALER_STATE_NAMESPACE` and `GCS_AUTOSCALER_CLUSTER_CONFIG_KEY`; what
+`ray._private.state.state.get_cluster_config()` reads)."""
+V1_STATUS_KEY = "__autoscaling_status"
+"""Where autoscaler v1 keeps its status in Ray's KV store (what `ray status` reads)."""
 
 
 class RayCluster:
@@ -70,6 +82,24 @@ class RayCluster:
     def nodes(self) -> list[dict[str, float]]:
         """Each alive node's total resources."""
         return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
+
+    def autoscaler(self) -> AutoscalerView | None:
+        """What the cluster's autoscaler says it can add; None when no autoscaler can add nodes.
+
+        Read from the cluster config an autoscaler publishes in the GCS (its node groups and
+        limits), else from autoscaler v1's status (it runs, with a node provider, but does not
+        publish its node types). A record servekit cannot read counts as none.
+        """
+        try:
+            config = _internal_kv_get(CLUSTER_CONFIG_KEY[1], namespace=CLUSTER_CONFIG_KEY[0])
+            view = view_from_cluster_config(cluster_config_dict(config)) if config else None
+            if view is None:
+                status = _internal_kv_get(V1_STATUS_KEY)
+                view = view_from_v1_status(json.loads(status), time.time()) if status else None
+        except Exception:
+            logger.debug("could not read the Ray autoscaler's state", exc_info=True)
+            return None
+        return view
 
     def start_serve(self, http: HttpIngress | None) -> tuple[str, int] | None:
         """Start Serve (with its proxy at `http`'s address) unless it runs; where the proxy listens."""
@@ -131,6 +161,23 @@ class RayCluster:
             return parse_gpu_ids(self._gpus, "--gpus")
         env = os.environ.get("SERVEKIT_GPUS")
         return None if env is None else parse_gpu_ids(env, "SERVEKIT_GPUS")
+
+
+def cluster_config_dict(serialized: bytes) -> dict[str, Any]:
+    """Ray's serialized `ClusterConfig` as the plain dict `capacity.view_from_cluster_config` reads."""
+    config = autoscaler_pb2.ClusterConfig.FromString(serialized)  # type: ignore[attr-defined]
+    return {
+        "max_resources": dict(config.max_resources),
+        "node_group_configs": [
+            {
+                "name": group.name,
+                "resources": dict(group.resources),
+                "min_count": group.min_count,
+                "max_count": group.max_count,
+            }
+            for group in config.node_group_configs
+        ],
+    }
 
 
 @contextlib.contextmanager

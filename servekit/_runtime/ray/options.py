@@ -212,17 +212,31 @@ def check_fits(demands: Mapping[str, tuple[int, Resources]], nodes: list[dict[st
     ones, ``accelerator_type:A100``). Replicas are placed first-fit, largest first, the way a
     scheduler could; a replica no single node can hold, or a total beyond the nodes', fails.
     """
+    unfit = first_unfit(demands, nodes)
+    if unfit is not None:
+        raise InsufficientResourcesError(fit_message(demands, nodes, unfit))
+
+
+def first_unfit(demands: Mapping[str, tuple[int, Resources]], nodes: list[dict[str, float]]) -> str | None:
+    """The first deployment (largest first) with a replica that finds no room on `nodes` once the
+    replicas before it are placed first-fit; None when every replica fits at once."""
     free = [dict(node) for node in nodes]
     order = sorted(demands, key=lambda name: _weight(demands[name][1]), reverse=True)
     for name in order:
         replicas, resources = demands[name]
-        need = _needs(resources)
+        need = replica_needs(resources)
         for _ in range(replicas):
             host = next((node for node in free if _fits(need, node)), None)
             if host is None:
-                raise InsufficientResourcesError(_message(demands, nodes, name, need))
+                return name
             for key, amount in need.items():
                 host[key] = host.get(key, 0.0) - amount
+    return None
+
+
+def replica_needs(resources: Resources) -> dict[str, float]:
+    """What one replica asks Ray for, in Ray's resource names (only what it needs more than 0 of)."""
+    return _needs(resources)
 
 
 def _needs(resources: Resources) -> dict[str, float]:
@@ -242,25 +256,35 @@ def _weight(resources: Resources) -> tuple[float, float]:
     return (resources.gpus, resources.cpus)
 
 
-def _message(
-    demands: Mapping[str, tuple[int, Resources]],
-    nodes: list[dict[str, float]],
-    failed: str,
-    need: Mapping[str, float],
+def fit_message(
+    demands: Mapping[str, tuple[int, Resources]], nodes: list[dict[str, float]], failed: str
 ) -> str:
+    """Why `failed` finds no room: its replica's needs, the demand at start and the nodes."""
+    need = _needs(demands[failed][1])
     lines = [f"the app does not fit the Ray cluster: no node has room for a replica of {failed!r}"]
     lines.append(f"  one replica of {failed!r} needs {_describe(need)}")
     lines.append("  demand at start:")
     for name, (replicas, resources) in demands.items():
         lines.append(f"    {name}: {replicas} x {_describe(_needs(resources)) or 'nothing'}")
-    lines.append("  cluster nodes (total resources):")
-    for index, node in enumerate(nodes):
-        lines.append(f"    node {index}: {_describe(node)}")
+    lines += describe_nodes(nodes)
     lines.append(
-        "Lower the replicas or resources, add nodes (or let the cluster's autoscaler add them "
-        "and raise start_timeout_s), or declare GPUs for a local Ray with --gpus / SERVEKIT_GPUS."
+        "Lower the replicas or resources, add nodes (or let the cluster's autoscaler add them, or "
+        "pass wait_for_nodes=True / --wait-for-nodes, and raise start_timeout_s), or declare GPUs "
+        "for a local Ray with --gpus / SERVEKIT_GPUS."
     )
     return "\n".join(lines)
+
+
+def describe_nodes(nodes: list[dict[str, float]]) -> list[str]:
+    """Lines listing each node's total resources."""
+    lines = ["  cluster nodes (total resources):"]
+    lines += [f"    node {index}: {_describe(node)}" for index, node in enumerate(nodes)]
+    return lines
+
+
+def describe_resources(resources: Mapping[str, float]) -> str:
+    """Resources in Ray's names as text, like "CPU 1, GPU 4, memory 2.0 GiB" (bookkeeping left out)."""
+    return _describe(resources)
 
 
 def _describe(resources: Mapping[str, float]) -> str:

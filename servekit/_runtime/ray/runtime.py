@@ -3,8 +3,10 @@
 Each deployment node becomes one Ray Serve deployment of `RayReplica` (the ingress:
 `IngressReplica`, or `HttpIngressReplica` when Ray Serve's proxy serves it), with the options
 `options.deployment_options` maps. Ray places, scales, health-checks and rolls the replicas;
-servekit checks first that they can fit the cluster at all, watches the start so a failing
-constructor fails `start()` with its traceback, and calls the app through `RayDispatcher`.
+servekit checks first that they can fit the cluster at all (or will, once its autoscaler adds
+nodes: then the start waits, logging progress; `capacity` decides), watches the start so a
+failing constructor fails `start()` with its traceback, and calls the app through
+`RayDispatcher`.
 """
 
 from __future__ import annotations
@@ -27,9 +29,17 @@ from servekit._replica.replica import idempotent_methods, method_table
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.interface import HttpIngress
 from servekit._runtime.options import RunOptions
+from servekit._runtime.ray.capacity import (
+    NodeWait,
+    Short,
+    plan_start,
+    progress_line,
+    short_of,
+    timeout_message,
+)
 from servekit._runtime.ray.cluster import RayCluster
 from servekit._runtime.ray.dispatcher import RayDispatcher, RayHandle
-from servekit._runtime.ray.options import check_fits, code_version, demand, deployment_options, total_cpus
+from servekit._runtime.ray.options import code_version, demand, deployment_options, replica_needs, total_cpus
 from servekit._runtime.ray.replica import HttpIngressReplica, IngressReplica, RayReplica
 from servekit._runtime.ray.ship import ReplicaSpec, UserCode, annotation_names, pack, user_modules
 from servekit._runtime.ray.status import fetch_app_status, serve_details, status_text
@@ -38,6 +48,7 @@ from servekit.errors import (
     DeploymentOptionError,
     DeploymentStartError,
     DeploymentUnavailableError,
+    InsufficientResourcesError,
     NotFoundError,
 )
 
@@ -46,6 +57,8 @@ logger = logging.getLogger("servekit.ray")
 DEFAULT_START_TIMEOUT_S = 600.0
 """How long `start()` waits for Ray to run every replica (a cluster may be autoscaling)."""
 _POLL_S = 0.2
+_PROGRESS_S = 5.0
+"""How often a start that waits for nodes logs its progress."""
 _STOP_SLACK_S = 30.0
 """How much longer than the longest graceful shutdown the app's deletion may take."""
 _SURGE_PERCENT = 1
@@ -77,6 +90,9 @@ class RayRuntime:
         self._start_timeout_s = (
             DEFAULT_START_TIMEOUT_S if options.start_timeout_s is None else options.start_timeout_s
         )
+        self._wait_for_nodes = options.wait_for_nodes
+        self._node_wait: NodeWait | None = None
+        """Set while a start waits for nodes the cluster does not have yet."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatcher: RayDispatcher | None = None
         self._http_address: tuple[str, int] | None = None
@@ -112,9 +128,14 @@ class RayRuntime:
     async def start(self) -> None:
         """Join or start Ray, check the app fits, deploy it and wait until every replica runs.
 
+        When the replicas do not fit the alive nodes but the cluster's autoscaler can add nodes
+        that make them fit (or `wait_for_nodes` was passed), the app is deployed anyway and the
+        start waits up to the start timeout for the nodes, logging its progress.
+
         Raises `InsufficientResourcesError` before deploying when a replica cannot fit any node
-        (or the replicas together exceed the cluster), `DeploymentStartError` when a replica's
-        constructor fails or Ray does not run the app within the start timeout.
+        (or the replicas together exceed the cluster) and no wait applies, or when a wait for
+        nodes runs out (saying what each deployment lacked); `DeploymentStartError` when a
+        replica's constructor fails or Ray does not run the app within the start timeout.
         """
         self._loop = asyncio.get_running_loop()
         self.state = "starting"
@@ -225,10 +246,21 @@ class RayRuntime:
 
     def _start(self) -> None:
         self._cluster.connect(total_cpus(demand(self._graph, at_most=True)))
-        nodes = self._cluster.nodes()
-        check_fits(demand(self._graph), nodes)
+        self._node_wait = plan_start(
+            demand(self._graph),
+            self._cluster.nodes(),
+            self._cluster.autoscaler(),
+            wait_for_nodes=self._wait_for_nodes,
+            timeout_s=self._start_timeout_s,
+        )
+        if self._node_wait is not None:
+            level = logging.WARNING if self._node_wait.warn else logging.INFO
+            logger.log(level, "%s", self._node_wait.notice)
         self._http_address = self._cluster.start_serve(self._http)
-        self._deploy(self._graph)
+        try:
+            self._deploy(self._graph)
+        finally:
+            self._node_wait = None
 
     def _deploy(self, graph: AppGraph) -> None:
         modules = user_modules(graph.nodes.values())
@@ -281,7 +313,9 @@ class RayRuntime:
         return bound[graph.ingress]
 
     def _wait_running(self, graph: AppGraph) -> None:
-        deadline = time.monotonic() + self._start_timeout_s
+        started = time.monotonic()
+        deadline = started + self._start_timeout_s
+        next_progress = started + _PROGRESS_S
         warned: set[str] = set()
         while True:
             app = serve.status().applications.get(self._app_name)
@@ -289,13 +323,35 @@ class RayRuntime:
                 return
             if app is not None:
                 _raise_on_failure(self._app_name, app)
-                _warn_once(app, warned)
-            if time.monotonic() > deadline:
-                message = "" if app is None else f": {_messages(app)}"
-                raise DeploymentStartError(
-                    f"Ray did not run app {self._app_name!r} within {self._start_timeout_s:g} s{message}"
-                )
+                if self._node_wait is None:
+                    _warn_once(app, warned)
+            now = time.monotonic()
+            if self._node_wait is not None and now >= next_progress:
+                next_progress = now + _PROGRESS_S
+                logger.info("%s", self._progress(graph, app, self._node_wait, now - started))
+            if now > deadline:
+                raise self._timeout_error(graph, app)
             time.sleep(_POLL_S)
+
+    def _progress(self, graph: AppGraph, app: Any, wait: NodeWait, elapsed_s: float) -> str:
+        autoscaler = self._cluster.autoscaler()
+        launching = autoscaler.launching if autoscaler is not None else ()
+        return progress_line(wait, _short(graph, app), elapsed_s, self._start_timeout_s, launching)
+
+    def _timeout_error(self, graph: AppGraph, app: Any) -> DeploymentStartError:
+        if self._node_wait is not None:
+            message = timeout_message(
+                self._app_name,
+                self._start_timeout_s,
+                _short(graph, app),
+                self._cluster.nodes(),
+                self._cluster.autoscaler(),
+            )
+            return InsufficientResourcesError(message)
+        detail = "" if app is None else f": {_messages(app)}"
+        return DeploymentStartError(
+            f"Ray did not run app {self._app_name!r} within {self._start_timeout_s:g} s{detail}"
+        )
 
     def _stop(self) -> None:
         try:
@@ -373,6 +429,20 @@ def _raise_on_failure(app_name: str, app: Any) -> None:
         trigger = status_text(getattr(deployment, "status_trigger", ""))
         if trigger == "REPLICA_STARTUP_FAILED" or status_text(deployment.status) == "DEPLOY_FAILED":
             raise DeploymentStartError(f"deployment {name!r} failed to start on Ray: {deployment.message}")
+
+
+def _short(graph: AppGraph, app: Any) -> list[Short]:
+    """The deployments of `graph` with fewer replicas running than they ask for, per Ray's `app`."""
+    demands = demand(graph)
+    deployments = app.deployments if app is not None else {}
+    running = {
+        name: sum(
+            count for state, count in (d.replica_states or {}).items() if status_text(state) == "RUNNING"
+        )
+        for name, d in deployments.items()
+    }
+    needs = {name: replica_needs(resources) for name, (_, resources) in demands.items()}
+    return short_of(demands, running, needs)
 
 
 def _warn_once(app: Any, warned: set[str]) -> None:
