@@ -9,6 +9,7 @@ from servekit._http.app import ingress_instance
 from servekit._http.server import Server, serve
 from servekit._replica.batching import batch
 from servekit._replica.context import ReplicaContext, replica_context
+from servekit._replica.sync_calls import inline, threaded
 from servekit._runtime.app import AppHandle, run
 from servekit._runtime.handle import (
     DeploymentHandle,
@@ -44,9 +45,11 @@ __all__ = [
     "idempotent",
     "ingress",
     "ingress_instance",
+    "inline",
     "replica_context",
     "run",
     "serve",
+    "threaded",
 ]
 
 for _name in __all__:

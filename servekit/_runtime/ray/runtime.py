@@ -23,6 +23,7 @@ from typing import Any, cast
 from ray import serve
 from ray.serve import RunTarget
 
+from servekit._replica.deadline import request_timeouts
 from servekit._replica.replica import idempotent_methods, method_table
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.interface import HttpIngress
@@ -235,6 +236,7 @@ class RayRuntime:
     def _build(self, graph: AppGraph, modules: list[ModuleType]) -> Any:
         methods = method_table(graph.nodes)
         idempotent = idempotent_methods(graph.nodes)
+        timeouts = request_timeouts(graph.nodes)
         versions = self._versions(graph)
         access_log = self._http is not None and self._http.access_log
         bound: dict[str, Any] = {}
@@ -246,6 +248,7 @@ class RayRuntime:
                 methods,
                 idempotent,
                 versions,
+                timeouts=timeouts,
                 build_app=self._http.build_app if ingress and self._http is not None else None,
                 annotation_names=annotation_names(node.deployment.target) if ingress else {},
             )
@@ -304,7 +307,11 @@ class RayRuntime:
 
     def _dispatcher_for(self, graph: AppGraph) -> RayDispatcher:
         return RayDispatcher(
-            self.loop, self._ray_handle, method_table(graph.nodes), idempotent_methods(graph.nodes)
+            self.loop,
+            self._ray_handle,
+            method_table(graph.nodes),
+            idempotent_methods(graph.nodes),
+            request_timeouts(graph.nodes),
         )
 
     def _ray_handle(self, deployment: str) -> RayHandle | None:

@@ -1,0 +1,174 @@
+"""Where a replica runs a plain `def` method: inline on the event loop, or on a worker thread.
+
+A handoff to a thread costs tens of microseconds, more than many model stages take, so a short
+method runs inline on the loop; a slow, blocking or unknown one runs on a thread, where it
+cannot stall the loop. `SyncCallPolicy` decides per method: durations in (measured by the
+replica, with the time they ended), `inline` out. Nothing here reads a clock, so the policy is
+tested with a fake one.
+
+The rules (`InlineLimits` holds the numbers):
+
+- a new method runs on threads for its first `warmup_calls` calls, measured there;
+- it moves inline once its typical duration (an exponentially weighted average) is under
+  `inline_below_s`;
+- an inline call that takes longer than `demote_above_s` sends it back to threads at once, for
+  `backoff_s` (doubling with each such demotion, up to `max_backoff_s`); a typical duration
+  that creeps over `inline_below_s` sends it back too;
+- on threads it is still measured, so a method that became fast again returns inline (the
+  re-probe) once its backoff has passed;
+- a method that waits on a handle (`.result()`, `for chunk in stream`) needs a thread, since
+  waiting on the loop would deadlock it: it stays on threads for good.
+
+`threaded` and `inline` (public as `sk.threaded`, `sk.inline`) force a mode for a method, a
+class or a function deployment.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+SyncMode = Literal["auto", "thread", "inline"]
+"""How a deployment's sync methods run: measured (`auto`, the default), or forced."""
+
+T = TypeVar("T", bound=Callable[..., Any] | type)
+
+_MODE_ATTR = "__servekit_sync_mode__"
+
+
+@dataclass(frozen=True)
+class InlineLimits:
+    """The numbers behind `SyncCallPolicy`."""
+
+    inline_below_s: float = 0.001
+    """A method whose typical duration is under this runs inline."""
+    demote_above_s: float = 0.005
+    """One inline call longer than this sends the method back to threads at once."""
+    warmup_calls: int = 3
+    """Calls measured on threads before a method may run inline."""
+    smoothing: float = 0.2
+    """Weight of the newest duration in the typical duration."""
+    backoff_s: float = 1.0
+    """Time on threads after the first demotion; each further demotion doubles it."""
+    max_backoff_s: float = 300.0
+    """The longest time on threads after a demotion."""
+
+
+DEFAULT_LIMITS = InlineLimits()
+
+
+class SyncCallPolicy:
+    """Whether the next call of one sync method runs inline, from how long its calls took."""
+
+    __slots__ = (
+        "_blocked_until",
+        "_demotions",
+        "_limits",
+        "_pinned",
+        "_samples",
+        "inline",
+        "mode",
+        "typical_s",
+    )
+
+    def __init__(self, mode: SyncMode = "auto", limits: InlineLimits = DEFAULT_LIMITS) -> None:
+        self.mode = mode
+        self._limits = limits
+        self.inline = mode == "inline"
+        """Run the next call inline on the event loop (read on every call)."""
+        self.typical_s: float | None = None
+        """The exponentially weighted average duration, None before the first call."""
+        self._samples = 0
+        self._demotions = 0
+        self._blocked_until = 0.0
+        self._pinned = False
+
+    def record(self, duration_s: float, ran_inline: bool, now: float) -> None:
+        """Take the duration of a call that ended at `now` (inline or on a thread) into account."""
+        if self.mode != "auto":
+            return
+        limits = self._limits
+        typical = self.typical_s
+        typical = duration_s if typical is None else typical + limits.smoothing * (duration_s - typical)
+        self.typical_s = typical
+        self._samples += 1
+        if ran_inline:
+            if duration_s > limits.demote_above_s:
+                self._demote(now)
+            elif typical > limits.inline_below_s:
+                self.inline = False
+        elif (
+            not self._pinned
+            and self._samples >= limits.warmup_calls
+            and typical < limits.inline_below_s
+            and now >= self._blocked_until
+        ):
+            self.inline = True
+
+    def pin_thread(self) -> None:
+        """Run this method on threads from now on (it waits on handles, which needs a thread)."""
+        if self.mode == "auto":
+            self._pinned = True
+            self.inline = False
+
+    @property
+    def blocked_until(self) -> float:
+        """The time before which the method stays on threads after a demotion."""
+        return self._blocked_until
+
+    def _demote(self, now: float) -> None:
+        limits = self._limits
+        self.inline = False
+        self._demotions += 1
+        wait = limits.backoff_s * 2 ** min(self._demotions - 1, 30)
+        self._blocked_until = now + min(wait, limits.max_backoff_s)
+
+
+def _mark(target: T, mode: SyncMode) -> T:
+    setattr(getattr(target, "target", target), _MODE_ATTR, mode)  # a Deployment: mark its class
+    return target
+
+
+def threaded(target: T) -> T:
+    """Always run this sync method (or every sync method of this class or function) on a thread.
+
+    For code that blocks (sleep, I/O, a long model call) or waits on handles with
+    `.result()` only now and then; servekit would move such code to a thread after the first
+    slow call anyway, but this keeps even that one call off the event loop.
+    """
+    return _mark(target, "thread")
+
+
+def inline(target: T) -> T:
+    """Always run this sync method (or every sync method of this class) inline on the event loop.
+
+    For tiny, never-blocking code (a tokenizer call, a reshape): it skips the warm-up on
+    threads. A call that blocks stalls every request of the replica meanwhile, and an inline
+    call cannot be cut off by `request_timeout_s` while it runs.
+    """
+    return _mark(target, "inline")
+
+
+def sync_mode(method: Callable[..., Any], owner: object) -> SyncMode:
+    """The mode forced on `method` or on its class / function `owner`, else "auto"."""
+    for marked in (method, getattr(method, "__func__", None), owner):
+        mode = getattr(marked, _MODE_ATTR, None)
+        if mode in ("thread", "inline"):
+            return mode  # type: ignore[no-any-return]
+    return "auto"
+
+
+_waits = threading.local()
+
+
+def note_blocking_wait() -> None:
+    """Record that the current thread is about to block on a handle (`.result()`, sync iteration)."""
+    _waits.count = getattr(_waits, "count", 0) + 1
+
+
+def blocking_waits() -> int:
+    """How many blocking waits the current thread has recorded (compare before and after a call)."""
+    count: int = getattr(_waits, "count", 0)
+    return count
