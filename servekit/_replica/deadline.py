@@ -11,8 +11,11 @@ and the call is cancelled: async code at its next `await`. Sync code cannot be i
 its thread runs on as an *abandoned* call, which keeps its replica slot until it returns (see
 `Replica`), so a replica never runs more than `max_ongoing_requests` calls.
 
-Each backend applies these where the caller waits (the local runtime, the Ray dispatcher,
-the ingress replica's HTTP view); the replica itself only counts and holds abandoned calls.
+Each backend applies these where the caller waits (the local runtime; on Ray, the dispatcher
+and the ingress replica's HTTP view). The replica counts abandoned calls, and where a backend
+counts a request as running until its call returns (a worker process, a Ray replica), holds
+the cancelled call until its thread returns. On Ray a cancelled request frees its slot at
+once, so there the replica also applies the bound itself, and the caller does not cancel.
 """
 
 from __future__ import annotations
@@ -53,32 +56,34 @@ async def chunks_within_timeout(
     """Yield `chunks`; when the first chunk or any next one takes over `timeout_s`, stop the stream
     and raise `RequestTimeoutError`. The stream is closed (its replica released) however it ends.
     """
-    if timeout_s is None:
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            await _close(chunks)
-        return
     sent = 0
     try:
         while True:
-            deadline = asyncio.timeout(timeout_s)
             try:
-                async with deadline:
-                    chunk = await anext(chunks)
+                chunk = await next_within_timeout(chunks, timeout_s, deployment, method, sent)
             except StopAsyncIteration:
                 return
-            except TimeoutError:
-                if not deadline.expired():
-                    raise
-                raise RequestTimeoutError(
-                    _stream_timeout_message(deployment, method, timeout_s, sent)
-                ) from None
             sent += 1
             yield chunk
     finally:
         await _close(chunks)
+
+
+async def next_within_timeout(
+    chunks: AsyncIterator[T], timeout_s: float | None, deployment: str, method: str, sent: int
+) -> T:
+    """The next of `chunks`, of which `sent` came already; past `timeout_s` cancel the wait and
+    raise `RequestTimeoutError` (`StopAsyncIteration` at the end, as `anext`)."""
+    if timeout_s is None:
+        return await anext(chunks)
+    deadline = asyncio.timeout(timeout_s)
+    try:
+        async with deadline:
+            return await anext(chunks)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise RequestTimeoutError(_stream_timeout_message(deployment, method, timeout_s, sent)) from None
 
 
 def _stream_timeout_message(deployment: str, method: str, timeout_s: float, sent: int) -> str:

@@ -32,7 +32,9 @@ async def test_a_response_passed_on_without_awaiting(front: sk.AppHandle) -> Non
     assert await doubler.add(doubler(3), b=doubler(4)) == 14
 
 
-async def test_responses_nested_in_lists_tuples_and_dicts_arrive_as_their_results(front: sk.AppHandle) -> None:
+async def test_responses_nested_in_lists_tuples_and_dicts_arrive_as_their_results(
+    front: sk.AppHandle,
+) -> None:
     doubler = front.get_handle("Doubler")
     nested = [doubler(1), (doubler(2), 5), {"k": doubler(3), "deeper": [[doubler(4)]]}]
     assert await doubler.echo(nested) == [2, (4, 5), {"k": 6, "deeper": [[8]]}]

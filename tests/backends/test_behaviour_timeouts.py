@@ -26,16 +26,19 @@ def app(request: pytest.FixtureRequest) -> Iterator[tuple[str, sk.AppHandle]]:
 async def test_a_stream_that_sends_no_first_chunk_times_out(app: tuple[str, sk.AppHandle]) -> None:
     streams = app[1].get_handle("Streams")
     with pytest.raises(RequestTimeoutError, match=r"first chunk of drip\(\) within request_timeout_s=1"):
-        async for _ in streams.drip([30]):
-            pass
+        await anext(aiter(streams.drip([30])))
 
 
 async def test_a_stream_that_falls_silent_times_out_after_its_chunks(app: tuple[str, sk.AppHandle]) -> None:
     streams = app[1].get_handle("Streams")
-    received = []
-    with pytest.raises(RequestTimeoutError, match="after chunk 2"):
+    received: list[int] = []
+
+    async def consume() -> None:
         async for chunk in streams.drip([0, 0, 30]):
             received.append(chunk)
+
+    with pytest.raises(RequestTimeoutError, match="after chunk 2"):
+        await consume()
     assert received == [0, 1]
 
 
@@ -69,4 +72,3 @@ async def test_a_sync_call_past_its_timeout_keeps_its_slot_until_its_thread_retu
             assert time.monotonic() < deadline, "the abandoned call never gave its slot back"
     if backend != "ray":
         assert handle.status()["deployments"]["Blocking"]["abandoned"] == 0
-

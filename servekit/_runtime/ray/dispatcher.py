@@ -8,14 +8,13 @@ its deployment by the replica) comes back as it was raised, a dead replica is
 backpressure is `OverloadedError`.
 
 `request_timeout_s` is applied here, where the caller waits (see `servekit._replica.deadline`):
-past it the Ray request is cancelled, and a replica running sync code keeps Ray's slot for
-the call until the thread returns.
+past it the caller gets `RequestTimeoutError` at once. The Ray request is left to the replica,
+which applies the same bound: cancelling it would free Ray's slot while sync code still runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
@@ -24,13 +23,14 @@ from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.exceptions import DeploymentUnavailableError as RayDeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from servekit._replica.deadline import chunks_within_timeout, within_timeout
+from servekit._replica.deadline import next_within_timeout, within_timeout
 from servekit._runtime.ray.options import RETRY_AFTER_S
 from servekit.errors import (
     DeploymentUnavailableError,
     NotFoundError,
     OverloadedError,
     ReplicaDiedError,
+    RequestTimeoutError,
     ServekitError,
 )
 
@@ -88,30 +88,25 @@ class RayDispatcher:
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         """Run a generator method on a replica of `deployment`; yield its chunks, each within its timeout."""
-        timeout = self._timeouts.get(deployment)
-        chunks = chunks_within_timeout(
-            self._stream(deployment, method, args, kwargs), timeout, deployment, method
-        )
-        async with contextlib.aclosing(chunks) as timed:
-            async for chunk in timed:
-                yield chunk
-
-    async def _stream(
-        self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncIterator[Any]:
         handle = self._streams.get(deployment) or self._options(deployment, stream=True)
         chunks = cast(DeploymentResponseGenerator[Any], handle.remote(method, args, kwargs))
+        timeout = self._timeouts.get(deployment)
         finished = False
+        sent = 0
         try:
             while True:
                 try:
-                    chunk = await anext(chunks)
+                    chunk = await next_within_timeout(chunks, timeout, deployment, method, sent)
                 except StopAsyncIteration:
                     finished = True
                     return
+                except RequestTimeoutError:
+                    finished = True  # the replica's own bound ends the stream there
+                    raise
                 except Exception as exc:
                     finished = True
                     raise translate(exc, deployment) from None
+                sent += 1
                 yield chunk
         finally:
             if not finished:  # the caller stopped early: release the replica
@@ -142,9 +137,6 @@ class RayDispatcher:
 async def _translated(response: Any, deployment: str) -> Any:
     try:
         return await response
-    except asyncio.CancelledError:  # the caller gave up (a timeout): stop the work on the replica
-        response.cancel()
-        raise
     except Exception as exc:
         raise translate(exc, deployment) from None
 

@@ -3,9 +3,9 @@
 `RayReplica` builds the user's instance with servekit's `Replica` (the runner every backend
 uses), with servekit handles over Ray handles for the bound deployments, and serves two
 methods to Ray: `call` (unary) and `stream` (generators). `request_timeout_s` is applied by
-the caller (`RayDispatcher`, or `IngressView` for HTTP), which cancels the Ray request; a sync
-call cancelled that way keeps running its Ray request, and so its slot, until its thread
-returns, and counts as abandoned meanwhile. It also
+the caller (`RayDispatcher`, or `IngressView` for HTTP), which answers 504 at once, and here
+too: past it async code is cancelled, and a sync call keeps its Ray request (and so its slot
+on this replica) until its thread returns, counted as abandoned meanwhile. It also
 answers Ray's health checks with the user's `check_health()` and reports latency for the
 'latency' autoscaling policy.
 
@@ -67,6 +67,7 @@ class RayReplica:
         )
         look_back = config.autoscaling.look_back_period_s if config.autoscaling is not None else 10.0
         self._latencies = _LatencyWindow(look_back)
+        self._timeout = config.request_timeout_s
         make_handle = functools.partial(DeploymentHandle, self.dispatcher)
         await self.replica.start(
             with_handles(node.init_args, make_handle), with_handles(node.init_kwargs, make_handle)
@@ -76,14 +77,19 @@ class RayReplica:
         """Run the user's unary `method` (a cancelled sync call returns once its thread does)."""
         started = time.perf_counter()
         try:
-            return await self.replica.call(method, args, kwargs, hold_abandoned=True)
+            call = self.replica.call(method, args, kwargs, hold_abandoned=True)
+            return await within_timeout(call, self._timeout, self.name, method)
         finally:
             self._latencies.add(time.monotonic(), (time.perf_counter() - started) * 1000)
 
     async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Run the user's generator `method`, yielding its chunks."""
-        async for chunk in self.replica.stream(method, args, kwargs, hold_abandoned=True):
-            yield chunk
+        chunks = self.replica.stream(method, args, kwargs, hold_abandoned=True)
+        async with contextlib.aclosing(
+            chunks_within_timeout(chunks, self._timeout, self.name, method)
+        ) as timed:
+            async for chunk in timed:
+                yield chunk
 
     async def check_health(self) -> None:
         """Ray's health check: the user's `check_health()` when defined (raising marks it unhealthy)."""
@@ -133,7 +139,10 @@ class IngressReplica(RayReplica):
         try:
             started = time.perf_counter()
             try:
-                return await self.replica.call(method, args, kwargs, hold_abandoned=hold_abandoned)
+                call = self.replica.call(method, args, kwargs, hold_abandoned=hold_abandoned)
+                if hold_abandoned:  # called through Ray: bounded here too (see the module docstring)
+                    return await within_timeout(call, self._timeout, self.name, method)
+                return await call
             finally:
                 self._latencies.add(time.monotonic(), (time.perf_counter() - started) * 1000)
         finally:
@@ -145,8 +154,12 @@ class IngressReplica(RayReplica):
         """Like `RayReplica.stream`, once admitted."""
         slot = await self.admission.acquire()
         try:
-            async for chunk in self.replica.stream(method, args, kwargs, hold_abandoned=hold_abandoned):
-                yield chunk
+            chunks = self.replica.stream(method, args, kwargs, hold_abandoned=hold_abandoned)
+            if hold_abandoned:  # called through Ray: bounded here too (see the module docstring)
+                chunks = chunks_within_timeout(chunks, self._timeout, self.name, method)
+            async with contextlib.aclosing(chunks) as timed:  # type: ignore[type-var]
+                async for chunk in timed:
+                    yield chunk
         finally:
             self.admission.release(slot)
 
