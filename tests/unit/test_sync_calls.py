@@ -1,0 +1,184 @@
+"""Where sync methods run: the inline-or-thread policy (a fake clock), and the replica using it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import servekit as sk
+from servekit._replica.context import ReplicaContext
+from servekit._replica.replica import Replica
+from servekit._replica.sync_calls import InlineLimits, SyncCallPolicy, sync_mode
+
+FAST = 0.0001  # 0.1 ms
+SLOW = 0.05  # 50 ms: a model call, a sleep
+LIMITS = InlineLimits(inline_below_s=0.001, demote_above_s=0.005, warmup_calls=3, backoff_s=1.0, max_backoff_s=8.0)
+
+
+def warmed(policy: SyncCallPolicy, now: float = 0.0, duration: float = FAST) -> SyncCallPolicy:
+    for _ in range(LIMITS.warmup_calls):
+        policy.record(duration, False, now)
+    return policy
+
+
+def test_a_new_method_runs_on_threads_until_it_proved_short() -> None:
+    policy = SyncCallPolicy(limits=LIMITS)
+    assert not policy.inline
+    policy.record(FAST, False, 0.0)
+    policy.record(FAST, False, 0.0)
+    assert not policy.inline, "two calls are not enough to trust"
+    policy.record(FAST, False, 0.0)
+    assert policy.inline
+
+
+def test_a_slow_method_stays_on_threads() -> None:
+    assert not warmed(SyncCallPolicy(limits=LIMITS), duration=SLOW).inline
+
+
+def test_one_long_inline_call_demotes_at_once_and_backs_off_doubling() -> None:
+    policy = warmed(SyncCallPolicy(limits=LIMITS))
+    policy.record(SLOW, True, 10.0)
+    assert not policy.inline
+    assert policy.blocked_until == 11.0
+    for _ in range(20):  # fast again, but within the backoff: still on threads
+        policy.record(FAST, False, 10.5)
+    assert not policy.inline
+    policy.record(FAST, False, 11.0)  # the re-probe after the backoff
+    assert policy.inline
+    policy.record(SLOW, True, 20.0)
+    assert policy.blocked_until == 22.0, "the second demotion waits twice as long"
+
+
+def test_the_backoff_is_capped() -> None:
+    policy = warmed(SyncCallPolicy(limits=LIMITS))
+    for round_ in range(10):
+        now = 100.0 * round_
+        policy.record(SLOW, True, now)
+        for _ in range(30):
+            policy.record(FAST, False, now + 50.0)
+    assert policy.blocked_until - 900.0 == LIMITS.max_backoff_s
+
+
+def test_a_method_that_creeps_over_the_threshold_moves_back_to_threads() -> None:
+    policy = warmed(SyncCallPolicy(limits=LIMITS))
+    for _ in range(30):
+        policy.record(0.002, True, 1.0)  # 2 ms: not a stall, but not short either
+        if not policy.inline:
+            break
+    assert not policy.inline
+
+
+def test_a_method_that_waits_on_handles_is_pinned_to_threads() -> None:
+    policy = warmed(SyncCallPolicy(limits=LIMITS))
+    policy.pin_thread()
+    warmed(policy, now=1000.0)
+    assert not policy.inline
+
+
+@pytest.mark.parametrize(("mode", "inline"), [("thread", False), ("inline", True)])
+def test_a_forced_mode_ignores_durations(mode: Any, inline: bool) -> None:
+    policy = SyncCallPolicy(mode, LIMITS)
+    assert policy.inline is inline
+    policy.record(SLOW, inline, 0.0)
+    warmed(policy)
+    assert policy.inline is inline
+
+
+def test_markers_on_a_method_a_class_or_a_deployment() -> None:
+    class Plain:
+        def f(self) -> None: ...
+
+        @sk.threaded
+        def g(self) -> None: ...
+
+    @sk.inline
+    class Tiny:
+        def f(self) -> None: ...
+
+    @sk.threaded
+    @sk.deployment
+    class Marked:
+        def f(self) -> None: ...
+
+    assert sync_mode(Plain.f, Plain) == "auto"
+    assert sync_mode(Plain.g, Plain) == "thread"
+    assert sync_mode(Tiny.f, Tiny) == "inline"
+    assert sync_mode(Marked.target.f, Marked.target) == "thread"
+
+
+_request: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="-")
+
+
+class Stage:
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    def step(self, x: int) -> dict[str, Any]:
+        self.threads.append(threading.current_thread().name)
+        seen = _request.get()
+        _request.set("changed by the method")  # must not leak into the caller's context
+        return {"x": x, "replica": sk.replica_context().replica_id, "request": seen}
+
+    def slow(self) -> str:
+        time.sleep(SLOW)
+        return threading.current_thread().name
+
+
+async def test_a_short_method_moves_inline_with_the_same_context() -> None:
+    replica = Replica(ReplicaContext("Stage", "Stage#0"), Stage, is_function=False)
+    await replica.start((), {})
+    _request.set("req-1")
+    for x in range(200):  # bounded: a busy machine can make a few calls look slow
+        answer = await replica.call("step", (x,), {})
+        assert answer == {"x": x, "replica": "Stage#0", "request": "req-1"}
+        assert _request.get() == "req-1"
+        if replica.instance.threads[-1] == threading.current_thread().name:
+            break
+    threads = replica.instance.threads
+    assert threads[0].startswith("servekit-replica"), "the first calls are measured on a thread"
+    assert threads[-1] == threading.current_thread().name, "then it runs inline on the loop"
+
+
+async def test_a_blocking_method_never_runs_on_the_loop() -> None:
+    replica = Replica(ReplicaContext("Stage", "Stage#0"), Stage, is_function=False)
+    await replica.start((), {})
+    loop_thread = threading.current_thread().name
+    threads = [await replica.call("slow", (), {}) for _ in range(5)]
+    assert loop_thread not in threads
+
+
+async def test_a_cancelled_sync_call_is_abandoned_until_its_thread_returns() -> None:
+    started, gate = threading.Event(), threading.Event()
+
+    class Gated:
+        def wait(self) -> str:
+            started.set()
+            gate.wait(10)
+            return "done"
+
+    replica = Replica(ReplicaContext("Gated", "Gated#0"), Gated, is_function=False)
+    await replica.start((), {})
+    changes: list[int] = []
+    replica.watch_abandoned(lambda: changes.append(replica.abandoned))
+    call = asyncio.ensure_future(replica.call("wait", (), {}))
+    await until(started.is_set)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert replica.abandoned == 1
+    gate.set()
+    await until(lambda: replica.abandoned == 0)
+    assert changes == [1, 0]
+    assert replica.abandoned_total == 1
+
+
+async def until(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
