@@ -258,10 +258,10 @@ class Replica:
     ) -> Any:
         context = contextvars.copy_context()
         future = self._pool().submit(_timed_call, context, func, args, kwargs)
-        ok, value, duration, waited = await self._wait_thread(future, hold_abandoned)
+        ok, value, duration, cpu, waited = await self._wait_thread(future, hold_abandoned)
         if waited:
             policy.pin_thread()
-        policy.record(duration, False, time.perf_counter())
+        policy.record(duration, False, time.perf_counter(), cpu)
         if not ok:
             raise value
         return value
@@ -321,16 +321,21 @@ class Replica:
 
 def _timed_call(
     context: contextvars.Context, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[bool, Any, float, bool]:
-    """Run `func` in `context` on a worker thread: (ok, result or exception, seconds, waited on a handle)."""
+) -> tuple[bool, Any, float, float, bool]:
+    """Run `func` in `context` on a worker thread.
+
+    Returns (ok, result or exception, wall seconds, CPU seconds, whether it waited on a handle).
+    """
     waits = blocking_waits()
+    cpu = time.thread_time()
     started = time.perf_counter()
     try:
         value = context.run(func, *args, **kwargs)
         ok = True
     except Exception as exc:
         value, ok = exc, False
-    return ok, value, time.perf_counter() - started, blocking_waits() != waits
+    wall = time.perf_counter() - started
+    return ok, value, wall, time.thread_time() - cpu, blocking_waits() != waits
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:

@@ -9,11 +9,15 @@ tested with a fake one.
 The rules (`InlineLimits` holds the numbers):
 
 - a new method runs on threads for its first `warmup_calls` calls, measured there;
-- it moves inline once its typical duration (an exponentially weighted average) is under
-  `inline_below_s`;
+- it moves inline once its typical duration (an exponentially weighted average; on threads,
+  of the CPU time, since waits for the GIL inflate the wall time) is under `inline_below_s`,
+  and one of its thread calls took under `inline_below_s` of wall time (a method that sleeps
+  or waits on I/O uses no CPU, but is not short);
 - an inline call that takes longer than `demote_above_s` sends it back to threads at once, for
-  `backoff_s` (doubling with each such demotion, up to `max_backoff_s`); a typical duration
-  that creeps over `inline_below_s` sends it back too;
+  `backoff_s`, doubling with each demotion up to `max_backoff_s` (a demotion after more than
+  `forgive_after_s` inline starts again from `backoff_s`: a rare stall, like the process
+  being descheduled, costs little); a typical duration that creeps over `inline_below_s`
+  sends it back too;
 - on threads it is still measured, so a method that became fast again returns inline (the
   re-probe) once its backoff has passed;
 - a method that waits on a handle (`.result()`, `for chunk in stream`) needs a thread, since
@@ -50,10 +54,12 @@ class InlineLimits:
     """Calls measured on threads before a method may run inline."""
     smoothing: float = 0.2
     """Weight of the newest duration in the typical duration."""
-    backoff_s: float = 1.0
+    backoff_s: float = 0.1
     """Time on threads after the first demotion; each further demotion doubles it."""
-    max_backoff_s: float = 300.0
+    max_backoff_s: float = 60.0
     """The longest time on threads after a demotion."""
+    forgive_after_s: float = 60.0
+    """A demotion after this long inline counts as the first again."""
 
 
 DEFAULT_LIMITS = InlineLimits()
@@ -65,8 +71,10 @@ class SyncCallPolicy:
     __slots__ = (
         "_blocked_until",
         "_demotions",
+        "_fastest_s",
         "_limits",
         "_pinned",
+        "_promoted_at",
         "_samples",
         "inline",
         "mode",
@@ -79,19 +87,27 @@ class SyncCallPolicy:
         self.inline = mode == "inline"
         """Run the next call inline on the event loop (read on every call)."""
         self.typical_s: float | None = None
-        """The exponentially weighted average duration, None before the first call."""
+        """The typical duration (an exponentially weighted average), None before the first call."""
         self._samples = 0
+        self._fastest_s = float("inf")
         self._demotions = 0
+        self._promoted_at = float("-inf")
         self._blocked_until = 0.0
         self._pinned = False
 
-    def record(self, duration_s: float, ran_inline: bool, now: float) -> None:
-        """Take the duration of a call that ended at `now` (inline or on a thread) into account."""
+    def record(self, duration_s: float, ran_inline: bool, now: float, cpu_s: float | None = None) -> None:
+        """Take a call that ended at `now` into account: its wall time, and on a thread its CPU time.
+
+        On a thread the wall time also counts waits for the GIL behind other threads, which
+        say nothing about the method, so the typical duration follows the CPU time there, and
+        the fastest wall time must be short too (a method that sleeps uses no CPU).
+        """
         if self.mode != "auto":
             return
         limits = self._limits
+        sample = duration_s if ran_inline or cpu_s is None else min(duration_s, cpu_s)
         typical = self.typical_s
-        typical = duration_s if typical is None else typical + limits.smoothing * (duration_s - typical)
+        typical = sample if typical is None else typical + limits.smoothing * (sample - typical)
         self.typical_s = typical
         self._samples += 1
         if ran_inline:
@@ -99,13 +115,18 @@ class SyncCallPolicy:
                 self._demote(now)
             elif typical > limits.inline_below_s:
                 self.inline = False
-        elif (
+                self._fastest_s = float("inf")
+            return
+        self._fastest_s = min(self._fastest_s, duration_s)
+        if (
             not self._pinned
             and self._samples >= limits.warmup_calls
             and typical < limits.inline_below_s
+            and self._fastest_s < limits.inline_below_s
             and now >= self._blocked_until
         ):
             self.inline = True
+            self._promoted_at = now
 
     def pin_thread(self) -> None:
         """Run this method on threads from now on (it waits on handles, which needs a thread)."""
@@ -121,6 +142,9 @@ class SyncCallPolicy:
     def _demote(self, now: float) -> None:
         limits = self._limits
         self.inline = False
+        self._fastest_s = float("inf")
+        if now - self._promoted_at > limits.forgive_after_s:
+            self._demotions = 0
         self._demotions += 1
         wait = limits.backoff_s * 2 ** min(self._demotions - 1, 30)
         self._blocked_until = now + min(wait, limits.max_backoff_s)

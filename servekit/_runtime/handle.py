@@ -170,6 +170,7 @@ async def _run_inline(coro: Coroutine[Any, Any, Any], future: asyncio.Future[Any
 
 
 _NESTING = frozenset({list, tuple, dict})
+_NESTING_OR_RESPONSE = _NESTING | {DeploymentResponse}
 
 
 def _has_response(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -177,7 +178,10 @@ def _has_response(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     pending: list[Any] = [args, kwargs.values()] if kwargs else [args]
     budget = SCAN_LIMIT
     while pending:
-        for value in pending.pop():
+        values = pending.pop()
+        if _NESTING_OR_RESPONSE.isdisjoint(map(type, values)):  # scalars only: checked in C
+            continue
+        for value in values:
             kind = type(value)
             if kind is DeploymentResponse:
                 return True

@@ -209,7 +209,10 @@ async def test_responses_nested_in_arguments_arrive_as_results(handle: sk.AppHan
     tokenize = handle.get_handle("Tokenize")
     nested = [tokenize("a b"), (tokenize("c"),), {"d": tokenize("d e f")}]
     assert await count.echo(nested) == [["a", "b"], (["c"],), {"d": ["d", "e", "f"]}]
-    assert await count.echo(extra=[tokenize("x"), [tokenize("y z")]]) == [None, {"extra": [["x"], [["y", "z"]]]}]
+    assert await count.echo(extra=[tokenize("x"), [tokenize("y z")]]) == [
+        None,
+        {"extra": [["x"], [["y", "z"]]]},
+    ]
     received = [token async for token in count.tokens([tokenize("p"), {"q": tokenize("q r")}])]
     assert received == [["p"], {"q": ["q", "r"]}]
 

@@ -17,7 +17,14 @@ from servekit._replica.sync_calls import InlineLimits, SyncCallPolicy, sync_mode
 
 FAST = 0.0001  # 0.1 ms
 SLOW = 0.05  # 50 ms: a model call, a sleep
-LIMITS = InlineLimits(inline_below_s=0.001, demote_above_s=0.005, warmup_calls=3, backoff_s=1.0, max_backoff_s=8.0)
+LIMITS = InlineLimits(
+    inline_below_s=0.001,
+    demote_above_s=0.005,
+    warmup_calls=3,
+    backoff_s=1.0,
+    max_backoff_s=8.0,
+    forgive_after_s=200.0,
+)
 
 
 def warmed(policy: SyncCallPolicy, now: float = 0.0, duration: float = FAST) -> SyncCallPolicy:
@@ -38,6 +45,20 @@ def test_a_new_method_runs_on_threads_until_it_proved_short() -> None:
 
 def test_a_slow_method_stays_on_threads() -> None:
     assert not warmed(SyncCallPolicy(limits=LIMITS), duration=SLOW).inline
+
+
+def test_a_method_that_sleeps_uses_no_cpu_but_stays_on_threads() -> None:
+    policy = SyncCallPolicy(limits=LIMITS)
+    for _ in range(10):
+        policy.record(SLOW, False, 0.0, cpu_s=0.00001)
+    assert not policy.inline
+
+
+def test_waits_for_the_gil_on_threads_do_not_keep_a_short_method_there() -> None:
+    policy = SyncCallPolicy(limits=LIMITS)
+    for wall in (0.004, 0.0002, 0.006, 0.005):  # busy threads: the wall time is mostly GIL waits
+        policy.record(wall, False, 0.0, cpu_s=0.0001)
+    assert policy.inline
 
 
 def test_one_long_inline_call_demotes_at_once_and_backs_off_doubling() -> None:
@@ -62,6 +83,17 @@ def test_the_backoff_is_capped() -> None:
         for _ in range(30):
             policy.record(FAST, False, now + 50.0)
     assert policy.blocked_until - 900.0 == LIMITS.max_backoff_s
+
+
+def test_a_rare_stall_is_forgiven() -> None:
+    policy = warmed(SyncCallPolicy(limits=LIMITS))
+    policy.record(SLOW, True, 0.0)
+    warmed(policy, now=2.0)
+    policy.record(SLOW, True, 10.0)
+    assert policy.blocked_until == 12.0  # the second demotion soon after: twice as long
+    warmed(policy, now=20.0)
+    policy.record(SLOW, True, 500.0)  # long after the last one: back to the first backoff
+    assert policy.blocked_until == 501.0
 
 
 def test_a_method_that_creeps_over_the_threshold_moves_back_to_threads() -> None:

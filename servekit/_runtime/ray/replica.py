@@ -245,7 +245,8 @@ class IngressView:
         spec = self._ingress.spec
         status = await asyncio.to_thread(fetch_app_status, spec.app_name, spec.versions, self._ingress.name)
         own = status["deployments"].get(self._ingress.name, {})
-        own.update(ongoing=self._ingress.admission.ongoing, queued=self._ingress.admission.queued)
+        admission = self._ingress.admission
+        own.update(ongoing=admission.ongoing, queued=admission.queued, abandoned=admission.abandoned)
         for replica in own.get("replicas", []):
             if replica["id"] == self._ingress.context.replica_id:  # the one replica seen from here
                 replica["batching"] = self._ingress.batch_stats()
