@@ -17,7 +17,7 @@ import argparse
 from collections.abc import Sequence
 
 SERVERS = ("baseline", "servekit")
-WORKLOADS = ("w1", "w2", "w3", "w3-batched", "w2-process", "w3-process", "step")
+WORKLOADS = ("w1", "w2", "w3", "w3-batched", "w2-process", "w2-sync", "w3-process", "step")
 UVICORN_SETTINGS: dict[str, object] = {
     "loop": "uvloop",
     "http": "httptools",

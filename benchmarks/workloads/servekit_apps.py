@@ -17,6 +17,8 @@ starts without torch.
   ``isolation="process"``: W2's three stages each in a worker process, W3's batched
   model as two worker-process replicas.  The ingress stays in the server process
   (it owns the HTTP routes).
+* W2S (``w2-sync``): W2 as users write it, the three stages as plain ``def`` methods
+  behind the same async ingress (compare with W2 and the Starlette baseline's ``w2``).
 """
 
 from __future__ import annotations
@@ -106,6 +108,39 @@ class Pipeline:
         return result
 
 
+@sk.deployment
+class SyncNormalize:
+    """W2 with sync stages, stage 1: the same work as `Normalize`, as a plain `def`."""
+
+    def __call__(self, x: Item) -> Item:
+        """Return the normalized vector."""
+        return normalize(x)
+
+
+@sk.deployment
+class SyncModel:
+    """W2 with sync stages, stage 2: the same work as `Model`, as a plain `def`."""
+
+    def __init__(self) -> None:
+        """Build the seeded model."""
+        from benchmarks.workloads.models import w2_model
+
+        self.model = w2_model()
+
+    def __call__(self, x: Item) -> list[float]:
+        """Return the logits."""
+        return self.model(x)
+
+
+@sk.deployment
+class SyncPostprocess:
+    """W2 with sync stages, stage 3: the same work as `Postprocess`, as a plain `def`."""
+
+    def __call__(self, logits: list[float]) -> Result:
+        """Return ``{"label", "score"}``."""
+        return postprocess(logits)
+
+
 # --- W3 -------------------------------------------------------------------
 
 
@@ -150,6 +185,11 @@ def build_w2() -> sk.Application:
     return Pipeline.bind(Normalize.bind(), Model.bind(), Postprocess.bind())
 
 
+def build_w2_sync() -> sk.Application:
+    """W2S: W2 as users write it, three plain `def` stages behind the async ingress."""
+    return Pipeline.bind(SyncNormalize.bind(), SyncModel.bind(), SyncPostprocess.bind())
+
+
 def build_w3() -> sk.Application:
     """W3 application: ingress + batched model deployment."""
     return BatchedIngress.bind(DeepModel.bind())
@@ -172,6 +212,7 @@ BUILDERS: dict[str, Callable[[], sk.Application]] = {
     "w2": build_w2,
     "w3": build_w3,
     "w2-process": build_w2_process,
+    "w2-sync": build_w2_sync,
     "w3-process": build_w3_process,
     "step": build_step,  # benchmarks.step_load: autoscaled process deployment, GET /work
 }
