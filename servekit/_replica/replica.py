@@ -314,7 +314,7 @@ class Replica:
                 yield chunk
         finally:
             if step is not None and not step.done():  # abandoned mid-step: close once it returns
-                step.add_done_callback(lambda _: pool.submit(context.run, generator.close))
+                step.add_done_callback(lambda _: _submit_quietly(pool, context.run, generator.close))
             else:
                 await asyncio.wrap_future(pool.submit(context.run, generator.close))
 
@@ -336,6 +336,11 @@ def _timed_call(
         value, ok = exc, False
     wall = time.perf_counter() - started
     return ok, value, wall, time.thread_time() - cpu, blocking_waits() != waits
+
+
+def _submit_quietly(pool: Executor, func: Callable[..., Any], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the pool is shut down: the app stopped meanwhile
+        pool.submit(func, *args)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:

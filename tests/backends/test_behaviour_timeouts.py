@@ -42,6 +42,14 @@ async def test_a_stream_that_falls_silent_times_out_after_its_chunks(app: tuple[
     assert received == [0, 1]
 
 
+async def test_a_sync_generator_that_falls_silent_times_out_too(app: tuple[str, sk.AppHandle]) -> None:
+    streams = app[1].get_handle("Streams")
+    chunks = streams.drip_sync([0, 2.5])  # the second step sleeps past the 1 s timeout
+    assert await anext(aiter(chunks)) == 0
+    with pytest.raises(RequestTimeoutError, match="after chunk 1 of drip_sync"):
+        await anext(aiter(chunks))
+
+
 async def test_a_stream_longer_than_the_timeout_runs_while_it_keeps_sending(
     app: tuple[str, sk.AppHandle],
 ) -> None:
