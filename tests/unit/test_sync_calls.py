@@ -214,3 +214,40 @@ async def until(condition: Any, timeout_s: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition never held"
         await asyncio.sleep(0.005)
+
+
+@sk.deployment
+class Leaf:
+    def value(self, x: int) -> int:
+        return x + 1
+
+
+@sk.deployment
+class Waiter:
+    def __init__(self, leaf: sk.DeploymentHandle) -> None:
+        self.leaf = leaf
+        self.calls = 0
+
+    def always(self, x: int) -> int:
+        return int(self.leaf.value(x).result(timeout=10))
+
+    def sometimes(self, x: int, wait: bool = False) -> Any:
+        if wait:
+            return int(self.leaf.value(x).result(timeout=10))
+        return threading.current_thread().name
+
+
+def test_a_method_that_waits_on_handles_keeps_working() -> None:
+    with sk.run(Waiter.bind(Leaf.bind())) as app:
+        assert [app.always(x).result(timeout=10) for x in range(30)] == [x + 1 for x in range(30)]
+
+
+def test_a_method_that_waits_on_a_handle_inline_fails_once_then_runs_on_threads() -> None:
+    with sk.run(Waiter.bind(Leaf.bind())) as app:
+        for _ in range(200):  # bounded: until it has moved inline (off the worker threads)
+            if not app.sometimes(0).result(timeout=10).startswith("servekit-replica"):
+                break
+        with pytest.raises(RuntimeError, match=r"sometimes\(\) waited on a handle call .* @servekit.threaded"):
+            app.sometimes(1, wait=True).result(timeout=10)
+        assert app.sometimes(2, wait=True).result(timeout=10) == 3
+        assert app.sometimes(0).result(timeout=10).startswith("servekit-replica")
