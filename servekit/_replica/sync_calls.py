@@ -13,11 +13,13 @@ The rules (`InlineLimits` holds the numbers):
   of the CPU time, since waits for the GIL inflate the wall time) is under `inline_below_s`,
   and one of its thread calls took under `inline_below_s` of wall time (a method that sleeps
   or waits on I/O uses no CPU, but is not short);
-- an inline call that takes longer than `demote_above_s` sends it back to threads at once, for
-  `backoff_s`, doubling with each demotion up to `max_backoff_s` (a demotion after more than
-  `forgive_after_s` inline starts again from `backoff_s`: a rare stall, like the process
-  being descheduled, costs little); a typical duration that creeps over `inline_below_s`
-  sends it back too;
+- an inline call that takes longer than `demote_above_s` sends it back to threads at once,
+  for `backoff_s` or `1 / stall_share` times the stall, whichever is longer (so one method
+  stalls the loop for at most about `stall_share` of the time), doubling with each demotion
+  up to `max_backoff_s`. After `forgive_after_calls` calls or `forgive_after_s` inline, the
+  next demotion starts again from the bottom: a rare stall, like the process being
+  descheduled, costs little. A typical duration that creeps over `inline_below_s` sends it
+  back too;
 - on threads it is still measured, so a method that became fast again returns inline (the
   re-probe) once its backoff has passed;
 - a method that waits on a handle (`.result()`, `for chunk in stream`) needs a thread, since
@@ -58,6 +60,10 @@ class InlineLimits:
     """Time on threads after the first demotion; each further demotion doubles it."""
     max_backoff_s: float = 60.0
     """The longest time on threads after a demotion."""
+    stall_share: float = 0.01
+    """After a stall of d seconds, at least d / stall_share seconds on threads."""
+    forgive_after_calls: int = 1000
+    """A demotion after this many calls inline counts as the first again."""
     forgive_after_s: float = 60.0
     """A demotion after this long inline counts as the first again."""
 
@@ -72,6 +78,7 @@ class SyncCallPolicy:
         "_blocked_until",
         "_demotions",
         "_fastest_s",
+        "_inline_calls",
         "_limits",
         "_pinned",
         "_promoted_at",
@@ -92,6 +99,7 @@ class SyncCallPolicy:
         self._fastest_s = float("inf")
         self._demotions = 0
         self._promoted_at = float("-inf")
+        self._inline_calls = 0
         self._blocked_until = 0.0
         self._pinned = False
 
@@ -111,8 +119,9 @@ class SyncCallPolicy:
         self.typical_s = typical
         self._samples += 1
         if ran_inline:
+            self._inline_calls += 1
             if duration_s > limits.demote_above_s:
-                self._demote(now)
+                self._demote(now, duration_s)
             elif typical > limits.inline_below_s:
                 self.inline = False
                 self._fastest_s = float("inf")
@@ -127,6 +136,7 @@ class SyncCallPolicy:
         ):
             self.inline = True
             self._promoted_at = now
+            self._inline_calls = 0
 
     def pin_thread(self) -> None:
         """Run this method on threads from now on (it waits on handles, which needs a thread)."""
@@ -139,14 +149,18 @@ class SyncCallPolicy:
         """The time before which the method stays on threads after a demotion."""
         return self._blocked_until
 
-    def _demote(self, now: float) -> None:
+    def _demote(self, now: float, stall_s: float) -> None:
         limits = self._limits
         self.inline = False
         self._fastest_s = float("inf")
-        if now - self._promoted_at > limits.forgive_after_s:
+        if (
+            self._inline_calls >= limits.forgive_after_calls
+            or now - self._promoted_at > limits.forgive_after_s
+        ):
             self._demotions = 0
         self._demotions += 1
-        wait = limits.backoff_s * 2 ** min(self._demotions - 1, 30)
+        base = max(limits.backoff_s, stall_s / limits.stall_share)
+        wait = base * 2 ** min(self._demotions - 1, 30)
         self._blocked_until = now + min(wait, limits.max_backoff_s)
 
 

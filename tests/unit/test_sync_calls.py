@@ -23,8 +23,11 @@ LIMITS = InlineLimits(
     warmup_calls=3,
     backoff_s=1.0,
     max_backoff_s=8.0,
+    stall_share=0.01,
+    forgive_after_calls=1000,
     forgive_after_s=200.0,
 )
+STALL = 0.006  # just over demote_above_s: 0.6 s at a 1% stall share, under the 1 s backoff
 
 
 def warmed(policy: SyncCallPolicy, now: float = 0.0, duration: float = FAST) -> SyncCallPolicy:
@@ -63,7 +66,7 @@ def test_waits_for_the_gil_on_threads_do_not_keep_a_short_method_there() -> None
 
 def test_one_long_inline_call_demotes_at_once_and_backs_off_doubling() -> None:
     policy = warmed(SyncCallPolicy(limits=LIMITS))
-    policy.record(SLOW, True, 10.0)
+    policy.record(STALL, True, 10.0)
     assert not policy.inline
     assert policy.blocked_until == 11.0
     for _ in range(20):  # fast again, but within the backoff: still on threads
@@ -71,7 +74,7 @@ def test_one_long_inline_call_demotes_at_once_and_backs_off_doubling() -> None:
     assert not policy.inline
     policy.record(FAST, False, 11.0)  # the re-probe after the backoff
     assert policy.inline
-    policy.record(SLOW, True, 20.0)
+    policy.record(STALL, True, 20.0)
     assert policy.blocked_until == 22.0, "the second demotion waits twice as long"
 
 
@@ -87,13 +90,24 @@ def test_the_backoff_is_capped() -> None:
 
 def test_a_rare_stall_is_forgiven() -> None:
     policy = warmed(SyncCallPolicy(limits=LIMITS))
-    policy.record(SLOW, True, 0.0)
+    policy.record(STALL, True, 0.0)
     warmed(policy, now=2.0)
-    policy.record(SLOW, True, 10.0)
+    policy.record(STALL, True, 10.0)
     assert policy.blocked_until == 12.0  # the second demotion soon after: twice as long
     warmed(policy, now=20.0)
-    policy.record(SLOW, True, 500.0)  # long after the last one: back to the first backoff
+    policy.record(STALL, True, 500.0)  # long after the last one: back to the first backoff
     assert policy.blocked_until == 501.0
+    warmed(policy, now=600.0)
+    for _ in range(LIMITS.forgive_after_calls):
+        policy.record(FAST, True, 601.0)
+    policy.record(STALL, True, 601.0)  # soon, but after many calls inline: forgiven too
+    assert policy.blocked_until == 602.0
+
+
+def test_a_long_stall_keeps_the_method_on_threads_in_proportion() -> None:
+    policy = warmed(SyncCallPolicy(limits=LIMITS))
+    policy.record(0.05, True, 0.0)  # a 50 ms stall: 5 s on threads at a 1% stall share
+    assert policy.blocked_until == 5.0
 
 
 def test_a_method_that_creeps_over_the_threshold_moves_back_to_threads() -> None:
@@ -247,7 +261,9 @@ def test_a_method_that_waits_on_a_handle_inline_fails_once_then_runs_on_threads(
         for _ in range(200):  # bounded: until it has moved inline (off the worker threads)
             if not app.sometimes(0).result(timeout=10).startswith("servekit-replica"):
                 break
-        with pytest.raises(RuntimeError, match=r"sometimes\(\) waited on a handle call .* @servekit.threaded"):
+        with pytest.raises(
+            RuntimeError, match=r"sometimes\(\) waited on a handle call .* @servekit.threaded"
+        ):
             app.sometimes(1, wait=True).result(timeout=10)
         assert app.sometimes(2, wait=True).result(timeout=10) == 3
         assert app.sometimes(0).result(timeout=10).startswith("servekit-replica")
