@@ -139,9 +139,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds per run")
     parser.add_argument("--concurrency", default="1,64", help="comma-separated pipelines in flight")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every variant (medians shown)")
+    parser.add_argument("--variants", default="", help="comma-separated variants to run (default: all)")
     args = parser.parse_args(argv)
     levels = [int(level) for level in args.concurrency.split(",")]
-    handles = {name: sk.run(app) for name, app in variants().items()}
+    chosen = set(args.variants.split(",")) if args.variants else None
+    apps = {name: app for name, app in variants().items() if chosen is None or name in chosen}
+    handles = {name: sk.run(app) for name, app in apps.items()}
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     try:
         for _ in range(args.rounds):  # paired rounds: a noisy neighbour hits every variant alike
