@@ -247,6 +247,8 @@ class Replica:
         finally:
             ended = time.perf_counter()
             policy.record(ended - started, True, ended)
+            if blocking_waits() != waits:  # it tried to wait, even if it caught the error itself
+                policy.pin_thread()
 
     async def _run_in_thread(
         self,
