@@ -10,6 +10,7 @@ from servekit._http.server import Server, serve
 from servekit._replica.autoscaling import MetricsSample, PolicyInput
 from servekit._replica.batching import batch
 from servekit._replica.context import ReplicaContext, replica_context
+from servekit._replica.sync_calls import inline, threaded
 from servekit._runtime.app import AppHandle, run
 from servekit._runtime.handle import (
     DeploymentHandle,
@@ -51,9 +52,11 @@ __all__ = [
     "errors",
     "idempotent",
     "ingress",
+    "inline",
     "replica_context",
     "run",
     "serve",
+    "threaded",
 ]
 
 for _name in __all__:

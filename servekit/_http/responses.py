@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from servekit._http.errors import logger
+from servekit.errors import ServekitError, UserCodeError
 
 _JSON = "application/json"
 
@@ -43,9 +44,17 @@ async def _encoded(first: Any, rest: AsyncIterator[Any], encode: Any, sse: bool)
         async for chunk in rest:
             yield encode(chunk)
     except Exception as exc:  # the status is sent already: end the stream with an error chunk
-        logger.error("stream failed after it started", exc_info=exc)
-        error = {"error": {"type": "stream_error", "message": f"the stream failed: {type(exc).__name__}"}}
+        error = {"error": _stream_error(exc)}
         yield ((b"event: error\ndata: " + to_json(error) + b"\n\n") if sse else to_json(error) + b"\n")
+
+
+def _stream_error(exc: Exception) -> dict[str, Any]:
+    """The error chunk's body: servekit's own errors as they are (a timeout: type "timeout", with
+    the status it would have had); a failure in user code by its type only (details go to the log)."""
+    if isinstance(exc, ServekitError) and not isinstance(exc, UserCodeError):
+        return {**exc.to_dict(), "status": exc.status_code}
+    logger.error("stream failed after it started", exc_info=exc)
+    return {"type": "stream_error", "message": f"the stream failed: {type(exc).__name__}"}
 
 
 def _chunk(chunk: Any) -> bytes:

@@ -1,24 +1,34 @@
 """`Replica`: runs one instance of the user's class (or function) for any backend.
 
-It builds the instance, calls methods the right way for their kind (async on the event loop,
-sync on a worker thread, generators as async streams), sets the replica context, and turns
-user exceptions into ones that name the deployment.
+It builds the instance, calls methods the right way for their kind (async on the event loop;
+sync inline on the loop when short, else on a worker thread, as `SyncCallPolicy` decides;
+generators as async streams), sets the replica context, and turns user exceptions into ones
+that name the deployment.
+
+A sync call whose caller gives up (a timeout, a disconnect) cannot be interrupted: its thread
+runs on as an *abandoned* call. `Replica.abandoned` counts them and `watch_abandoned` tells
+when one returns, so admission (`ReplicaSet`) keeps their slots taken; a backend whose slot
+lasts as long as the call itself (a worker process, a Ray actor) asks the replica to hold the
+cancelled call until the thread returns instead (`hold_abandoned=True`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import contextvars
 import enum
-import functools
 import inspect
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, NoReturn
 
 from servekit._replica.batching import END, BatchedFunction, batched_state, next_in_context, with_overrides
 from servekit._replica.context import ReplicaContext, enter_replica, exit_replica
 from servekit._replica.errors import attribute_to_deployment
+from servekit._replica.sync_calls import SyncCallPolicy, blocking_waits, sync_mode
 from servekit._spec.config import BatchOptions
 from servekit._spec.endpoint import is_idempotent
 from servekit._spec.graph import DeploymentNode
@@ -87,12 +97,21 @@ class Replica:
         self._executor = executor
         self._batching = dict(batching or {})
         self._instance: Any = None
-        self._methods: dict[str, tuple[Callable[..., Any], MethodKind]] = {}
+        self._methods: dict[str, tuple[Callable[..., Any], MethodKind, SyncCallPolicy]] = {}
+        self.abandoned = 0
+        """Sync calls whose caller gave up while their thread still runs."""
+        self.abandoned_total = 0
+        """Calls abandoned since the replica started."""
+        self._abandoned_watchers: list[Callable[[], None]] = []
 
     @property
     def instance(self) -> Any:
         """The user's object (the function itself for function deployments)."""
         return self._instance
+
+    def watch_abandoned(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) whenever `abandoned` changes."""
+        self._abandoned_watchers.append(callback)
 
     async def start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Construct the user's instance on a worker thread, so the event loop stays free.
@@ -107,7 +126,9 @@ class Replica:
             return
         token = enter_replica(self.context)
         try:
-            self._instance = await self._in_thread(self._target, *args, **kwargs)
+            context = contextvars.copy_context()
+            future = self._pool().submit(context.run, self._target, *args, **kwargs)
+            self._instance = await self._wait_thread(future)
         except Exception as exc:
             raise DeploymentStartError(
                 f"deployment {self.context.deployment!r}: replica {self.context.replica_id} "
@@ -142,28 +163,40 @@ class Replica:
             )
         return targets
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Call a unary method and return its result."""
-        func, kind = self._resolve(method)
+    async def call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, hold_abandoned: bool = False
+    ) -> Any:
+        """Call a unary method and return its result.
+
+        With `hold_abandoned`, a sync call cancelled while its thread runs raises `CancelledError`
+        only once the thread returns (for backends that count a request until its call returns).
+        """
+        func, kind, policy = self._resolve(method)
         token = enter_replica(self.context)
         try:
             if kind is MethodKind.ASYNC:
                 return await func(*args, **kwargs)
             if kind is MethodKind.SYNC:
-                return await self._in_thread(func, *args, **kwargs)
+                if policy.inline:
+                    return self._run_inline(method, func, policy, args, kwargs)
+                return await self._run_in_thread(func, policy, args, kwargs, hold_abandoned)
             raise TypeError(f"method {method!r} is a generator; iterate over the call instead")
         except Exception as exc:
             _reraise_attributed(exc, self.context.deployment)
         finally:
             exit_replica(token)
 
-    async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
-        """Call a generator method and yield its chunks."""
-        func, kind = self._resolve(method)
+    async def stream(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, hold_abandoned: bool = False
+    ) -> AsyncIterator[Any]:
+        """Call a generator method and yield its chunks (`hold_abandoned` as for `call`)."""
+        func, kind, _ = self._resolve(method)
         if not kind.streaming:
             raise TypeError(f"method {method!r} is not a generator; await the call instead")
         chunks: AsyncIterator[Any] = (
-            func(*args, **kwargs) if kind is MethodKind.ASYNC_GEN else self._sync_gen(func, args, kwargs)
+            func(*args, **kwargs)
+            if kind is MethodKind.ASYNC_GEN
+            else self._sync_gen(func, args, kwargs, hold_abandoned)
         )
         try:
             while True:
@@ -216,35 +249,153 @@ class Replica:
             if state is not None:
                 yield name, state
 
-    def _resolve(self, method: str) -> tuple[Callable[..., Any], MethodKind]:
+    def _resolve(self, method: str) -> tuple[Callable[..., Any], MethodKind, SyncCallPolicy]:
         cached = self._methods.get(method)
         if cached is None:
-            user_method(self._target, self._is_function, method)
+            declared = user_method(self._target, self._is_function, method)
             func = self._instance if self._is_function else getattr(self._instance, method)
-            cached = (func, method_kind(func))
+            cached = (func, method_kind(func), SyncCallPolicy(sync_mode(declared, self._target)))
             self._methods[method] = cached
         return cached
 
-    async def _in_thread(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
+    def _run_inline(
+        self,
+        method: str,
+        func: Callable[..., Any],
+        policy: SyncCallPolicy,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run a short sync call right here on the event loop, in its own copy of the context."""
+        waits = blocking_waits()
+        started = time.perf_counter()
+        try:
+            return contextvars.copy_context().run(func, *args, **kwargs)
+        except RuntimeError as exc:
+            if blocking_waits() == waits:
+                raise
+            policy.pin_thread()
+            raise RuntimeError(
+                f"{method}() waited on a handle call (.result() or a 'for' loop over a stream) while "
+                "it ran inline on the event loop, which cannot block; servekit runs it on a worker "
+                "thread from now on. Mark it @servekit.threaded to never run it inline"
+            ) from exc
+        finally:
+            ended = time.perf_counter()
+            policy.record(ended - started, True, ended)
+            if blocking_waits() != waits:  # it tried to wait, even if it caught the error itself
+                policy.pin_thread()
+
+    async def _run_in_thread(
+        self,
+        func: Callable[..., Any],
+        policy: SyncCallPolicy,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        hold_abandoned: bool,
+    ) -> Any:
         context = contextvars.copy_context()
-        call = functools.partial(context.run, func, *args, **kwargs)
-        return await loop.run_in_executor(self._executor, call)
+        future = self._pool().submit(_timed_call, context, func, args, kwargs)
+        ok, value, duration, cpu, waited = await self._wait_thread(future, hold_abandoned)
+        if waited:
+            policy.pin_thread()
+        policy.record(duration, False, time.perf_counter(), cpu)
+        if not ok:
+            raise value
+        return value
+
+    async def _wait_thread(self, future: concurrent.futures.Future[Any], hold_abandoned: bool = False) -> Any:
+        """The thread's result; if the caller is cancelled meanwhile, the call becomes abandoned."""
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if future.cancel() or future.done():  # it had not started, or it just finished
+                raise
+            self._abandon(future)
+            if hold_abandoned:
+                await _until_done(future)
+            raise
+
+    def _abandon(self, future: concurrent.futures.Future[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        self.abandoned += 1
+        self.abandoned_total += 1
+        self._notify_abandoned()
+        future.add_done_callback(lambda _: _call_soon(loop, self._settle))
+
+    def _settle(self) -> None:
+        self.abandoned -= 1
+        self._notify_abandoned()
+
+    def _notify_abandoned(self) -> None:
+        for watcher in self._abandoned_watchers:
+            watcher()
+
+    def _pool(self) -> Executor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(thread_name_prefix="servekit-replica")
+        return self._executor
 
     async def _sync_gen(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], hold_abandoned: bool
     ) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
+        pool = self._pool()
         context = contextvars.copy_context()
         generator = context.run(func, *args, **kwargs)
+        step: concurrent.futures.Future[Any] | None = None
         try:
             while True:
-                chunk = await loop.run_in_executor(self._executor, next_in_context, context, generator)
+                step = pool.submit(next_in_context, context, generator)
+                chunk = await self._wait_thread(step, hold_abandoned)
                 if chunk is END:
                     return
                 yield chunk
         finally:
-            await loop.run_in_executor(self._executor, context.run, generator.close)
+            if step is not None and not step.done():  # abandoned mid-step: close once it returns
+                step.add_done_callback(lambda _: _submit_quietly(pool, context.run, generator.close))
+            else:
+                await asyncio.wrap_future(pool.submit(context.run, generator.close))
+
+
+def _timed_call(
+    context: contextvars.Context, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bool, Any, float, float, bool]:
+    """Run `func` in `context` on a worker thread.
+
+    Returns (ok, result or exception, wall seconds, CPU seconds, whether it waited on a handle).
+    """
+    waits = blocking_waits()
+    cpu = time.thread_time()
+    started = time.perf_counter()
+    try:
+        value = context.run(func, *args, **kwargs)
+        ok = True
+    except Exception as exc:
+        value, ok = exc, False
+    wall = time.perf_counter() - started
+    return ok, value, wall, time.thread_time() - cpu, blocking_waits() != waits
+
+
+def _submit_quietly(pool: Executor, func: Callable[..., Any], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the pool is shut down: the app stopped meanwhile
+        pool.submit(func, *args)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+        loop.call_soon_threadsafe(callback)
+
+
+async def _until_done(future: concurrent.futures.Future[Any]) -> None:
+    """Wait for a thread to return, through any further cancellation (the caller is gone already)."""
+    waiting = asyncio.wrap_future(future)
+    while not waiting.done():
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            continue
+        except Exception:
+            return
 
 
 def method_table(nodes: Mapping[str, DeploymentNode]) -> dict[str, dict[str, bool]]:

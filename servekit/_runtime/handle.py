@@ -4,6 +4,11 @@ A call starts at once and returns a `DeploymentResponse` (await it, or `.result(
 code) or, for generator methods, a `DeploymentResponseGenerator` (`async for` / `for`).
 Calls may come from the runtime's event loop, from another loop (a notebook) or from a
 plain thread; the handle bridges to the runtime's loop when needed.
+
+A response passed as an argument to another call (`h.f(resp)`, `h.f([resp_a, resp_b])`,
+`h.f({"a": resp})`) is awaited first, and the call gets its result: at the top level of the
+arguments and inside lists, tuples and dicts (values), at any depth, within the first
+`SCAN_LIMIT` nested values. Other objects (sets, dataclasses, models) are not looked into.
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ import concurrent.futures
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator
 from typing import Any, Protocol
 
+from servekit._replica.sync_calls import note_blocking_wait
 from servekit.errors import DeploymentUnavailableError
+
+SCAN_LIMIT = 1000
+"""Nested values (items of lists, tuples and dict values) searched for responses, per call."""
 
 
 class Dispatcher(Protocol):
@@ -98,6 +107,7 @@ class DeploymentResponse:
 
     def result(self, timeout: float | None = None) -> Any:
         """Block until the result is ready (from sync code, never on the runtime's loop)."""
+        note_blocking_wait()
         if _on_loop(self._loop):
             raise RuntimeError("DeploymentResponse.result() would block the event loop; use 'await response'")
         future = self._future
@@ -124,6 +134,13 @@ class DeploymentResponse:
             self._future.cancel()
         elif future is not None:
             future.cancel()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a DeploymentResponse cannot be sent to another process; pass it as an argument of a "
+            "handle call (at the top level, or in lists, tuples and dicts), which awaits it first, "
+            "or pass 'await response'"
+        )
 
     def _start(self) -> None:
         if self._pending is not None:
@@ -152,19 +169,52 @@ async def _run_inline(coro: Coroutine[Any, Any, Any], future: asyncio.Future[Any
     return result
 
 
+_NESTING = frozenset({list, tuple, dict})
+_NESTING_OR_RESPONSE = _NESTING | {DeploymentResponse}
+
+
 def _has_response(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    for value in args:
-        if isinstance(value, DeploymentResponse):
-            return True
-    return bool(kwargs) and any(isinstance(value, DeploymentResponse) for value in kwargs.values())
+    """Whether a response hides in the arguments (only lists, tuples and dicts are looked into)."""
+    pending: list[Any] = [args, kwargs.values()] if kwargs else [args]
+    budget = SCAN_LIMIT
+    while pending:
+        values = pending.pop()
+        if _NESTING_OR_RESPONSE.isdisjoint(map(type, values)):  # scalars only: checked in C
+            continue
+        for value in values:
+            kind = type(value)
+            if kind is DeploymentResponse:
+                return True
+            if kind in _NESTING and value:
+                budget -= len(value)
+                if budget < 0:
+                    return False
+                pending.append(value.values() if kind is dict else value)
+    return False
+
+
+async def _resolved(value: Any) -> Any:
+    """`value` with every response in it (through lists, tuples and dict values) replaced by its result."""
+    kind = type(value)
+    if kind is DeploymentResponse:
+        return await value
+    if kind is list:
+        return [await _resolved(item) for item in value]
+    if kind is tuple:
+        return tuple([await _resolved(item) for item in value])
+    if kind is dict:
+        return {key: await _resolved(item) for key, item in value.items()}
+    return value
 
 
 async def _resolve_args(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    args = tuple([await a if isinstance(a, DeploymentResponse) else a for a in args])
-    kwargs = {k: await v if isinstance(v, DeploymentResponse) else v for k, v in kwargs.items()}
-    return args, kwargs
+    if not _has_response(args, kwargs):
+        return args, kwargs
+    resolved_args: tuple[Any, ...] = await _resolved(args)
+    resolved_kwargs: dict[str, Any] = await _resolved(kwargs)
+    return resolved_args, resolved_kwargs
 
 
 async def _resolved_call(
@@ -200,6 +250,7 @@ class DeploymentResponseGenerator:
         return self
 
     def __next__(self) -> Any:
+        note_blocking_wait()
         if _on_loop(self._loop):
             raise RuntimeError("iterating a stream with 'for' would block the loop; use 'async for'")
         try:

@@ -4,6 +4,10 @@ A request goes to the less loaded of two randomly chosen replicas that has room 
 `max_ongoing_requests`). When none has room it waits in a FIFO queue of at most
 `max_queued_requests`; beyond that it is refused with `OverloadedError` (HTTP 503), whose
 `retry_after_s` is how long the queue takes to drain at the rate requests complete (`DrainRate`).
+
+A replica's load is its ongoing requests plus its abandoned calls: sync calls whose caller gave
+up (a timeout) while their thread runs on. Those keep their slot until the thread returns, so
+a replica never runs more than `max_ongoing_requests` calls at once.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class ReplicaSlot:
     node: Any = None
     """The deployment node the replica was built from (a roll replaces those of the old one)."""
     ongoing: int = 0
+    abandoned: int = 0
+    """Calls still running on the replica after their caller gave up; they keep their slots."""
     drained: asyncio.Event | None = None
     healthy: bool = True
     last_probe: float = 0.0
@@ -71,6 +77,11 @@ class ReplicaSet:
         return sum(slot.ongoing for slot in self._slots)
 
     @property
+    def abandoned(self) -> int:
+        """Calls running on some replica after their caller gave up (they hold their slots)."""
+        return sum(slot.abandoned for slot in self._slots)
+
+    @property
     def queued(self) -> int:
         """Requests waiting for a replica."""
         return sum(1 for waiter in self._waiters if not waiter.done())
@@ -78,6 +89,9 @@ class ReplicaSet:
     def add(self, replica: Any, now: float = 0.0, node: Any = None) -> ReplicaSlot:
         """Start sending requests to `replica` (built from `node`); it takes queued requests first."""
         slot = ReplicaSlot(replica, node, last_probe=now)
+        watch = getattr(replica, "watch_abandoned", None)
+        if watch is not None:
+            watch(lambda: self._on_abandoned(slot))
         self._slots.append(slot)
         self._hand_over(slot)
         return slot
@@ -86,7 +100,7 @@ class ReplicaSet:
         """Stop routing to `slot` at once (its replica died; its requests fail on their own)."""
         if slot in self._slots:
             self._slots.remove(slot)
-        slot.ongoing = 0
+        slot.ongoing = slot.abandoned = 0
         if slot.drained is not None:
             slot.drained.set()
 
@@ -134,11 +148,18 @@ class ReplicaSet:
     def release(self, slot: ReplicaSlot) -> None:
         """Give back the room taken by `acquire`; a queued request takes it at once."""
         slot.ongoing = max(0, slot.ongoing - 1)
+        self._settled(slot)
+
+    def _on_abandoned(self, slot: ReplicaSlot) -> None:
+        slot.abandoned = slot.replica.abandoned
+        self._settled(slot)
+
+    def _settled(self, slot: ReplicaSlot) -> None:
         self._hand_over(slot)
         self._drain.completed(self._clock(), idle=self.ongoing == 0)
-        if slot.drained is not None and slot.ongoing == 0:
+        if slot.drained is not None and slot.ongoing + slot.abandoned == 0:
             slot.drained.set()
-        if self._idle is not None and self.ongoing == 0:
+        if self._idle is not None and self.ongoing + self.abandoned == 0:
             self._idle.set()
 
     async def retire(self, slot: ReplicaSlot, grace_s: float) -> Any:
@@ -148,7 +169,7 @@ class ReplicaSet:
         """
         if slot in self._slots:
             self._slots.remove(slot)
-        if slot.ongoing:
+        if slot.ongoing + slot.abandoned:
             slot.drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(slot.drained.wait(), grace_s)
@@ -165,7 +186,7 @@ class ReplicaSet:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
-        if self.ongoing:
+        if self.ongoing + self.abandoned:
             self._idle = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace_s)
@@ -191,6 +212,7 @@ class ReplicaSet:
         return {
             "replicas": [self._slot_status(slot) for slot in self._slots],
             "ongoing": self.ongoing,
+            "abandoned": self.abandoned,
             "queued": self.queued,
             "rejected": self.rejected,
         }
@@ -202,6 +224,7 @@ class ReplicaSet:
             "id": context.replica_id,
             "state": "running" if slot.healthy else "unhealthy",
             "ongoing": slot.ongoing,
+            "abandoned": slot.abandoned,
             "device": context.device,
             "gpu_ids": list(context.gpu_ids),
             "pid": getattr(slot.replica, "pid", None),
@@ -213,21 +236,21 @@ class ReplicaSet:
         count = len(slots)
         if count == 1:
             only = slots[0]
-            return only if only.ongoing < self._max_ongoing else None
+            return only if only.ongoing + only.abandoned < self._max_ongoing else None
         if count == 0:
             return None
         first = slots[self._rng.randrange(count)]
         second = slots[self._rng.randrange(count)]
-        best = first if first.ongoing <= second.ongoing else second
-        if best.ongoing < self._max_ongoing:
+        best = first if first.ongoing + first.abandoned <= second.ongoing + second.abandoned else second
+        if best.ongoing + best.abandoned < self._max_ongoing:
             return best
-        return min(slots, key=lambda slot: slot.ongoing) if self._any_room() else None
+        return min(slots, key=lambda slot: slot.ongoing + slot.abandoned) if self._any_room() else None
 
     def _any_room(self) -> bool:
-        return any(slot.ongoing < self._max_ongoing for slot in self._slots)
+        return any(slot.ongoing + slot.abandoned < self._max_ongoing for slot in self._slots)
 
     def _hand_over(self, slot: ReplicaSlot) -> None:
-        while self._waiters and slot.ongoing < self._max_ongoing and slot in self._slots:
+        while self._waiters and slot.ongoing + slot.abandoned < self._max_ongoing and slot in self._slots:
             waiter = self._waiters.popleft()
             if waiter.done():
                 continue

@@ -208,7 +208,12 @@ class DeploymentConfig(_Options):
         1000, ge=0, description="Requests waiting for a replica; beyond this callers get 503."
     )
     request_timeout_s: float | None = Field(
-        None, gt=0, description="Cancel a request after this many seconds (HTTP 504)."
+        None,
+        gt=0,
+        description=(
+            "Seconds a caller waits: for a unary call's result, for a stream's first chunk and "
+            "for each next one; past it the call is cancelled (HTTP 504)."
+        ),
     )
     version: str | None = Field(None, description="Version label of the code and weights.")
     isolation: Isolation = Field(

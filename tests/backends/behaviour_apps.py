@@ -59,6 +59,9 @@ class Doubler:
     def fail(self, message: str) -> None:
         raise SquareFailed(message)
 
+    async def echo(self, value: Any) -> Any:
+        return value
+
     async def whoami(self) -> dict[str, Any]:
         await asyncio.sleep(0.01)  # in flight long enough for concurrent calls to spread
         context = sk.replica_context()
@@ -124,6 +127,63 @@ class Sleeper:
         await asyncio.sleep(seconds)
         return "woke up"
 
+    async def drip(self, count: int) -> AsyncIterator[dict[str, int]]:
+        """`count` chunks at once, then silence past the timeout."""
+        for i in range(count):
+            yield {"i": i}
+        await asyncio.sleep(30)
+        yield {"i": count}
+
+
+@sk.deployment(request_timeout_s=1.0)
+class Streams:
+    """Streams whose gaps the test chooses, under a 1 s request timeout."""
+
+    async def drip(self, gaps: list[float]) -> AsyncIterator[int]:
+        for i, gap in enumerate(gaps):
+            await asyncio.sleep(gap)
+            yield i
+
+    def drip_sync(self, gaps: list[float]) -> Iterator[int]:
+        for i, gap in enumerate(gaps):
+            time.sleep(gap)
+            yield i
+
+
+@sk.deployment(request_timeout_s=0.3, max_ongoing_requests=1)
+class Blocking:
+    """A sync method that outlives its timeout, and a call that reports what else runs."""
+
+    def __init__(self) -> None:
+        self.running = 0
+
+    def block(self, seconds: float) -> str:  # plain sync code: a timeout cannot stop it
+        self.running += 1
+        try:
+            time.sleep(seconds)
+        finally:
+            self.running -= 1
+        return "done"
+
+    async def others_running(self) -> int:
+        return self.running
+
+
+@sk.deployment
+class Timeouts:
+    """The ingress of the timeout app; tests call `Streams` and `Blocking` through their handles."""
+
+    def __init__(self, streams: sk.DeploymentHandle, blocking: sk.DeploymentHandle) -> None:
+        self.streams = streams
+        self.blocking = blocking
+
+    async def ping(self) -> str:
+        return "pong"
+
+
+def timeouts_app() -> sk.Application:
+    return Timeouts.bind(Streams.bind(), Blocking.bind())
+
 
 @sk.deployment(max_ongoing_requests=2, max_queued_requests=1)
 class Shop:
@@ -165,6 +225,11 @@ class Shop:
     async def events(self, n: int) -> AsyncIterator[dict[str, int]]:
         for i in range(n):
             yield {"i": i, "square": i * i}
+
+    @sk.endpoint("/drip", methods=["GET"])
+    async def drip(self, count: int) -> AsyncIterator[dict[str, int]]:
+        async for chunk in self.sleeper.drip(count):
+            yield chunk
 
     @sk.endpoint("/plain", methods=["GET"])
     async def plain(self) -> PlainTextResponse:

@@ -32,6 +32,16 @@ async def test_a_response_passed_on_without_awaiting(front: sk.AppHandle) -> Non
     assert await doubler.add(doubler(3), b=doubler(4)) == 14
 
 
+async def test_responses_nested_in_lists_tuples_and_dicts_arrive_as_their_results(
+    front: sk.AppHandle,
+) -> None:
+    doubler = front.get_handle("Doubler")
+    nested = [doubler(1), (doubler(2), 5), {"k": doubler(3), "deeper": [[doubler(4)]]}]
+    assert await doubler.echo(nested) == [2, (4, 5), {"k": 6, "deeper": [[8]]}]
+    assert await doubler.echo(value=[doubler(6), doubler(7)]) == [12, 14]
+    assert [chunk async for chunk in doubler.count(doubler.add(1, 2))] == [0, 1, 2]
+
+
 async def test_generator_methods_stream_through_handles(front: sk.AppHandle) -> None:
     relayed = [chunk async for chunk in front.relay(4)]
     assert relayed == [0, 10, 20, 30]

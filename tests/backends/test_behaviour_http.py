@@ -72,6 +72,25 @@ def test_a_generator_endpoint_streams_server_sent_events_when_asked(
     ]
 
 
+def test_a_stream_without_a_first_chunk_in_time_is_504(shop: ServedShop, client: httpx.Client) -> None:
+    error = assert_error_body(client.get(shop.url + "/drip", params={"count": 0}), 504, "timeout")
+    assert "first chunk of drip()" in error["message"]
+
+
+def test_a_stream_that_falls_silent_ends_with_a_timeout_event(shop: ServedShop, client: httpx.Client) -> None:
+    with client.stream(
+        "GET", shop.url + "/drip", params={"count": 2}, headers={"accept": "text/event-stream"}
+    ) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[:2] == ['data: {"i":0}', 'data: {"i":1}']
+    assert lines[2] == "event: error"
+    error = json.loads(lines[3].removeprefix("data: "))["error"]
+    assert error["type"] == "timeout"
+    assert error["status"] == 504
+    assert "after chunk 2 of drip()" in error["message"]
+
+
 def test_builtin_health_readiness_and_status(shop: ServedShop, client: httpx.Client) -> None:
     assert client.get(shop.url + "/healthz").json() == {"status": "ok"}
     ready = client.get(shop.url + "/readyz")

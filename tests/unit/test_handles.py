@@ -41,6 +41,9 @@ class Count:
     def fail(self) -> None:
         raise KeyError("missing")
 
+    def echo(self, value: Any = None, **more: Any) -> Any:
+        return [value, more] if more else value
+
     async def sleep(self, seconds: float) -> str:
         await asyncio.sleep(seconds)
         return "slept"
@@ -116,7 +119,7 @@ def test_request_timeout_cancels_and_raises(handle: sk.AppHandle) -> None:
     assert handle.status()["deployments"]["Count"]["ongoing"] == 0
 
 
-def test_sync_methods_run_off_the_event_loop(handle: sk.AppHandle) -> None:
+def test_sync_methods_start_on_a_worker_thread(handle: sk.AppHandle) -> None:
     where = handle.get_handle("Count").where().result(timeout=5)
     assert where["thread"].startswith("servekit-replica")
     assert where["device"] == "cpu"
@@ -198,3 +201,28 @@ def test_function_deployments_are_called_through_the_handle() -> None:
 def test_replica_context_outside_a_replica_explains_itself() -> None:
     with pytest.raises(RuntimeError, match="outside a replica"):
         sk.replica_context()
+
+
+async def test_responses_nested_in_arguments_arrive_as_results(handle: sk.AppHandle) -> None:
+    count = handle.get_handle("Count")
+    tokenize = handle.get_handle("Tokenize")
+    nested = [tokenize("a b"), (tokenize("c"),), {"d": tokenize("d e f")}]
+    assert await count.echo(nested) == [["a", "b"], (["c"],), {"d": ["d", "e", "f"]}]
+    assert await count.echo(extra=[tokenize("x"), [tokenize("y z")]]) == [
+        None,
+        {"extra": [["x"], [["y", "z"]]]},
+    ]
+    received = [token async for token in count.tokens([tokenize("p"), {"q": tokenize("q r")}])]
+    assert received == [["p"], {"q": ["q", "r"]}]
+
+
+def test_the_search_for_nested_responses_is_bounded() -> None:
+    from servekit._runtime.handle import SCAN_LIMIT, DeploymentResponse, _has_response
+
+    marker = object.__new__(DeploymentResponse)
+    assert _has_response(([0.5] * 16,), {}) is False
+    assert _has_response(([[1, 2], {"a": (3, marker)}],), {}) is True
+    assert _has_response((), {"k": {"deep": [marker]}}) is True
+    assert _has_response(({marker},), {}) is False, "sets are not looked into"
+    assert _has_response(([0.0] * SCAN_LIMIT + [marker],), {}) is False, "past the limit: not searched"
+    assert _has_response(([0.0] * (SCAN_LIMIT - 1) + [marker],), {}) is True

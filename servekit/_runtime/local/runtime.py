@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 from servekit._replica.autoscaling import Autoscaler
-from servekit._replica.deadline import within_timeout
+from servekit._replica.deadline import chunks_within_timeout, within_timeout
 from servekit._replica.replica import method_kind, method_table, user_method
 from servekit._runtime.fingerprint import fingerprint
 from servekit._runtime.gpus import GpuInventory, detect_gpus
@@ -176,8 +176,19 @@ class LocalRuntime:
     async def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
-        """Run a generator method on one replica and yield its chunks."""
-        replica_set = self._state(deployment).replicas
+        """Run a generator method on one replica and yield its chunks, each within the request timeout."""
+        state = self._state(deployment)
+        timeout = state.node.deployment.config.request_timeout_s
+        chunks = self._stream_replica(state, method, args, kwargs)
+        async with contextlib.aclosing(chunks_within_timeout(chunks, timeout, deployment, method)) as timed:
+            async for chunk in timed:
+                yield chunk
+
+    @staticmethod
+    async def _stream_replica(
+        state: DeploymentState, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        replica_set = state.replicas
         slot = await replica_set.acquire()
         try:
             async for chunk in slot.replica.stream(method, args, kwargs):

@@ -6,6 +6,10 @@ the driver alike. Ray's errors become servekit's: the user's exception (already 
 its deployment by the replica) comes back as it was raised, a dead replica is
 `ReplicaDiedError` (retried once on another replica for `@idempotent` methods), Ray's
 backpressure is `OverloadedError`.
+
+`request_timeout_s` is applied here, where the caller waits (see `servekit._replica.deadline`):
+past it the caller gets `RequestTimeoutError` at once. The Ray request is left to the replica,
+which applies the same bound: cancelling it would free Ray's slot while sync code still runs.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.exceptions import DeploymentUnavailableError as RayDeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from servekit._replica.deadline import next_within_timeout, within_timeout
 from servekit._runtime.ray.options import RETRY_AFTER_S
 from servekit.errors import (
     DeploymentUnavailableError,
     NotFoundError,
     OverloadedError,
     ReplicaDiedError,
+    RequestTimeoutError,
     ServekitError,
 )
 
@@ -39,7 +45,8 @@ class RayDispatcher:
 
     `handles` gives Ray's handle for a deployment name (None for one it does not know);
     `methods` maps each deployment to its public methods and whether each streams;
-    `idempotent` lists the methods safe to retry on another replica.
+    `idempotent` lists the methods safe to retry on another replica; `timeouts` gives each
+    deployment's `request_timeout_s`.
     """
 
     def __init__(
@@ -48,8 +55,10 @@ class RayDispatcher:
         handles: Callable[[str], RayHandle | None],
         methods: Mapping[str, Mapping[str, bool]],
         idempotent: Mapping[str, frozenset[str]],
+        timeouts: Mapping[str, float | None] | None = None,
     ) -> None:
         self._loop = loop
+        self._timeouts = timeouts or {}
         self._handles = handles
         self._methods = methods
         self._idempotent = idempotent
@@ -62,7 +71,11 @@ class RayDispatcher:
         return self._loop
 
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run a unary method on a replica of `deployment` and return its result."""
+        """Run a unary method on a replica of `deployment` and return its result (within its timeout)."""
+        timeout = self._timeouts.get(deployment)
+        return await within_timeout(self._call(deployment, method, args, kwargs), timeout, deployment, method)
+
+    async def _call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         handle = self._unary.get(deployment) or self._options(deployment, stream=False)
         try:
             return await _translated(handle.remote(method, args, kwargs), deployment)
@@ -74,20 +87,26 @@ class RayDispatcher:
     async def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
-        """Run a generator method on a replica of `deployment` and yield its chunks."""
+        """Run a generator method on a replica of `deployment`; yield its chunks, each within its timeout."""
         handle = self._streams.get(deployment) or self._options(deployment, stream=True)
         chunks = cast(DeploymentResponseGenerator[Any], handle.remote(method, args, kwargs))
+        timeout = self._timeouts.get(deployment)
         finished = False
+        sent = 0
         try:
             while True:
                 try:
-                    chunk = await anext(chunks)
+                    chunk = await next_within_timeout(chunks, timeout, deployment, method, sent)
                 except StopAsyncIteration:
                     finished = True
                     return
+                except RequestTimeoutError:
+                    finished = True  # the replica's own bound ends the stream there
+                    raise
                 except Exception as exc:
                     finished = True
                     raise translate(exc, deployment) from None
+                sent += 1
                 yield chunk
         finally:
             if not finished:  # the caller stopped early: release the replica

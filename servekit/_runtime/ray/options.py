@@ -12,7 +12,7 @@
 | `autoscaling` | `autoscaling_config`; policies other than 'ongoing_requests' run as a Ray custom policy |
 | `health_check_period_s` / `health_check_timeout_s` | the same names |
 | `graceful_shutdown_timeout_s` | the same name |
-| `request_timeout_s` | enforced by servekit's replica wrapper (Ray has no per-deployment timeout) |
+| `request_timeout_s` | enforced by servekit's callers and replica wrapper (Ray has none per deployment) |
 | `version` | part of the code version Ray compares to roll replicas; shown in status |
 | `isolation` | every Ray replica is an actor process: 'process' holds, 'in_process' is refused |
 | `batching` | `user_config` (`{"batching": {...}}`): Ray calls the replica's `reconfigure`, in place |

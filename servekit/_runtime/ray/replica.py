@@ -2,7 +2,10 @@
 
 `RayReplica` builds the user's instance with servekit's `Replica` (the runner every backend
 uses), with servekit handles over Ray handles for the bound deployments, and serves two
-methods to Ray: `call` (unary, within `request_timeout_s`) and `stream` (generators). It also
+methods to Ray: `call` (unary) and `stream` (generators). `request_timeout_s` is applied by
+the caller (`RayDispatcher`, or `IngressView` for HTTP), which answers 504 at once, and here
+too: past it async code is cancelled, and a sync call keeps its Ray request (and so its slot
+on this replica) until its thread returns, counted as abandoned meanwhile. It also
 applies `batching` options in place through Ray's `reconfigure` (they travel as `user_config`),
 answers Ray's health checks with the user's `check_health()` and reports latency for the
 'latency' autoscaling policy.
@@ -27,7 +30,7 @@ import ray
 from ray import serve
 
 from servekit._replica.context import ReplicaContext
-from servekit._replica.deadline import within_timeout
+from servekit._replica.deadline import chunks_within_timeout, within_timeout
 from servekit._replica.devices import cap_torch_memory
 from servekit._replica.latency import LatencyWindow
 from servekit._replica.replica import Replica
@@ -52,7 +55,9 @@ class RayReplica:
         config = node.deployment.config
         self.name = node.name
         self.loop = asyncio.get_running_loop()
-        self.dispatcher = RayDispatcher(self.loop, handles.get, self.spec.methods, self.spec.idempotent)
+        self.dispatcher = RayDispatcher(
+            self.loop, handles.get, self.spec.methods, self.spec.idempotent, self.spec.timeouts
+        )
         self.context = _replica_context(node.name)
         if self.context.gpu_ids and 0 < config.resources.gpus < 1:
             cap_torch_memory(config.resources.gpus)
@@ -61,29 +66,32 @@ class RayReplica:
         self.replica = Replica(
             self.context, node.deployment.target, node.deployment.is_function, self._executor, config.batching
         )
-        self._timeout = config.request_timeout_s
         look_back = config.autoscaling.look_back_period_s if config.autoscaling is not None else 10.0
         self._look_back_s = look_back
         self._latencies = LatencyWindow()
+        self._timeout = config.request_timeout_s
         make_handle = functools.partial(DeploymentHandle, self.dispatcher)
         await self.replica.start(
             with_handles(node.init_args, make_handle), with_handles(node.init_kwargs, make_handle)
         )
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run the user's unary `method`, cut off at `request_timeout_s`."""
+        """Run the user's unary `method` (a cancelled sync call returns once its thread does)."""
         started = time.perf_counter()
         try:
-            return await within_timeout(
-                self.replica.call(method, args, kwargs), self._timeout, self.name, method
-            )
+            call = self.replica.call(method, args, kwargs, hold_abandoned=True)
+            return await within_timeout(call, self._timeout, self.name, method)
         finally:
             self._latencies.add(time.monotonic(), (time.perf_counter() - started) * 1000)
 
     async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Run the user's generator `method`, yielding its chunks."""
-        async for chunk in self.replica.stream(method, args, kwargs):
-            yield chunk
+        chunks = self.replica.stream(method, args, kwargs, hold_abandoned=True)
+        async with contextlib.aclosing(
+            chunks_within_timeout(chunks, self._timeout, self.name, method)
+        ) as timed:
+            async for chunk in timed:
+                yield chunk
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray's in-place update (at start, and on a redeploy that changes only `user_config`):
@@ -102,6 +110,10 @@ class RayReplica:
     def batch_stats(self) -> dict[str, dict[str, Any]]:
         """Stats of each `@batch` method's queue on this replica."""
         return self.replica.batch_stats()
+
+    def abandoned(self) -> int:
+        """Calls whose caller gave up while their sync code still runs here."""
+        return self.replica.abandoned
 
     async def __del__(self) -> None:
         replica: Replica | None = getattr(self, "replica", None)  # None when __init__ failed early
@@ -122,20 +134,39 @@ class IngressReplica(RayReplica):
         self.admission.add(self.replica)
         self.serving = IngressView(self)
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Like `RayReplica.call`, once admitted (or refused with `OverloadedError`)."""
+    async def call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, hold_abandoned: bool = True
+    ) -> Any:
+        """Like `RayReplica.call`, once admitted (or refused with `OverloadedError`).
+
+        HTTP requests served here (`IngressView`) pass `hold_abandoned=False`: admission keeps
+        the slot of an abandoned call, and the caller gets its 504 at once.
+        """
         slot = await self.admission.acquire()
         try:
-            return await super().call(method, args, kwargs)
+            started = time.perf_counter()
+            try:
+                call = self.replica.call(method, args, kwargs, hold_abandoned=hold_abandoned)
+                if hold_abandoned:  # called through Ray: bounded here too (see the module docstring)
+                    return await within_timeout(call, self._timeout, self.name, method)
+                return await call
+            finally:
+                self._latencies.add(time.monotonic(), (time.perf_counter() - started) * 1000)
         finally:
             self.admission.release(slot)
 
-    async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+    async def stream(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, hold_abandoned: bool = True
+    ) -> AsyncIterator[Any]:
         """Like `RayReplica.stream`, once admitted."""
         slot = await self.admission.acquire()
         try:
-            async for chunk in self.replica.stream(method, args, kwargs):
-                yield chunk
+            chunks = self.replica.stream(method, args, kwargs, hold_abandoned=hold_abandoned)
+            if hold_abandoned:  # called through Ray: bounded here too (see the module docstring)
+                chunks = chunks_within_timeout(chunks, self._timeout, self.name, method)
+            async with contextlib.aclosing(chunks) as timed:  # type: ignore[type-var]
+                async for chunk in timed:
+                    yield chunk
         finally:
             self.admission.release(slot)
 
@@ -158,6 +189,7 @@ class IngressView:
     def __init__(self, ingress: IngressReplica) -> None:
         self._ingress = ingress
         self._graph = AppGraph(ingress.name, {ingress.name: ingress.spec.node})
+        self._timeout = ingress.spec.node.deployment.config.request_timeout_s
         self._status: dict[str, Any] = {}
 
     @property
@@ -176,17 +208,19 @@ class IngressView:
         return self._ingress.loop
 
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run `method` here for the ingress itself, else on a replica of `deployment`."""
+        """Run `method` here for the ingress itself (within its timeout), else on one of `deployment`."""
         if deployment == self._ingress.name:
-            return await self._ingress.call(method, args, kwargs)
+            call = self._ingress.call(method, args, kwargs, hold_abandoned=False)
+            return await within_timeout(call, self._timeout, deployment, method)
         return await self._ingress.dispatcher.call(deployment, method, args, kwargs)
 
     def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
-        """Stream `method` here for the ingress itself, else from a replica of `deployment`."""
+        """Stream `method` here for the ingress itself (chunks within its timeout), else from `deployment`."""
         if deployment == self._ingress.name:
-            return self._ingress.stream(method, args, kwargs)
+            chunks = self._ingress.stream(method, args, kwargs, hold_abandoned=False)
+            return chunks_within_timeout(chunks, self._timeout, deployment, method)
         return self._ingress.dispatcher.stream(deployment, method, args, kwargs)
 
     def is_streaming(self, deployment: str, method: str) -> bool:
@@ -218,7 +252,8 @@ class IngressView:
         spec = self._ingress.spec
         status = await asyncio.to_thread(fetch_app_status, spec.app_name, spec.versions, self._ingress.name)
         own = status["deployments"].get(self._ingress.name, {})
-        own.update(ongoing=self._ingress.admission.ongoing, queued=self._ingress.admission.queued)
+        admission = self._ingress.admission
+        own.update(ongoing=admission.ongoing, queued=admission.queued, abandoned=admission.abandoned)
         for replica in own.get("replicas", []):
             if replica["id"] == self._ingress.context.replica_id:  # the one replica seen from here
                 replica["batching"] = self._ingress.batch_stats()

@@ -25,6 +25,7 @@ from typing import Any, cast
 from ray import serve
 from ray.serve import RunTarget
 
+from servekit._replica.deadline import request_timeouts
 from servekit._replica.replica import idempotent_methods, method_table
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.interface import HttpIngress
@@ -280,6 +281,7 @@ class RayRuntime:
     def _build(self, graph: AppGraph, modules: list[ModuleType]) -> Any:
         methods = method_table(graph.nodes)
         idempotent = idempotent_methods(graph.nodes)
+        timeouts = request_timeouts(graph.nodes)
         versions = self._versions(graph)
         access_log = self._http is not None and self._http.access_log
         bound: dict[str, Any] = {}
@@ -291,6 +293,7 @@ class RayRuntime:
                 methods,
                 idempotent,
                 versions,
+                timeouts=timeouts,
                 build_app=self._http.build_app if ingress and self._http is not None else None,
                 annotation_names=annotation_names(node.deployment.target) if ingress else {},
             )
@@ -373,7 +376,11 @@ class RayRuntime:
 
     def _dispatcher_for(self, graph: AppGraph) -> RayDispatcher:
         return RayDispatcher(
-            self.loop, self._ray_handle, method_table(graph.nodes), idempotent_methods(graph.nodes)
+            self.loop,
+            self._ray_handle,
+            method_table(graph.nodes),
+            idempotent_methods(graph.nodes),
+            request_timeouts(graph.nodes),
         )
 
     def _ray_handle(self, deployment: str) -> RayHandle | None:

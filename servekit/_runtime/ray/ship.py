@@ -40,6 +40,8 @@ class ReplicaSpec:
     """Each deployment's `version` label, shown in status."""
     build_app: Callable[[Any], Any] | None = None
     """For the ingress served over HTTP: builds its ASGI app from the replica's `ServingRuntime`."""
+    timeouts: Mapping[str, float | None] = field(default_factory=dict)
+    """Each deployment's `request_timeout_s`, applied by the callers of its replicas."""
     annotation_names: Mapping[str, Any] = field(default_factory=dict)
     """Names the target's string annotations use (`from __future__ import annotations`), which
     a function pickled by value does not carry in its globals; see `restore_annotation_names`."""

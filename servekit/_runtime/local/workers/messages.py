@@ -3,9 +3,9 @@
 Server to worker: `Init`, `Request`, `Cancel`, `Probe`, `ConfigureBatching`, `Stop`, and the answers to the
 worker's own handle calls (`Reply`, `Chunk`, `End` with the call's id).
 Worker to server: `Started` or `StartFailed`, then `Reply` / `Chunk` / `End` for requests,
-`ProbeResult`, a `Reply` to `ConfigureBatching`, and `HandleRequest` / `Cancel` for calls the
-worker's user code makes to other deployments. Ids are chosen by the side that starts the
-exchange; each side keeps its own.
+`Cancelled` for each `Cancel` once that call has stopped running, `ProbeResult`, a `Reply` to
+`ConfigureBatching`, and `HandleRequest` / `Cancel` for calls the worker's user code makes to
+other deployments. Ids are chosen by the side that starts the exchange; each side keeps its own.
 """
 
 from __future__ import annotations
@@ -92,6 +92,16 @@ class End(NamedTuple):
 
 class Cancel(NamedTuple):
     """The caller gave up on call `id` (timeout, disconnect)."""
+
+    id: int
+
+
+class Cancelled(NamedTuple):
+    """Worker to server: call `id` runs no more (the answer to every `Cancel`, also when it had ended).
+
+    A sync call's thread cannot be stopped, so this comes when the thread returns; until then
+    the server counts the call as abandoned and keeps its slot taken.
+    """
 
     id: int
 

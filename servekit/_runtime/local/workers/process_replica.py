@@ -25,6 +25,7 @@ from servekit._runtime.local.workers import codec
 from servekit._runtime.local.workers.calls import OutgoingCalls
 from servekit._runtime.local.workers.messages import (
     Cancel,
+    Cancelled,
     Chunk,
     ConfigureBatching,
     End,
@@ -96,6 +97,10 @@ class ProcessReplica:
         self.death: asyncio.Future[str] | None = None
         """Resolves with a description when the worker process exits or the link breaks."""
         self.on_death: Callable[[ProcessReplica, str], None] | None = None
+        self.abandoned = 0
+        """Calls cancelled here that still run in the worker (sync code: until its thread returns)."""
+        self.abandoned_total = 0
+        self._abandoned_watchers: list[Callable[[], None]] = []
 
     @property
     def instance(self) -> Any:
@@ -183,6 +188,10 @@ class ProcessReplica:
 
         return method_kind(user_method(self._target, self._is_function, method)).streaming
 
+    def watch_abandoned(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever `abandoned` changes."""
+        self._abandoned_watchers.append(callback)
+
     def batch_stats(self) -> dict[str, dict[str, Any]]:
         """Batch stats as of the last probe."""
         return self._stats
@@ -256,6 +265,15 @@ class ProcessReplica:
             link.send(message)
         except ConnectionError:
             raise self._died_error() from None
+        if isinstance(message, Cancel):  # the worker answers `Cancelled` once the call has stopped
+            self._count_abandoned(+1)
+
+    def _count_abandoned(self, delta: int) -> None:
+        self.abandoned = max(0, self.abandoned + delta)
+        if delta > 0:
+            self.abandoned_total += delta
+        for watcher in self._abandoned_watchers:
+            watcher()
 
     def _on_message(self, message: Any) -> None:
         match message:
@@ -265,6 +283,8 @@ class ProcessReplica:
                 task = asyncio.get_running_loop().create_task(self._serve_handle(message))
                 self._served[message.id] = task
                 task.add_done_callback(functools.partial(self._forget_served, message.id))
+            case Cancelled():
+                self._count_abandoned(-1)
             case Cancel(id=key):
                 served = self._served.get(key)
                 if served is not None:
@@ -350,6 +370,8 @@ class ProcessReplica:
         if death is None or death.done():
             return
         death.set_result(reason)
+        if self.abandoned:
+            self._count_abandoned(-self.abandoned)
         self._outgoing.fail_all(self._died_error())
         for task in list(self._served.values()):
             task.cancel()

@@ -31,6 +31,7 @@ from servekit._runtime.local.workers import codec
 from servekit._runtime.local.workers.calls import OutgoingCalls
 from servekit._runtime.local.workers.messages import (
     Cancel,
+    Cancelled,
     Chunk,
     ConfigureBatching,
     End,
@@ -73,9 +74,7 @@ class Worker:
                 self._tasks[message.id] = task
                 task.add_done_callback(functools.partial(self._forget, message.id))
             case Cancel(id=key):
-                running = self._tasks.get(key)
-                if running is not None:
-                    running.cancel()
+                self._cancel(key)
             case Reply() | Chunk() | End():
                 self._outgoing.answer(message)
             case Probe():
@@ -99,6 +98,15 @@ class Worker:
             self._outgoing.answer(Reply(key, False, error))
         else:  # the Init message: the deployment cannot be loaded here
             self._send(StartFailed(RuntimeError(str(error)), ""))
+
+    def _cancel(self, key: int) -> None:
+        """Cancel request `key`; say `Cancelled` once it runs no more (sync code: its thread returned)."""
+        running = self._tasks.get(key)
+        if running is None:
+            self._send(Cancelled(key))
+            return
+        running.cancel()
+        running.add_done_callback(lambda _: self._send(Cancelled(key)))
 
     def _forget(self, key: int, task: asyncio.Task[None]) -> None:
         self._tasks.pop(key, None)
@@ -142,13 +150,16 @@ class Worker:
             self._send(Reply(request.id, False, DeploymentUnavailableError("the replica is not started")))
             return
         try:
+            # A cancelled sync call holds its task until its thread returns: only then does the
+            # server hear `Cancelled` and free the call's slot there.
             if request.stream:
-                async for chunk in replica.stream(request.method, request.args, request.kwargs):
+                chunks = replica.stream(request.method, request.args, request.kwargs, hold_abandoned=True)
+                async for chunk in chunks:
                     self._send(Chunk(request.id, chunk))
                     await self.link.drain()
                 self._send(End(request.id))
             else:
-                result = await replica.call(request.method, request.args, request.kwargs)
+                result = await replica.call(request.method, request.args, request.kwargs, hold_abandoned=True)
                 self._send(Reply(request.id, True, result))
         except asyncio.CancelledError:
             return
