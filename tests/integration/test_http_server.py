@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
 import httpx
 import pytest
 import uvloop
-from conftest import StartServer
 
 import servekit as sk
 from servekit.errors import DeploymentOptionError
 
 pytestmark = pytest.mark.integration
+
+StartServer = Callable[..., sk.Server]
 
 
 @sk.deployment
