@@ -5,12 +5,16 @@ model is free, a batch finishes, a hold expires). The rules, in order:
 
 1. busy: `max_concurrent_batches` batches run already, so arrivals wait and form the next one
    (batches grow with load);
-2. full: `max_batch_size` items wait, or the oldest has waited `max_wait_ms`: dispatch;
+2. full: `max_batch_size` items wait, or the window is over: `max_wait_ms` since the oldest
+   item arrived or since the queue got room to run a batch, whichever is later (time spent
+   waiting for a running batch is not the batcher's choice, and a model that blocks the event
+   loop holds back the arrivals behind it);
 3. nothing learned yet (no batch cost, or no gap between queued arrivals seen): dispatch, so
    a lone caller pays no window;
 4. hold only while waiting pays: the next arrival is expected sooner than the fixed cost of a
-   batch it would otherwise pay for (`gap + per_item < fixed`), and at most one fixed cost
-   after the last arrival, and never past the oldest item's `max_wait_ms`.
+   batch it would otherwise pay for (`gap + per_item < fixed`), and only while the queue keeps
+   growing: at most `HOLD_GAPS` mean gaps (and one fixed cost) after the last arrival, and
+   never past the window.
 
 `CostModel` learns a batch's duration as `fixed + per_item * size` (an exponentially weighted
 least-squares fit), and `ArrivalGap` the time between arrivals while items are queued. Nothing
@@ -26,6 +30,8 @@ COST_WEIGHT = 0.1
 """Weight of the newest batch in the cost fit (older ones fade geometrically)."""
 GAP_WEIGHT = 0.2
 """Weight of the newest arrival gap in its average."""
+HOLD_GAPS = 8.0
+"""A hold ends once no item arrived for this many mean gaps: the queue stopped growing."""
 _MIN_SIZE_VARIANCE = 0.25
 """Below this spread of batch sizes the fit cannot tell fixed from per-item cost."""
 
@@ -70,6 +76,8 @@ class BatchInput:
     cost: CostEstimate | None = None
     arrival_gap_s: float | None = None
     """Mean time between arrivals while items were queued; None before any was seen."""
+    room_since: float = 0.0
+    """When the queue last got room to run a batch (a running one finished)."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +104,14 @@ def _forced(state: BatchInput) -> BatchDecision | None:
         return BatchDecision(False, None, "busy")
     if state.queued >= limits.max_batch_size:
         return BatchDecision(True, None, "full")
-    if state.now >= state.oldest_arrival + limits.max_wait_s:
+    if state.now >= window_end(state):
         return BatchDecision(True, None, "max_wait")
     return None
+
+
+def window_end(state: BatchInput) -> float:
+    """When the batch being formed must go: `max_wait_s` after its oldest item could first run."""
+    return max(state.oldest_arrival, state.room_since) + state.limits.max_wait_s
 
 
 def _hold_if_it_pays(state: BatchInput) -> BatchDecision:
@@ -109,9 +122,10 @@ def _hold_if_it_pays(state: BatchInput) -> BatchDecision:
     saving = cost.fixed_s - cost.per_item_s
     if gap >= saving:
         return BatchDecision(True, None, "arrivals too sparse to pay for a wait")
-    hold_until = min(state.oldest_arrival + state.limits.max_wait_s, state.last_arrival + saving)
+    quiet_since = max(state.last_arrival, state.room_since)  # a batch that blocked the loop is no silence
+    hold_until = min(window_end(state), quiet_since + min(saving, HOLD_GAPS * gap))
     if state.now >= hold_until:
-        return BatchDecision(True, None, "no arrival within a fixed cost")
+        return BatchDecision(True, None, "the queue stopped growing")
     return BatchDecision(False, hold_until, "holding for the next arrival")
 
 

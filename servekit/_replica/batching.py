@@ -15,12 +15,20 @@ import contextvars
 import functools
 import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from servekit._replica.batch_policy import ArrivalGap, BatchInput, BatchLimits, CostModel, decide
+from servekit._replica.batch_policy import (
+    HOLD_GAPS,
+    ArrivalGap,
+    BatchInput,
+    BatchLimits,
+    CostModel,
+    decide,
+)
 from servekit._replica.context import current_replica
 from servekit._spec.config import BatchOptions
 from servekit.errors import DeploymentOptionError, DeploymentUnavailableError
@@ -96,6 +104,11 @@ class BatchQueue:
         self._timer_at = 0.0
         self._deciding = False
         self._last_arrival = 0.0
+        self._finished = 0
+        """Batches finished so far: a gap between arrivals is measured only within one count,
+        since a batch that blocks the loop holds back every arrival behind it."""
+        self._finished_at_last_arrival = 0
+        self._room_since = 0.0
         self._closed = False
         self._reason = "idle"
         self.costs = CostModel()
@@ -143,14 +156,14 @@ class BatchQueue:
 
     async def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Queue one item and wait for its result."""
-        item = _Item(args, kwargs, future=self._loop.create_future(), arrived=self._loop.time())
+        item = _Item(args, kwargs, future=self._loop.create_future(), arrived=_now())
         self._enqueue(item)
         assert item.future is not None
         return await item.future
 
     async def submit_stream(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Queue one item of a batched generator and yield its share of each step."""
-        item = _Item(args, kwargs, stream=asyncio.Queue(), arrived=self._loop.time())
+        item = _Item(args, kwargs, stream=asyncio.Queue(), arrived=_now())
         self._enqueue(item)
         assert item.stream is not None
         try:
@@ -175,9 +188,10 @@ class BatchQueue:
         if self._closed:
             raise DeploymentUnavailableError(f"batched method {self._name!r} is shut down")
         pending = self._pending
-        if pending:
+        if pending and self._finished == self._finished_at_last_arrival:
             self.gaps.observe(item.arrived - self._last_arrival)
         self._last_arrival = item.arrived
+        self._finished_at_last_arrival = self._finished
         pending.append(item)
         if self._running < self._limits.max_concurrent_batches:
             if len(pending) >= self._limits.max_batch_size and not self._deciding:
@@ -195,7 +209,7 @@ class BatchQueue:
         self._deciding = False
         try:
             while not self._closed and self._pending:
-                decision = decide(self._input(self._loop.time()))
+                decision = decide(self._input(_now()))
                 self._reason = decision.reason
                 if not decision.dispatch:
                     if decision.hold_until is not None:
@@ -214,6 +228,7 @@ class BatchQueue:
             oldest_arrival=self._pending[0].arrived,
             last_arrival=self._last_arrival,
             running=self._running,
+            room_since=self._room_since,
             limits=self._limits,
             cost=self.costs.estimate,
             arrival_gap_s=self.gaps.mean_s,
@@ -225,13 +240,16 @@ class BatchQueue:
                 return  # fires earlier; the decision then holds again if it still pays
             self._timer.cancel()
         self._timer_at = until
-        self._timer = self._loop.call_at(until, self._on_hold_end)
+        self._timer = self._loop.call_later(max(0.0, until - _now()), self._on_hold_end)
 
     def _on_hold_end(self) -> None:
         self._timer = None
-        cost = self.costs.estimate
-        silent = self._loop.time() - self._last_arrival
-        if cost is not None and self._pending and silent >= cost.fixed_s - cost.per_item_s:
+        cost, gap = self.costs.estimate, self.gaps.mean_s
+        silent = _now() - self._last_arrival
+        expected = (
+            None if cost is None or gap is None else min(cost.fixed_s - cost.per_item_s, HOLD_GAPS * gap)
+        )
+        if expected is not None and self._pending and silent >= expected:
             self.gaps.observe_silence(silent)
         self._decide()
 
@@ -259,7 +277,7 @@ class BatchQueue:
         task.add_done_callback(self._batches.discard)
 
     async def _run(self, batch: list[_Item]) -> None:
-        started = self._loop.time()
+        started = _now()
         try:
             await self._execute(batch)
         except asyncio.CancelledError:
@@ -270,8 +288,12 @@ class BatchQueue:
         except Exception:  # the queue must outlive any single batch
             logger.exception("batch of %s failed; continuing", self._name)
         finally:
+            ended = _now()
+            if self._running == self._limits.max_concurrent_batches:
+                self._room_since = ended  # the queue had no room until now
             self._running -= 1
-            self.costs.observe(len(batch), self._loop.time() - started)
+            self._finished += 1
+            self.costs.observe(len(batch), ended - started)
             if not self._closed:
                 self._decide()
 
@@ -308,6 +330,12 @@ class BatchQueue:
                 _stream_chunk(item, exc)
         for item in batch:
             _stream_chunk(item, END)
+
+
+def _now() -> float:
+    """The clock of arrivals, holds and batch costs: `time.monotonic`, read afresh each time
+    (uvloop's `loop.time()` is cached per loop iteration, which blurs sub-millisecond costs)."""
+    return time.monotonic()
 
 
 def _fail(item: _Item, error: BaseException) -> None:

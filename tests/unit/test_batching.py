@@ -10,6 +10,7 @@ import pytest
 
 import servekit as sk
 from servekit._replica.batch_policy import (
+    HOLD_GAPS,
     ArrivalGap,
     BatchInput,
     BatchLimits,
@@ -229,7 +230,9 @@ def state(**changes: Any) -> BatchInput:
         ({"arrival_gap_s": None}, True, "nothing learned"),
         ({"arrival_gap_s": 0.001}, True, "too sparse"),
         ({"arrival_gap_s": 0.0001}, False, "holding"),
-        ({"now": 10.0004, "queued": 3}, True, "no arrival within a fixed cost"),
+        ({"now": 10.0004, "queued": 3}, True, "the queue stopped growing"),
+        ({"now": 10.005, "room_since": 10.004, "last_arrival": 10.005}, False, "holding"),
+        ({"now": 10.0091, "room_since": 10.004, "last_arrival": 10.009}, True, "max_wait"),
         ({"limits": BatchLimits(32, 0.0)}, True, "max_wait"),
     ],
 )
@@ -245,10 +248,37 @@ def test_a_lone_caller_with_sparse_arrivals_is_dispatched_at_once() -> None:
     assert decision.dispatch
 
 
-def test_a_hold_lasts_one_fixed_cost_after_the_last_arrival() -> None:
-    decision = decide(state(queued=5, oldest_arrival=9.999, last_arrival=10.0))
+def test_a_hold_lasts_while_the_queue_keeps_growing() -> None:
+    decision = decide(state(queued=5, oldest_arrival=9.999, last_arrival=10.0, arrival_gap_s=0.00002))
+    assert not decision.dispatch
+    assert decision.hold_until == pytest.approx(10.0 + HOLD_GAPS * 0.00002)
+
+
+def test_a_batch_that_blocked_the_loop_does_not_count_as_silence() -> None:
+    # the last item arrived at 10.0, then a batch ran until 10.003: nobody could arrive meanwhile,
+    # so the queue holds for arrivals from 10.003 on instead of dispatching its few items at once
+    after_batch = state(now=10.003, queued=3, oldest_arrival=10.0, last_arrival=10.0, room_since=10.003)
+    decision = decide(after_batch)
+    assert not decision.dispatch
+    assert decision.hold_until == pytest.approx(
+        10.003 + min(COST.fixed_s - COST.per_item_s, HOLD_GAPS * 0.0001)
+    )
+
+
+def test_a_hold_lasts_at_most_one_fixed_cost_after_the_last_arrival() -> None:
+    decision = decide(state(queued=5, oldest_arrival=9.999, last_arrival=10.0, arrival_gap_s=0.0003))
     assert not decision.dispatch
     assert decision.hold_until == pytest.approx(10.0 + COST.fixed_s - COST.per_item_s)
+
+
+def test_time_spent_behind_a_running_batch_is_not_part_of_the_window() -> None:
+    # the oldest item queued at 10.0 while a batch ran until 10.004 (say, blocking the loop):
+    # its window runs from 10.004, so arrivals that the running batch held back still join
+    held_back = state(now=10.006, queued=20, oldest_arrival=10.0, last_arrival=10.006, room_since=10.004)
+    decision = decide(held_back)
+    assert not decision.dispatch
+    assert decision.hold_until is not None
+    assert decision.hold_until <= 10.004 + LIMITS.max_wait_s
 
 
 @pytest.mark.parametrize("oldest", [9.996, 9.9951])
