@@ -102,5 +102,6 @@ def run_options(**keywords: object) -> RunOptions:
                 )
             else:
                 message = error["msg"].removeprefix("Value error, ")
-                problems.append(f"{name}={error['input']!r} is invalid: {message}")
+                value = f"{name}={error['input']!r}"
+                problems.append(message if message.startswith(value) else f"{value} is invalid: {message}")
         raise DeploymentOptionError("; ".join(problems)) from None

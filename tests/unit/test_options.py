@@ -45,7 +45,7 @@ def test_run_options_default_to_the_local_backend() -> None:
     ("keywords", "message"),
     [
         ({"backend": "k8s"}, "backend 'k8s' is unknown; use one of 'local', 'ray'"),
-        ({"gpus": "0,x"}, "gpus='0,x' is invalid"),
+        ({"gpus": "0,x"}, "^gpus='0,x' is not a list of GPU ids"),
         ({"start_timeout_s": 0}, "start_timeout_s=0 is invalid"),
         ({"loop": "trio"}, "loop='trio' is invalid"),
         ({"adress": "auto"}, "unknown option 'adress'; valid options are: backend, address"),
