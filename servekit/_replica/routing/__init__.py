@@ -1,0 +1,1 @@
+"""Traffic routing mechanics, backend-neutral: arm choice, sticky keys, shadows, rollout analysis."""
