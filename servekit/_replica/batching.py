@@ -113,6 +113,9 @@ class BatchQueue:
         self._reason = "idle"
         self.costs = CostModel()
         self.gaps = ArrivalGap()
+        self._loop_lag_s = 0.0
+        self._reserved = 0
+        """Queued items that started batches will take when their tasks first run."""
         self.stats = BatchStats()
 
     @property
@@ -142,7 +145,7 @@ class BatchQueue:
 
     def status(self) -> dict[str, Any]:
         """JSON-ready stats, options, what was learned and the last decision."""
-        cost, gap = self.costs.estimate, self.gaps.mean_s
+        cost, gap = self.costs.estimate, self.gaps.typical_s
         return {
             **self.stats.to_dict(),
             "queued": len(self._pending),
@@ -152,6 +155,7 @@ class BatchQueue:
             "per_item_cost_ms": None if cost is None else round(cost.per_item_s * 1000, 4),
             "arrival_gap_ms": None if gap is None else round(gap * 1000, 4),
             "decision": self._reason,
+            "loop_lag_ms": round(self._loop_lag_s * 1000, 4),
         }
 
     async def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -203,12 +207,14 @@ class BatchQueue:
         """Decide once this loop iteration's arrivals are in (so simultaneous calls share a batch)."""
         if not self._deciding:
             self._deciding = True
-            self._loop.call_soon(self._decide)
+            self._loop.call_soon(self._decide, _now())
 
-    def _decide(self) -> None:
+    def _decide(self, scheduled: float | None = None) -> None:
         self._deciding = False
+        if scheduled is not None:  # how late the loop ran it: its backlog of other work
+            self._loop_lag_s = _now() - scheduled
         try:
-            while not self._closed and self._pending:
+            while not self._closed and len(self._pending) > self._reserved:
                 decision = decide(self._input(_now()))
                 self._reason = decision.reason
                 if not decision.dispatch:
@@ -216,22 +222,23 @@ class BatchQueue:
                         self._hold(decision.hold_until)
                     return
                 self._cancel_timer()
-                self._start(self._take())
+                self._start()
         except Exception:  # the queue must outlive a bug in a decision
             logger.exception("batching of %s failed to decide; dispatching what waits", self._name)
-            self._start(self._take())
+            self._start()
 
     def _input(self, now: float) -> BatchInput:
         return BatchInput(
             now=now,
-            queued=len(self._pending),
-            oldest_arrival=self._pending[0].arrived,
+            queued=len(self._pending) - self._reserved,
+            oldest_arrival=self._pending[self._reserved].arrived,
             last_arrival=self._last_arrival,
             running=self._running,
             room_since=self._room_since,
             limits=self._limits,
             cost=self.costs.estimate,
-            arrival_gap_s=self.gaps.mean_s,
+            arrival_gap_s=self.gaps.typical_s,
+            loop_lag_s=self._loop_lag_s,
         )
 
     def _hold(self, until: float) -> None:
@@ -244,7 +251,7 @@ class BatchQueue:
 
     def _on_hold_end(self) -> None:
         self._timer = None
-        cost, gap = self.costs.estimate, self.gaps.mean_s
+        cost, gap = self.costs.estimate, self.gaps.typical_s
         silent = _now() - self._last_arrival
         expected = (
             None if cost is None or gap is None else min(cost.fixed_s - cost.per_item_s, HOLD_GAPS * gap)
@@ -267,16 +274,25 @@ class BatchQueue:
                 batch.append(item)
         return batch
 
-    def _start(self, batch: list[_Item]) -> None:
-        if not batch:
-            return
+    def _start(self) -> None:
+        """Start a batch of what waits. Its task takes the items when it first runs, so calls
+        that reach the queue in between (the loop's backlog, behind this decision) join it."""
+        reserved = min(len(self._pending) - self._reserved, self._limits.max_batch_size)
+        self._reserved += reserved
         self._running += 1
-        self.stats.record(len(batch))
-        task = self._loop.create_task(self._run(batch), name=f"servekit-batch-{self._name}")
+        task = self._loop.create_task(self._run(reserved), name=f"servekit-batch-{self._name}")
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    async def _run(self, batch: list[_Item]) -> None:
+    async def _run(self, reserved: int) -> None:
+        self._reserved -= reserved
+        batch = self._take()
+        if not batch:  # every caller left meanwhile
+            self._running -= 1
+            if not self._closed:
+                self._decide()
+            return
+        self.stats.record(len(batch))
         started = _now()
         try:
             await self._execute(batch)

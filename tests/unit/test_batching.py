@@ -10,8 +10,10 @@ import pytest
 
 import servekit as sk
 from servekit._replica.batch_policy import (
+    BACKLOG_LAG,
     HOLD_GAPS,
     ArrivalGap,
+    BatchDecision,
     BatchInput,
     BatchLimits,
     CostEstimate,
@@ -310,10 +312,39 @@ def test_silent_holds_lift_the_arrival_gap_past_what_pays_for_a_wait() -> None:
         gaps.observe(0.0001)
     saving = COST.fixed_s - COST.per_item_s
     silences = 0
-    while decide(state(arrival_gap_s=gaps.mean_s)).hold_until is not None:
+    while decide(state(arrival_gap_s=gaps.typical_s)).hold_until is not None:
         gaps.observe_silence(saving)
         silences += 1
     assert silences <= 5
+
+
+def test_a_silence_between_bursts_does_not_stop_holds_inside_the_next_burst() -> None:
+    """Calls through a busy proxy arrive in bursts (here 6 calls 0.2 ms apart, then 40 ms of
+    nothing); the batcher must still hold for the rest of a burst (a mean gap would not)."""
+    gaps = ArrivalGap()
+    for _ in range(10):
+        for _ in range(5):
+            gaps.observe(0.0002)
+        gaps.observe_silence(0.040)
+    decision = decide(state(queued=2, arrival_gap_s=gaps.typical_s))
+    assert gaps.typical_s == pytest.approx(0.0002)
+    assert decision.hold_until is not None, decision.reason
+
+
+def test_a_backlogged_event_loop_holds_until_the_window_ends() -> None:
+    """Calls are in progress on a loop that runs decisions late: the batch waits for them,
+    even with nothing learned and sparse gaps (which alone would dispatch at once)."""
+    lag = BACKLOG_LAG * LIMITS.max_wait_s
+    for learned in ({}, {"cost": None, "arrival_gap_s": None}, {"arrival_gap_s": 1.0}):
+        decision = decide(state(loop_lag_s=lag, **learned))
+        assert decision == BatchDecision(False, 10.0 + LIMITS.max_wait_s, "the event loop is backlogged")
+    assert decide(state(loop_lag_s=lag / 2, cost=None)).dispatch  # a prompt loop: no window paid
+
+
+def test_a_backlogged_loop_still_dispatches_full_batches_and_at_the_window() -> None:
+    lag = LIMITS.max_wait_s
+    assert decide(state(loop_lag_s=lag, queued=LIMITS.max_batch_size)).reason == "full"
+    assert decide(state(loop_lag_s=lag, now=10.0 + LIMITS.max_wait_s)).reason == "max_wait"
 
 
 # -- the queue: dispatch order, growth under load, overlap, live options -------------------------
