@@ -65,29 +65,29 @@ Row = dict[str, Any]
 # --- CPU by process role --------------------------------------------------------
 
 
+_ACTOR_ROLES = (
+    ("ray::ProxyActor", "proxy"),
+    ("ray::ServeController", "controller"),
+    ("ray::", "ray worker (other)"),
+)
+
+
 def _role(pid: int) -> str | None:
+    """What a Ray process is, from its title; None for processes not counted (wrk)."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        head = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
     except OSError:
         return None
-    head = argv[0].decode(errors="replace")
     if head.startswith("ray::ServeReplica:"):
         # ray::ServeReplica:<app>:<deployment>, with ".<method>" while a call runs
         return "replica:" + head.split(":")[-1].split(".")[0].split()[0]
-    if head.startswith("ray::ProxyActor"):
-        return "proxy"
-    if head.startswith("ray::ServeController"):
-        return "controller"
-    if head.startswith("ray::"):
-        return "ray worker (other)"
-    name = Path(head.split()[0]).name if head else "?"
-    if pid == os.getpid():
-        return "driver"
-    if name in ("raylet", "gcs_server"):
-        return name
-    if "wrk" in name:
-        return None
-    return "ray daemons (other)"
+    role = next((role for prefix, role in _ACTOR_ROLES if head.startswith(prefix)), None)
+    if role is None:
+        name = Path(head.split()[0]).name if head else "?"
+        role = "driver" if pid == os.getpid() else name if name in ("raylet", "gcs_server") else None
+        if role is None and "wrk" not in name:
+            role = "ray daemons (other)"
+    return role
 
 
 def _cpu_s(pid: int) -> float | None:
@@ -247,7 +247,8 @@ def point(app: Deployed, c: int, *, args: argparse.Namespace, script: Path, inde
         row["mean_batch"] = items / batches if batches else None
     print(
         f"   r{index} {app.workload:<7} {app.side:<9} c={c:<3} {result.rps:8.1f} req/s  "
-        f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:8.2f} ms  CPU {row['cpu_ms_per_request']:6.2f} ms/req"
+        f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:8.2f} ms  "
+        f"CPU {row['cpu_ms_per_request']:6.2f} ms/req"
         + (f"  batch {row['mean_batch']:.1f}" if row.get("mean_batch") else "")
         + f"  non-2xx/errors {result.errors}",
         file=sys.stderr,
@@ -329,7 +330,8 @@ def targets(entries: list[Row]) -> list[Row]:
         if entry["c"] in (1, 64) and entry["rps_ratio"] is not None:
             out.append(
                 {
-                    "name": f"{entry['workload'].upper()} c={entry['c']} req/s, servekit / Ray Serve (paired median)",
+                    "name": f"{entry['workload'].upper()} c={entry['c']} req/s, "
+                    "servekit / Ray Serve (paired median)",
                     "measured": entry["rps_ratio"],
                     "goal": f">= {TARGET_RATIO}",
                     "met": entry["rps_ratio"] >= TARGET_RATIO,
