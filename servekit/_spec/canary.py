@@ -7,6 +7,7 @@ them lives in `servekit._replica.routing.canary` (the decision rules are written
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, Self
 
@@ -88,8 +89,7 @@ class Canary(BaseModel):
         gt=0.5,
         lt=1,
         description=(
-            "Evidence a rollback on errors needs: the always-valid error-rate test rejects at "
-            "1 - confidence."
+            "Evidence a rollback on errors needs: the always-valid error-rate test rejects at 1 - confidence."
         ),
     )
 
@@ -105,7 +105,7 @@ class Canary(BaseModel):
     def _steps_increase_to_100(cls, steps: tuple[float, ...]) -> tuple[float, ...]:
         if any(not 0 < step <= 100 for step in steps):
             raise ValueError(f"steps are percents above 0 and at most 100, got {list(steps)}")
-        if any(later <= earlier for earlier, later in zip(steps, steps[1:], strict=False)):
+        if any(later <= earlier for earlier, later in itertools.pairwise(steps)):
             raise ValueError(f"steps must increase, like [1, 5, 25, 50, 100]; got {list(steps)}")
         if steps[-1] != 100:
             raise ValueError(f"steps must end at 100 (the candidate takes all traffic); got {list(steps)}")
@@ -132,6 +132,7 @@ class Canary(BaseModel):
         if self.output is None:
             return None
         try:
-            return self.output(result)
+            extracted: object = self.output(result)
         except Exception:  # a result without the declared field counts as no output
             return None
+        return extracted

@@ -418,8 +418,9 @@ class ShadowComparison:
     def report(self) -> ShadowReport:
         """The comparison over the latest pairs."""
         pairs = self._pairs[-self._max_pairs :]
-        answered = [(p, s) for p, s in pairs if p.ok and s.ok and p.output is not None and s.output is not None]
-        kind = output_kind(v for pair in answered for v in (pair[0].output, pair[1].output)) if answered else None
+        answered = [(p, s) for p, s in pairs if _answered(p) and _answered(s)]
+        outputs = [value for pair in answered for value in (pair[0].output, pair[1].output)]
+        kind = output_kind(outputs) if answered else None
         agreement = interval = mad = None
         if kind == "categorical":
             agreeing = sum(output_key(p.output) == output_key(s.output) for p, s in answered)
@@ -441,6 +442,10 @@ class ShadowComparison:
             shadow_p50_s=percentile(shadow, 50),
             shadow_p95_s=percentile(shadow, 95),
         )
+
+
+def _answered(sample: ArmSample) -> bool:
+    return sample.ok and sample.output is not None
 
 
 def category_counts(values: Iterable[object]) -> Counter[Hashable]:
