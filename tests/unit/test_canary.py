@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import servekit as sk
-from servekit._replica.routing.canary import CanaryController, CanaryDecision
+from servekit._replica.routing.canary import WINDOW_VALUES, CanaryController, CanaryDecision
 from servekit._replica.routing.samples import ArmSample
 from servekit.errors import GraphError, RolloutStateError
 
@@ -275,6 +275,22 @@ def test_status_shows_the_current_window() -> None:
 
     assert window["v1"] == {"calls": 1, "errors": 0, "error_rate": 0.0, "p95_latency_s": 0.01, "outputs": 1}
     assert window["v2"]["errors"] == 1
+
+
+def test_a_long_window_keeps_exact_counts_and_an_evenly_spaced_sample_of_latencies() -> None:
+    controller = CanaryController(canary(), start=0.0)
+    calls = 5 * WINDOW_VALUES
+    for index in range(calls):
+        controller.observe(ArmSample("v1", index % 100 != 0, index / calls, 1.0, output="cat"))
+
+    window = controller.status()["window"]["v1"]
+
+    assert (window["calls"], window["errors"], window["outputs"]) == (
+        calls,
+        calls // 100,
+        calls - calls // 100,
+    )
+    assert window["p95_latency_s"] == pytest.approx(0.95, abs=1e-3)
 
 
 def test_shadows_other_arms_and_calls_from_before_the_step_are_not_counted() -> None:

@@ -65,6 +65,8 @@ from servekit.errors import RolloutStateError
 CanaryState = Literal["running", "paused", "completed", "rolled_back"]
 DecisionKind = Literal["promote", "rollback", "hold", "complete"]
 Verdict = Literal["pass", "fail", "wait", "skip"]
+WINDOW_VALUES = 20_000
+"""Latencies and outputs a step's window keeps per arm; beyond it an evenly spaced sample of them."""
 MAX_EVENTS = 500
 """Events kept in `status()`; the oldest are dropped beyond this."""
 _ENDED: tuple[CanaryState, ...] = ("completed", "rolled_back")
@@ -113,29 +115,54 @@ class CanaryDecision:
         }
 
 
+class _Thinned:
+    """An evenly spaced sample of a stream: every `stride`th value, the stride doubling at `limit`.
+
+    Deterministic (no random reservoir), so simulations replay exactly; it keeps memory and the
+    cost of a tick bounded however long a step runs.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.values: list[Any] = []
+        self.seen = 0
+        self._stride = 1
+        self._limit = limit
+
+    def add(self, value: object) -> None:
+        if self.seen % self._stride == 0:
+            self.values.append(value)
+            if len(self.values) >= self._limit:
+                self.values = self.values[::2]
+                self._stride *= 2
+        self.seen += 1
+
+
 @dataclass
 class _ArmWindow:
-    """What one arm answered since the step began."""
+    """What one arm answered since the step began: exact counts, thinned latencies and outputs."""
 
     calls: int = 0
     errors: int = 0
-    latencies: list[float] = field(default_factory=list)
-    outputs: list[object] = field(default_factory=list)
+    latencies: _Thinned = field(default_factory=lambda: _Thinned(WINDOW_VALUES))
+    outputs: _Thinned = field(default_factory=lambda: _Thinned(WINDOW_VALUES))
 
     def add(self, sample: ArmSample) -> None:
         self.calls += 1
         self.errors += not sample.ok
-        self.latencies.append(sample.latency_s)
+        self.latencies.add(sample.latency_s)
         if sample.ok and sample.output is not None:
-            self.outputs.append(sample.output)
+            self.outputs.add(sample.output)
+
+    def p95(self) -> float | None:
+        return percentile(self.latencies.values, 95)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "calls": self.calls,
             "errors": self.errors,
             "error_rate": self.errors / self.calls if self.calls else None,
-            "p95_latency_s": percentile(self.latencies, 95),
-            "outputs": len(self.outputs),
+            "p95_latency_s": self.p95(),
+            "outputs": self.outputs.seen,
         }
 
 
@@ -348,7 +375,7 @@ class CanaryController:
 
     def _latency_check(self, baseline: _ArmWindow, candidate: _ArmWindow) -> CheckResult:
         limit = self._config.max_p95_ratio
-        p95_b, p95_c = percentile(baseline.latencies, 95), percentile(candidate.latencies, 95)
+        p95_b, p95_c = baseline.p95(), candidate.p95()
         figures: dict[str, Any] = {"baseline_p95_s": p95_b, "candidate_p95_s": p95_c, "max_ratio": limit}
         short = self._short_of_samples(baseline.calls, candidate.calls, "calls")
         if short or p95_b is None or p95_c is None:
@@ -364,15 +391,19 @@ class CanaryController:
         config = self._config
         if config.output is None:
             return CheckResult("output", "skip", "output check skipped: no output declared")
-        kind = self._kind(baseline.outputs, candidate.outputs)
-        values_b, values_c = _comparable(baseline.outputs, kind), _comparable(candidate.outputs, kind)
+        kind = self._kind(baseline.outputs.values, candidate.outputs.values)
+        values_b = _comparable(baseline.outputs.values, kind)
+        values_c = _comparable(candidate.outputs.values, kind)
+        seen_b, seen_c = baseline.outputs.seen, candidate.outputs.seen
         figures: dict[str, Any] = {
             "kind": kind,
-            "baseline_outputs": len(values_b),
-            "candidate_outputs": len(values_c),
+            "baseline_outputs": seen_b,
+            "candidate_outputs": seen_c,
             "max_divergence": config.max_divergence,
         }
-        short = self._short_of_samples(len(values_b), len(values_c), "outputs")
+        short = self._short_of_samples(seen_b, seen_c, "outputs")
+        if not short and not (values_b and values_c):
+            short = f"no {kind} outputs to compare"
         if short:
             return CheckResult("output", "wait", f"output distribution: {short}", figures)
         metric, value = self._divergence(kind, values_b, values_c, figures)
