@@ -46,8 +46,8 @@ class Canary(BaseModel):
         200,
         ge=1,
         description=(
-            "Calls each arm must have answered in the step's window before a latency or output "
-            "check can pass or fail."
+            "Calls (and declared outputs) each arm must have answered in the step's window before "
+            "a check can pass, or the latency and output checks fail."
         ),
     )
     max_error_rate_increase: float = Field(

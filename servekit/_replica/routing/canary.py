@@ -355,23 +355,27 @@ class CanaryController:
             "increase": evidence.difference,
             "max_increase": config.max_error_rate_increase,
             "always_valid_p": evidence.p_value,
-            "alpha": 1.0 - config.confidence,
+            "alpha": round(1.0 - config.confidence, 12),
         }
         rates = (
             f"error rate {_pct(100 * evidence.candidate_rate)} (candidate, {candidate.calls} calls) "
             f"vs {_pct(100 * evidence.baseline_rate)} (baseline, {baseline.calls} calls)"
         )
-        tolerated = f"tolerated increase of {100 * config.max_error_rate_increase:.3g} points"
+        tolerated = f"max_error_rate_increase {config.max_error_rate_increase:g}"
         if evidence.harmful:
-            reason = f"{rates} exceeds the {tolerated} (always-valid p = {evidence.p_value:.2g})"
+            increase = f"an increase of {evidence.difference:.3g}"
+            reason = f"{rates}: {increase} exceeds {tolerated} (always-valid p = {evidence.p_value:.2g})"
             return CheckResult("error_rate", "fail", reason, figures)
         short = self._short_of_samples(baseline.calls, candidate.calls, "calls")
         if short:
             return CheckResult("error_rate", "wait", f"{rates}: {short}", figures)
         if evidence.difference > config.max_error_rate_increase:
-            reason = f"{rates} is above the {tolerated}, not yet conclusively (p = {evidence.p_value:.2g})"
+            increase = f"an increase of {evidence.difference:.3g}"
+            reason = (
+                f"{rates}: {increase} is above {tolerated}, not yet conclusively (p = {evidence.p_value:.2g})"
+            )
             return CheckResult("error_rate", "wait", reason, figures)
-        return CheckResult("error_rate", "pass", f"{rates} within the {tolerated}", figures)
+        return CheckResult("error_rate", "pass", f"{rates}: within {tolerated}", figures)
 
     def _latency_check(self, baseline: _ArmWindow, candidate: _ArmWindow) -> CheckResult:
         limit = self._config.max_p95_ratio
