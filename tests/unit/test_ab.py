@@ -85,7 +85,7 @@ def test_calls_errors_and_latency_percentiles_per_arm() -> None:
     test.observe(ArmSample("c", True, 0.5, 1.0, shadow=True))
 
     report = test.report()
-    json.dumps(report)
+    json.dumps(report, allow_nan=False)
 
     arm = report["arms"]["a"]
     assert (arm["calls"], arm["errors"], arm["error_rate"]) == (100, 10, 0.1)

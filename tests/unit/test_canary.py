@@ -252,7 +252,7 @@ def test_events_carry_times_weights_and_every_checks_figures() -> None:
     run = simulate(canary(), Arm(), Arm(), until=120)
 
     status = run.controller.status(now=60.0)
-    json.dumps(status)  # JSON-able as it is
+    json.dumps(status, allow_nan=False)  # JSON-able as it is
     start, promote, complete = status["events"]
     assert (start["kind"], start["at"], start["weights"]) == ("start", 0.0, {"v1": 90.0, "v2": 10.0})
     assert (promote["kind"], promote["at"], promote["weights"]) == ("promote", 30.0, {"v1": 50.0, "v2": 50.0})
@@ -300,6 +300,20 @@ def test_shadows_other_arms_and_calls_from_before_the_step_are_not_counted() -> 
     controller.observe(ArmSample("v2", True, 0.01, 9.0))
 
     assert {arm: w["calls"] for arm, w in controller.status()["window"].items()} == {"v1": 0, "v2": 0}
+
+
+def test_a_candidate_slower_than_an_instant_baseline_fails_with_json_safe_figures() -> None:
+    controller = CanaryController(canary(min_samples=5, output=None), start=0.0)
+    for index in range(5):
+        controller.observe(ArmSample("v1", True, 0.0, 1.0 + index))
+        controller.observe(ArmSample("v2", True, 0.2, 1.0 + index))
+
+    decision = controller.tick(6.0)
+
+    assert decision is not None
+    assert decision.kind == "rollback"
+    assert decision.checks[1].figures["ratio"] is None
+    json.dumps(decision.to_dict(), allow_nan=False)
 
 
 def test_without_a_declared_output_the_output_check_is_skipped() -> None:

@@ -37,11 +37,15 @@ After each `tick(now)`:
 
 An operator may `pause` (no promotion until `resume`), `promote_now` (the next step, or 100%
 with `full=True`, without checks) and `abort` (rollback). Every decision and operator action is
-an event with its time, weights and every check's figures.
+an event with its time, weights and every check's figures; a hold is recorded once per kind of
+hold, not once per tick. A window keeps exact call, error and output counts and, beyond
+`WINDOW_VALUES` per arm, an evenly spaced sample of latencies and outputs, so memory and the
+cost of a tick stay bounded however long a step runs.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -385,7 +389,7 @@ class CanaryController:
         if short or p95_b is None or p95_c is None:
             return CheckResult("p95_latency", "wait", f"p95 latency: {short}", figures)
         ratio = p95_c / p95_b if p95_b > 0 else (1.0 if p95_c == 0 else float("inf"))
-        figures["ratio"] = ratio
+        figures["ratio"] = ratio if math.isfinite(ratio) else None  # JSON has no infinity
         said = f"p95 latency {_ms(p95_c)} (candidate) vs {_ms(p95_b)} (baseline): x{ratio:.2f}"
         if ratio > limit:
             return CheckResult("p95_latency", "fail", f"{said} exceeds max_p95_ratio {limit:g}", figures)
