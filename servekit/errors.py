@@ -11,6 +11,7 @@ ServekitError                      500  base of everything servekit raises
 │   ├── NotFoundError              404  no route for the path
 │   ├── MethodNotAllowedError      405  route exists, method does not
 │   ├── PayloadTooLargeError       413  body over the configured limit
+│   ├── RolloutStateError          409  a rollout action its state does not allow (promote a finished canary)
 │   └── RequestValidationError     422  body/query/path do not match the schema
 ├── UserCodeError                  500  user code raised; see `servekit.errors.UserCodeError`
 ├── OverloadedError                503  replicas busy and the queue full (carries retry_after_s)
@@ -131,6 +132,13 @@ class PayloadTooLargeError(RequestError):
         return {**super().to_dict(), "limit_bytes": self.limit_bytes}
 
 
+class RolloutStateError(RequestError):
+    """A rollout cannot take this action in its current state (e.g. promote a canary that ended)."""
+
+    status_code = 409
+    error_type = "rollout_state_conflict"
+
+
 class RequestValidationError(RequestError):
     """The request does not match the endpoint's schema; `errors` is pydantic's list."""
 
@@ -215,6 +223,7 @@ __all__ = [
     "RequestError",
     "RequestTimeoutError",
     "RequestValidationError",
+    "RolloutStateError",
     "ServekitError",
     "UserCodeError",
 ]
