@@ -9,15 +9,18 @@ model is free, a batch finishes, a hold expires). The rules, in order:
    item arrived or since the queue got room to run a batch, whichever is later (time spent
    waiting for a running batch is not the batcher's choice, and a model that blocks the event
    loop holds back the arrivals behind it);
-3. backlogged: the event loop ran the latest arrival's decision late (by `BACKLOG_LAG` of
+3. coming: calls that entered this replica and have not reached the queue yet (a front end
+   counts them: Ray Serve's HTTP path fetches each body from the proxy after the request
+   entered) are known to be on their way: hold until the window ends or they are all in;
+4. backlogged: the event loop ran the latest arrival's decision late (by `BACKLOG_LAG` of
    `max_wait_ms` or more), so other calls are being worked on in this process and reach the
    queue soon: hold until the window ends. Waiting idles nothing here, and every call that
    joins saves a batch's fixed cost. This is what fills batches behind a busy front end
    (Ray Serve's proxy and replica machinery deliver calls in bursts, each costing the loop
    milliseconds), where gaps alone cannot tell a burst from its end;
-4. nothing learned yet (no batch cost, or no gap between queued arrivals seen): dispatch, so
+5. nothing learned yet (no batch cost, or no gap between queued arrivals seen): dispatch, so
    a lone caller pays no window;
-5. hold only while waiting pays: the next arrival is expected sooner than the fixed cost of a
+6. hold only while waiting pays: the next arrival is expected sooner than the fixed cost of a
    batch it would otherwise pay for (`gap + per_item < fixed`), and only while the queue keeps
    growing: at most `HOLD_GAPS` typical gaps (and one fixed cost) after the last arrival, and
    never past the window.
@@ -91,6 +94,8 @@ class BatchInput:
     """When the queue last got room to run a batch (a running one finished)."""
     loop_lag_s: float = 0.0
     """How late the event loop ran the latest arrival's decision: its backlog of other work."""
+    on_their_way: int = 0
+    """Calls inside this replica known to be coming (see `servekit._replica.arrivals`)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,8 @@ def window_end(state: BatchInput) -> float:
 
 def _hold_if_it_pays(state: BatchInput) -> BatchDecision:
     """Hold for the next arrival while it is due sooner than the fixed cost it saves, else go."""
+    if state.on_their_way > 0:
+        return BatchDecision(False, window_end(state), "calls are on their way")
     if state.loop_lag_s >= BACKLOG_LAG * state.limits.max_wait_s:
         return BatchDecision(False, window_end(state), "the event loop is backlogged")
     cost, gap = state.cost, state.arrival_gap_s

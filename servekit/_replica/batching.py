@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from servekit._replica.arrivals import Incoming, arrived
 from servekit._replica.batch_policy import (
     HOLD_GAPS,
     ArrivalGap,
@@ -115,6 +116,8 @@ class BatchQueue:
         self.gaps = ArrivalGap()
         self._loop_lag_s = 0.0
         self._reserved = 0
+        self._incoming: Incoming | None = None
+        """Calls counted on their way to this queue by the replica's front end, if it counts."""
         """Queued items that started batches will take when their tasks first run."""
         self.stats = BatchStats()
 
@@ -160,6 +163,7 @@ class BatchQueue:
 
     async def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Queue one item and wait for its result."""
+        self._incoming = arrived() or self._incoming
         item = _Item(args, kwargs, future=self._loop.create_future(), arrived=_now())
         self._enqueue(item)
         assert item.future is not None
@@ -167,6 +171,7 @@ class BatchQueue:
 
     async def submit_stream(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Queue one item of a batched generator and yield its share of each step."""
+        self._incoming = arrived() or self._incoming
         item = _Item(args, kwargs, stream=asyncio.Queue(), arrived=_now())
         self._enqueue(item)
         assert item.stream is not None
@@ -200,8 +205,8 @@ class BatchQueue:
         if self._running < self._limits.max_concurrent_batches:
             if len(pending) >= self._limits.max_batch_size and not self._deciding:
                 self._decide()  # a full batch goes now
-            elif self._timer is None:
-                self._decide_soon()
+            elif self._timer is None or (self._incoming is not None and self._incoming.count == 0):
+                self._decide_soon()  # (a hold for calls on their way ends once all are in)
 
     def _decide_soon(self) -> None:
         """Decide once this loop iteration's arrivals are in (so simultaneous calls share a batch)."""
@@ -239,6 +244,7 @@ class BatchQueue:
             cost=self.costs.estimate,
             arrival_gap_s=self.gaps.typical_s,
             loop_lag_s=self._loop_lag_s,
+            on_their_way=0 if self._incoming is None else self._incoming.count,
         )
 
     def _hold(self, until: float) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import servekit as sk
+from servekit._replica.arrivals import Incoming, arrived, incoming
 from servekit._replica.batch_policy import (
     BACKLOG_LAG,
     HOLD_GAPS,
@@ -345,6 +346,58 @@ def test_a_backlogged_loop_still_dispatches_full_batches_and_at_the_window() -> 
     lag = LIMITS.max_wait_s
     assert decide(state(loop_lag_s=lag, queued=LIMITS.max_batch_size)).reason == "full"
     assert decide(state(loop_lag_s=lag, now=10.0 + LIMITS.max_wait_s)).reason == "max_wait"
+
+
+def test_calls_on_their_way_hold_the_batch_until_the_window_ends() -> None:
+    decision = decide(state(on_their_way=3, cost=None))
+    assert decision == BatchDecision(False, 10.0 + LIMITS.max_wait_s, "calls are on their way")
+    assert decide(state(on_their_way=3, queued=LIMITS.max_batch_size)).reason == "full"
+
+
+def test_a_counted_call_is_on_its_way_until_it_reaches_a_queue_or_leaves() -> None:
+    calls = Incoming()
+    with incoming(calls):
+        assert calls.count == 1
+        with incoming(calls):
+            assert calls.count == 2
+            assert arrived() is calls
+            assert calls.count == 1
+            assert arrived() is calls  # arriving twice counts once
+            assert calls.count == 1
+        assert calls.count == 1  # the first call never reached a queue: it leaves uncounted
+    assert calls.count == 0
+    assert arrived() is None
+
+
+async def test_a_forming_batch_waits_for_counted_calls_and_goes_once_all_are_in() -> None:
+    """Two counted calls: the first queues while the second is still on its way (fetching its
+    body, say); the batch holds for it, then both go together, well before the window."""
+    sizes: list[int] = []
+
+    async def double(xs: list[int]) -> list[int]:
+        sizes.append(len(xs))
+        return [2 * x for x in xs]
+
+    queue = BatchQueue(double, BatchLimits(max_batch_size=8, max_wait_s=60.0), "double")
+    calls = Incoming()
+    second_may_go = asyncio.Event()
+
+    async def call(x: int, gate: asyncio.Event | None) -> int:
+        with incoming(calls):
+            if gate is not None:
+                await gate.wait()
+            result: int = await queue.submit((x,), {})
+            return result
+
+    first = asyncio.ensure_future(call(1, None))
+    second = asyncio.ensure_future(call(2, second_may_go))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert queue.queued == 1
+    assert not sizes
+    second_may_go.set()
+    assert await asyncio.wait_for(asyncio.gather(first, second), timeout=10) == [2, 4]
+    assert sizes == [2]
 
 
 # -- the queue: dispatch order, growth under load, overlap, live options -------------------------
