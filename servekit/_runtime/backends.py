@@ -39,6 +39,14 @@ class ClusterBackend(Backend, Protocol):
         """The status document of each app (or only `app`) on the cluster at `address`."""
         ...
 
+    def serve_options(self, graph: AppGraph) -> dict[str, dict[str, Any]]:
+        """Each deployment's options in the cluster's own config names."""
+        ...
+
+    def application(self, graph: AppGraph, http: HttpIngress, app_name: str) -> Any:
+        """The cluster's own application object serving `graph` over HTTP."""
+        ...
+
 
 CLUSTER_BACKEND = "ray"
 """The backend `servekit status --address` reads."""

@@ -27,5 +27,21 @@ class RayBackend:
 
         return cluster_status(address, app)
 
+    def serve_options(self, graph: AppGraph) -> dict[str, dict[str, Any]]:
+        """Each deployment's options in Ray Serve's config names (no Ray needed): for bundles."""
+        from servekit._runtime.ray.options import deployment_options  # noqa: PLC0415
+
+        return {
+            name: deployment_options(node, ingress=name == graph.ingress) for name, node in graph.nodes.items()
+        }
+
+    def application(self, graph: AppGraph, http: HttpIngress, app_name: str) -> Any:
+        """The Ray Serve application (the bound ingress) that serves `graph` at `http`: what a
+        Ray Serve application builder returns. Raises `ImportError` when Ray is missing."""
+        load_ray_runtime()
+        from servekit._runtime.ray.bundle import application  # noqa: PLC0415
+
+        return application(graph, http, app_name)
+
 
 BACKEND = RayBackend()
