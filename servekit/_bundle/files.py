@@ -87,7 +87,7 @@ def select_files(root: Path, selection: Selection = Selection()) -> list[str]:
     always = pathspec.GitIgnoreSpec.from_lines(ALWAYS_IGNORED)
     parents = _parent_ignores(root)
     chosen: list[str] = []
-    for relative in _walk(root, always, parents):
+    for relative in _walk(root, always, parents, prune=not selection.include):
         if exclude.match_file(relative):
             continue
         explicit = include.match_file(relative)
@@ -124,14 +124,16 @@ def _parent_ignores(root: Path) -> list[_Ignore]:
     return found if (folder / ".git").exists() else []
 
 
-def _walk(root: Path, always: pathspec.GitIgnoreSpec, parents: list[_Ignore]) -> Iterable[str]:
+def _walk(root: Path, always: pathspec.GitIgnoreSpec, parents: list[_Ignore], *, prune: bool) -> Iterable[str]:
+    """Every file under `root` but debris; with `prune`, ignored folders are not entered (without it
+    their files are judged one by one, as `--include` may bring some back)."""
     for folder, dirs, files in os.walk(root):
         base = Path(folder).relative_to(root).as_posix()
         base = "" if base == "." else base
         kept = []
         for name in sorted(dirs):
             relative = f"{base}/{name}" if base else name
-            if not always.match_file(relative + "/") and not _ignored(root, relative + "/", parents):
+            if not always.match_file(relative + "/") and not (prune and _ignored(root, relative + "/", parents)):
                 kept.append(name)
         dirs[:] = kept
         for name in sorted(files):
