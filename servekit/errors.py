@@ -4,7 +4,7 @@
 ServekitError                      500  base of everything servekit raises
 ├── DeploymentOptionError          -    a bad option, raised at decoration time (also ValueError)
 ├── GraphError                     -    a graph that cannot be built (also ValueError)
-├── BundleError                    -    a bundle cannot be built, verified or served (one line, naming the file)
+├── BundleError                    -    a bundle cannot be built, verified or served
 ├── DeploymentStartError           -    a replica's constructor failed while starting the app
 │   └── InsufficientResourcesError -    the replicas do not fit the GPUs / cluster at hand
 ├── RequestError                   4xx  the client's request is wrong

@@ -25,7 +25,9 @@ def source_date_epoch() -> int:
     try:
         return int(value) if value else 0
     except ValueError:
-        raise BundleError(f"SOURCE_DATE_EPOCH must be whole seconds, like 1700000000; got {value!r}") from None
+        raise BundleError(
+            f"SOURCE_DATE_EPOCH must be whole seconds, like 1700000000; got {value!r}"
+        ) from None
 
 
 def write_archive(folder: Path, paths: list[str], destination: Path) -> None:
@@ -44,9 +46,10 @@ def write_archive(folder: Path, paths: list[str], destination: Path) -> None:
             with source.open("rb") as file:
                 tar.addfile(info, file)
     tmp = destination.with_name(destination.name + ".part")
-    with tmp.open("wb") as raw, gzip.GzipFile(
-        filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=COMPRESS_LEVEL
-    ) as gz:
+    with (
+        tmp.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=COMPRESS_LEVEL) as gz,
+    ):
         gz.write(buffer.getvalue())
     tmp.replace(destination)
 
@@ -63,4 +66,6 @@ def unpack_archive(archive: Path, destination: Path) -> None:
                     )
             tar.extractall(destination, filter="data")
     except (tarfile.TarError, EOFError, gzip.BadGzipFile) as exc:
-        raise BundleError(f"{str(archive)!r} is not a readable bundle archive ({exc}); fetch it again") from None
+        raise BundleError(
+            f"{str(archive)!r} is not a readable bundle archive ({exc}); fetch it again"
+        ) from None

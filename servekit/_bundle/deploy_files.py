@@ -74,7 +74,7 @@ def dockerfile(python: str, servekit_version: str, gpus: bool) -> str:
         "USER servekit",
         f"EXPOSE {HTTP_PORT}",
         "HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \\",
-        "  CMD python -c \"import urllib.request,sys; "
+        '  CMD python -c "import urllib.request,sys; '
         f"sys.exit(urllib.request.urlopen('http://127.0.0.1:{HTTP_PORT}/readyz').status != 200)\"",
         f'CMD ["servekit", "serve", "/bundle", "--host", "0.0.0.0", "--port", "{HTTP_PORT}"]',
         "",
@@ -87,7 +87,9 @@ def dockerignore() -> str:
     return "\n".join(["**/__pycache__", "**/*.pyc", ".git", ".servekit", "*.tar.gz", ""])
 
 
-def serve_config(name: str, plans: Mapping[str, DeploymentPlan], working_dir: str = BUNDLE_DIR) -> dict[str, Any]:
+def serve_config(
+    name: str, plans: Mapping[str, DeploymentPlan], working_dir: str = BUNDLE_DIR
+) -> dict[str, Any]:
     """Ray Serve's deploy config for the bundle at `working_dir` on every node."""
     return {
         "proxy_location": "EveryNode",
@@ -105,7 +107,9 @@ def serve_config(name: str, plans: Mapping[str, DeploymentPlan], working_dir: st
     }
 
 
-def rayservice(name: str, image: str, config: Mapping[str, Any], plans: Mapping[str, DeploymentPlan]) -> dict[str, Any]:
+def rayservice(
+    name: str, image: str, config: Mapping[str, Any], plans: Mapping[str, DeploymentPlan]
+) -> dict[str, Any]:
     """A KubeRay `RayService` running `config` (as `serveConfigV2`) on `image`, with a CPU worker
     group and, when a deployment asks for GPUs, a GPU worker group, each sized to the replicas."""
     cpu_replicas = [plan for plan in plans.values() if plan.gpus == 0]
@@ -146,7 +150,9 @@ def _worker_group(
         "minReplicas": pods,
         "maxReplicas": pods,
         "rayStartParams": {},
-        "template": _pod(image, "ray-worker", cpus=cpus_per_pod, gpus=gpus_per_pod, memory=f"{4 * cpus_per_pod}Gi"),
+        "template": _pod(
+            image, "ray-worker", cpus=cpus_per_pod, gpus=gpus_per_pod, memory=f"{4 * cpus_per_pod}Gi"
+        ),
     }
 
 

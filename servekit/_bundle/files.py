@@ -124,7 +124,9 @@ def _parent_ignores(root: Path) -> list[_Ignore]:
     return found if (folder / ".git").exists() else []
 
 
-def _walk(root: Path, always: pathspec.GitIgnoreSpec, parents: list[_Ignore], *, prune: bool) -> Iterable[str]:
+def _walk(
+    root: Path, always: pathspec.GitIgnoreSpec, parents: list[_Ignore], *, prune: bool
+) -> Iterable[str]:
     """Every file under `root` but debris; with `prune`, ignored folders are not entered (without it
     their files are judged one by one, as `--include` may bring some back)."""
     for folder, dirs, files in os.walk(root):
@@ -133,7 +135,9 @@ def _walk(root: Path, always: pathspec.GitIgnoreSpec, parents: list[_Ignore], *,
         kept = []
         for name in sorted(dirs):
             relative = f"{base}/{name}" if base else name
-            if not always.match_file(relative + "/") and not (prune and _ignored(root, relative + "/", parents)):
+            if not always.match_file(relative + "/") and not (
+                prune and _ignored(root, relative + "/", parents)
+            ):
                 kept.append(name)
         dirs[:] = kept
         for name in sorted(files):

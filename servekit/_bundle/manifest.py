@@ -117,7 +117,9 @@ def verify(folder: Path) -> Manifest:
     for entry in manifest.files:
         path = folder / entry.path
         if not path.is_file():
-            raise BundleError(f"bundle file {entry.path!r} is missing from {str(folder)!r}; rebuild the bundle")
+            raise BundleError(
+                f"bundle file {entry.path!r} is missing from {str(folder)!r}; rebuild the bundle"
+            )
         if sha256_file(path) != entry.sha256:
             raise BundleError(
                 f"bundle file {entry.path!r} does not match its sha256 in {MANIFEST_NAME}: the bundle "

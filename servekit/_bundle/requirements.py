@@ -138,7 +138,7 @@ def _top_level_imports(sources: Iterable[Path]) -> set[str]:
 
 
 def _is_servekit(line: str) -> bool:
-    name = line.split(";")[0].strip()
+    name = line.split(";", 1)[0].strip()
     for separator in ("[", "=", "<", ">", "!", "~", " ", "@"):
         name = name.split(separator)[0]
     return name.lower() == "servekit"

@@ -171,8 +171,7 @@ def _parameter_names(node: DeploymentNode) -> list[str]:
         signature = inspect.signature(target.__init__ if isinstance(target, type) else target)  # type: ignore[misc]
     except (TypeError, ValueError):
         return []
-    names = [name for name in signature.parameters if name != "self"]
-    return names
+    return [name for name in signature.parameters if name != "self"]
 
 
 def _locate(target: str) -> _Source:
@@ -192,7 +191,9 @@ def _locate(target: str) -> _Source:
     finally:
         sys.path.remove(str(Path.cwd()))
     if spec is None or spec.origin is None:
-        raise BundleError(f"cannot build {target!r}: no module named {top!r} (run from the folder that holds it)")
+        raise BundleError(
+            f"cannot build {target!r}: no module named {top!r} (run from the folder that holds it)"
+        )
     origin = Path(spec.origin).resolve()
     if spec.submodule_search_locations:  # a package: take its folder
         return _Source(origin.parent.parent, f"{location}:{attribute}", top)
@@ -200,7 +201,9 @@ def _locate(target: str) -> _Source:
 
 
 def _copy_sources(source: _Source, request: BuildRequest, staging: Path) -> list[str]:
-    selection = Selection(request.include, request.exclude, request.max_file_bytes, _inside(source.root, request.output))
+    selection = Selection(
+        request.include, request.exclude, request.max_file_bytes, _inside(source.root, request.output)
+    )
     if source.package is not None:
         files = [f"{source.package}/{path}" for path in select_files(source.root / source.package, selection)]
     else:
@@ -323,16 +326,21 @@ def _git(folder: Path, *args: str) -> str:
 
 def summarize(manifest: Manifest) -> list[str]:
     """Lines describing the bundle: deployments with their resources, then routes."""
-    lines = [f"app {manifest.entrypoint} (ingress {manifest.ingress}), requirements {manifest.requirements_source}"]
+    lines = [
+        f"app {manifest.entrypoint} (ingress {manifest.ingress}), requirements {manifest.requirements_source}"
+    ]
     for name, entry in manifest.deployments.items():
         options = entry.options
         resources = options.get("resources", {})
         autoscaling = options.get("autoscaling")
         replicas = (
-            f"{autoscaling['min_replicas']}-{autoscaling['max_replicas']}" if autoscaling else options.get("num_replicas")
+            f"{autoscaling['min_replicas']}-{autoscaling['max_replicas']}"
+            if autoscaling
+            else options.get("num_replicas")
         )
         lines.append(
-            f"  deployment {name:<20} replicas {replicas}  cpus {resources.get('cpus')}  gpus {resources.get('gpus')}"
+            f"  deployment {name:<20} replicas {replicas}  "
+            f"cpus {resources.get('cpus')}  gpus {resources.get('gpus')}"
         )
     for methods, path in manifest.routes:
         lines.append(f"  route {methods:<10} {path}")

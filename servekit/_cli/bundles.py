@@ -26,9 +26,15 @@ def add_bundle_commands(commands: Any) -> None:
         help="the app: pkg.module:app or path/to/file.py:app (with --check, default: the bundle's entrypoint "
         "from the current folder)",
     )
-    build.add_argument("-o", "--output", default="dist", help="folder to write NAME-VERSION.tar.gz to (default dist)")
-    build.add_argument("--name", default=None, help="the bundle's name (default: the app's folder or package)")
-    build.add_argument("--version", default=None, help="the bundle's version (default: a hash of the sources)")
+    build.add_argument(
+        "-o", "--output", default="dist", help="folder to write NAME-VERSION.tar.gz to (default dist)"
+    )
+    build.add_argument(
+        "--name", default=None, help="the bundle's name (default: the app's folder or package)"
+    )
+    build.add_argument(
+        "--version", default=None, help="the bundle's version (default: a hash of the sources)"
+    )
     build.add_argument(
         "--include",
         action="append",
@@ -36,10 +42,14 @@ def add_bundle_commands(commands: Any) -> None:
         metavar="GLOB",
         help="bundle files matching GLOB even if ignored, secret-looking or large (repeatable)",
     )
-    build.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave files out (repeatable)")
     build.add_argument(
-        "--requirements", default=None, help="the requirements file to lock (default: requirements.txt, "
-        "pyproject.toml next to the app, else what its modules import)"
+        "--exclude", action="append", default=[], metavar="GLOB", help="leave files out (repeatable)"
+    )
+    build.add_argument(
+        "--requirements",
+        default=None,
+        help="the requirements file to lock (default: requirements.txt, "
+        "pyproject.toml next to the app, else what its modules import)",
     )
     build.add_argument(
         "--max-file-mb", type=float, default=10.0, help="files above this need --include (default 10)"
@@ -50,7 +60,9 @@ def add_bundle_commands(commands: Any) -> None:
         default=None,
         help="rebuild BUNDLE from the sources (same name and version) and compare the bytes",
     )
-    build.add_argument("--no-store", action="store_true", help="do not copy the bundle into ~/.servekit/bundles")
+    build.add_argument(
+        "--no-store", action="store_true", help="do not copy the bundle into ~/.servekit/bundles"
+    )
 
     bundles = commands.add_parser("bundles", help="the local bundle store (~/.servekit/bundles)")
     actions = bundles.add_subparsers(dest="action", required=True)
@@ -161,12 +173,16 @@ def _bundles(args: argparse.Namespace) -> int:
         if not stored:
             print(f"no bundles in {store.store()}")
         for archive in stored:
-            print(f"{archive.name.removesuffix('.tar.gz'):<40} {archive.stat().st_size:>12} bytes  {store.sha256_of(archive)[:16]}")
+            name, size = archive.name.removesuffix(".tar.gz"), archive.stat().st_size
+            print(f"{name:<40} {size:>12} bytes  sha256 {store.sha256_of(archive)[:16]}")
         return 0
     archive = store.find(args.bundle)
     if args.action == "rm":
         if archive.parent != store.store():
-            print(f"servekit: error: {str(archive)!r} is not in the store {str(store.store())!r}", file=sys.stderr)
+            print(
+                f"servekit: error: {str(archive)!r} is not in the store {str(store.store())!r}",
+                file=sys.stderr,
+            )
             return 1
         archive.unlink()
         print(f"removed {archive.name}")
@@ -189,7 +205,10 @@ def render_manifest(manifest: Any, sha256: str | None) -> str:
         ("python", manifest.python),
         ("servekit", manifest.servekit),
         ("requirements", manifest.requirements_source),
-        ("git", f"{manifest.git.commit[:12]}{' (dirty)' if manifest.git.dirty else ''}" if manifest.git else "-"),
+        (
+            "git",
+            f"{manifest.git.commit[:12]}{' (dirty)' if manifest.git.dirty else ''}" if manifest.git else "-",
+        ),
     ]
     lines = [f"{key:<14} {value}" for key, value in rows]
     lines.append(f"\n{'DEPLOYMENT':<24} {'REPLICAS':>8} {'CPUS':>6} {'GPUS':>6}  TARGET")

@@ -32,7 +32,8 @@ class RayBackend:
         from servekit._runtime.ray.options import deployment_options  # noqa: PLC0415
 
         return {
-            name: deployment_options(node, ingress=name == graph.ingress) for name, node in graph.nodes.items()
+            name: deployment_options(node, ingress=name == graph.ingress)
+            for name, node in graph.nodes.items()
         }
 
     def application(self, graph: AppGraph, http: HttpIngress, app_name: str) -> Any:
