@@ -78,14 +78,14 @@ def test_verify_names_a_tampered_a_missing_and_an_added_file(tmp_path: Path) -> 
     (tmp_path / "u/src/__pycache__/app.cpython-311.pyc").write_bytes(b"")
     assert verify(tmp_path / "u").name == "demo"  # bytecode caches are not tampering
     (tmp_path / "u/src/app.py").write_text("x = 2\n")
-    with pytest.raises(BundleError, match="bundle file 'src/app.py' does not match its sha256"):
+    with pytest.raises(BundleError, match=r"bundle file 'src/app.py' does not match its sha256"):
         verify(tmp_path / "u")
     (tmp_path / "u/src/app.py").unlink()
-    with pytest.raises(BundleError, match="'src/app.py' is missing"):
+    with pytest.raises(BundleError, match=r"'src/app.py' is missing"):
         verify(tmp_path / "u")
     unpack_archive(tmp_path / "out.tar.gz", tmp_path / "v")
     (tmp_path / "v/src/evil.py").write_text("")
-    with pytest.raises(BundleError, match="'src/evil.py' is not listed"):
+    with pytest.raises(BundleError, match=r"'src/evil.py' is not listed"):
         verify(tmp_path / "v")
 
 
@@ -95,10 +95,10 @@ def test_a_bundle_for_a_newer_servekit_or_manifest_format_is_refused(tmp_path: P
     ):
         check_servekit_version(_manifest([], servekit="99.0"), "b.tar.gz")
     (tmp_path / MANIFEST_NAME).write_text('{"format": 7, "servekit": "99.0"}')
-    with pytest.raises(BundleError, match="manifest format 7, newer .* servekit 99.0: upgrade"):
+    with pytest.raises(BundleError, match=r"manifest format 7, newer .* servekit 99.0: upgrade"):
         read_manifest(tmp_path)
 
 
 def test_a_folder_without_a_manifest_is_not_a_bundle(tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match="is not a bundle: it has no servekit.json"):
+    with pytest.raises(BundleError, match=r"is not a bundle: it has no servekit.json"):
         verify(tmp_path)

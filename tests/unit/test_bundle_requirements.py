@@ -11,14 +11,14 @@ def test_declared_requirements_come_from_requirements_txt_then_pyproject(tmp_pat
     assert declared(tmp_path) is None
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["numpy>=1"]\n')
     found = declared(tmp_path)
-    assert found is not None and found.lines == ("numpy>=1",) and found.source == "declared in pyproject.toml"
+    assert found is not None
+    assert found.lines == ("numpy>=1",)
+    assert found.source == "declared in pyproject.toml"
     (tmp_path / "requirements.txt").write_text("# pinned\nhttpx>=0.27  # client\n\n")
     found = declared(tmp_path)
-    assert (
-        found is not None
-        and found.lines == ("httpx>=0.27",)
-        and found.source == "declared in requirements.txt"
-    )
+    assert found is not None
+    assert found.lines == ("httpx>=0.27",)
+    assert found.source == "declared in requirements.txt"
 
 
 def test_without_a_declaration_the_imported_distributions_are_pinned(tmp_path: Path) -> None:
