@@ -189,7 +189,15 @@ def _refuse_oversized(path: Path, relative: str, limit: int) -> None:
     size = path.stat().st_size
     if size > limit:
         raise BundleError(
-            f"{relative!r} is {size / 2**20:.1f} MiB, over the {limit / 2**20:g} MiB limit for files "
+            f"{relative!r} is {_size(size)}, over the {_size(limit)} limit for files "
             f"not included explicitly; pass --include {relative!r} to bundle it, or ignore it in "
             ".servekitignore"
         )
+
+
+def _size(size: int) -> str:
+    if size < 2**10:
+        return f"{size} bytes"
+    if size < 2**20:
+        return f"{size / 2**10:.1f} KiB"
+    return f"{size / 2**20:.1f} MiB"

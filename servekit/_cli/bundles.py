@@ -116,7 +116,7 @@ def _build(args: argparse.Namespace) -> int:
         from servekit._bundle.store import add  # noqa: PLC0415
 
         add(built.path)
-    print(built.path)
+    print(built.path.resolve())
     print(f"  sha256 {built.sha256}")
     print(f"  size   {built.size} bytes ({len(built.manifest.files)} files)")
     for line in built.summary:
