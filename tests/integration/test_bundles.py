@@ -140,7 +140,8 @@ def test_two_builds_and_a_build_from_a_clone_elsewhere_are_byte_identical(
     cloned, sha_clone = _built(cli("build", "app.py:app", "-o", "out", cwd=clone / "textstats"))
     assert sha == sha_again == sha_clone
     assert first.read_bytes() == again.read_bytes() == cloned.read_bytes()
-    manifest = json.loads(tarfile.open(first).extractfile("servekit.json").read())  # type: ignore[union-attr]
+    with tarfile.open(first) as tar:
+        manifest = json.loads(tar.extractfile("servekit.json").read())  # type: ignore[union-attr]
     assert manifest["git"]["dirty"] is False
     assert manifest["requirements_source"] == "declared in requirements.txt"
     assert {"pydantic", "starlette", "uvicorn"} <= set(manifest["dependencies"])
