@@ -35,12 +35,13 @@ def load_bundle_app(folder: Path, manifest: Manifest) -> Application:
 def build(args: dict[str, Any] | None = None) -> Any:
     """Ray Serve's application builder: the bundle in the current directory as a Serve app.
 
-    `args` may name the Serve application (`name`); by default it is the bundle's name.
+    `args` may name the Serve application (`app_name`; by default the bundle's name) and say which
+    bundle it is (`bundle`: name, version, sha256, which status shows).
     """
     folder = Path.cwd()
     manifest = verify(folder)
     check_servekit_version(manifest, str(folder))
     graph = build_graph(load_bundle_app(folder, manifest))
     http = HttpIngress("0.0.0.0", 8000, build_asgi_app)
-    name = str((args or {}).get("name") or manifest.name)
+    name = str((args or {}).get("app_name") or manifest.name)
     return cluster_backend().application(graph, http, name)

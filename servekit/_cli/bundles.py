@@ -78,6 +78,12 @@ def add_bundle_commands(commands: Any) -> None:
     deploy.add_argument("--address", required=True, help="the cluster: auto, host:port or ray://host:10001")
     deploy.add_argument("--name", default=None, help="the Serve application's name (default: the bundle's)")
     deploy.add_argument("--dry-run", action="store_true", help="print the Serve config it would apply")
+    deploy.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="the port of Serve's proxy when this deploy starts Serve (8000)",
+    )
 
 
 def run_bundle_command(args: argparse.Namespace) -> int:
@@ -230,4 +236,4 @@ def render_manifest(manifest: Any, sha256: str | None) -> str:
 def _deploy(args: argparse.Namespace) -> int:
     from servekit._cli.deploy import deploy  # noqa: PLC0415
 
-    return deploy(args.bundle, args.address, args.name, dry_run=args.dry_run)
+    return deploy(args.bundle, args.address, args.name, dry_run=args.dry_run, http_port=args.http_port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from servekit._runtime.interface import HttpIngress, ProxiedRuntime
@@ -43,6 +44,16 @@ class RayBackend:
         from servekit._runtime.ray.bundle import application  # noqa: PLC0415
 
         return application(graph, http, app_name)
+
+    def deploy_config(
+        self, address: str, folder: Path, app: dict[str, Any], http: dict[str, Any], timeout_s: float
+    ) -> bool:
+        """Deploy the Serve config application `app` with `folder` as its working_dir; False when
+        the same bundle already runs there."""
+        load_ray_runtime()
+        from servekit._runtime.ray.deploy import deploy_bundle  # noqa: PLC0415
+
+        return deploy_bundle(address, folder, app, http, timeout_s)
 
 
 BACKEND = RayBackend()
