@@ -62,6 +62,8 @@ class Manifest(_Model):
     requirements_source: str = Field(description="what the lock was resolved from")
     dependencies: dict[str, str] = Field(description="every locked distribution and its version")
     git: GitSource | None = None
+    include: list[str] = Field(default_factory=list, description="the --include globs it was built with")
+    exclude: list[str] = Field(default_factory=list, description="the --exclude globs it was built with")
     files: list[FileEntry] = Field(description="every file but servekit.json, sorted by path")
 
     def to_json(self) -> bytes:

@@ -127,6 +127,8 @@ def build(request: BuildRequest) -> BuiltBundle:
             requirements_source=requirements_source,
             dependencies=requirements.locked_versions(lock_text),
             git=git_source(source.root),
+            include=list(request.include),
+            exclude=list(request.exclude),
             files=file_entries(staging, paths),
         )
         (staging / MANIFEST_NAME).write_bytes(manifest.to_json())

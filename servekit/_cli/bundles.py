@@ -146,8 +146,8 @@ def _check(args: argparse.Namespace) -> int:
                 output=Path(folder),
                 name=manifest.name,
                 version=manifest.version,
-                include=tuple(args.include),
-                exclude=tuple(args.exclude),
+                include=tuple(args.include or manifest.include),
+                exclude=tuple(args.exclude or manifest.exclude),
                 requirements_file=Path(args.requirements) if args.requirements else None,
                 max_file_bytes=int(args.max_file_mb * 2**20),
             )
