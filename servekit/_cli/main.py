@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         with _tracebacks_logged(args.log_level == "debug"):
-            app = _load(args.target)
+            app = _load(args.target, args.reload)
             reloader = Reloader(args.target, app) if args.reload else None
             server = serve(
                 app,
@@ -188,13 +188,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(target: str) -> Application:
+def _load(target: str, reload: bool) -> Application:
     """The app `target` names: imported from the source, or from a verified bundle."""
     from servekit._bundle.store import is_bundle, open_bundle  # noqa: PLC0415
     from servekit._cli.bundle_app import load_bundle_app  # noqa: PLC0415
 
     if not is_bundle(target):
         return load_app(target)
+    if reload:
+        raise TargetError(f"{target!r} is a bundle, and --reload serves source code; drop --reload")
     opened = open_bundle(target)
     where = "" if opened.sha256 is None else f", sha256 {opened.sha256}"
     manifest = opened.manifest
