@@ -53,8 +53,14 @@ SECRET_PATTERNS = (
     ".netrc",
     ".pypirc",
     ".npmrc",
+    "id_dsa*",
     "credentials*.json",
-    "*secret*",
+    "service-account*.json",
+    "secrets.json",
+    "secrets.yaml",
+    "secrets.yml",
+    "secrets.toml",
+    ".htpasswd",
     "*.kdbx",
 )
 """File names that look like secrets: refused unless included explicitly (fnmatch on the name)."""
