@@ -18,6 +18,7 @@ import ray
 from ray.serve._private.api import serve_start
 from ray.serve.schema import ServeDeploySchema
 
+from servekit._runtime.ray.cluster import _quiet_signal_warning
 from servekit._runtime.ray.status import status_text
 from servekit.errors import DeploymentStartError
 
@@ -31,12 +32,13 @@ def deploy_bundle(
     runs; False (and nothing done) when the same bundle already runs under that name."""
     os.environ.setdefault("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "1")  # every bundle file travels
     logging.getLogger("ray.serve").setLevel(logging.ERROR)  # not "connecting to existing Serve app"
-    ray.init(
-        address=address,
-        runtime_env={"working_dir": str(folder)},
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
+    with _quiet_signal_warning():
+        ray.init(
+            address=address,
+            runtime_env={"working_dir": str(folder)},
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     try:
         client = serve_start(http_options=http, proxy_location="EveryNode")
         applications = client.get_serve_details().get("applications", {})
