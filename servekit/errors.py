@@ -4,6 +4,7 @@
 ServekitError                      500  base of everything servekit raises
 ├── DeploymentOptionError          -    a bad option, raised at decoration time (also ValueError)
 ├── GraphError                     -    a graph that cannot be built (also ValueError)
+├── BundleError                    -    a bundle cannot be built, verified or served
 ├── DeploymentStartError           -    a replica's constructor failed while starting the app
 │   └── InsufficientResourcesError -    the replicas do not fit the GPUs / cluster at hand
 ├── RequestError                   4xx  the client's request is wrong
@@ -69,6 +70,12 @@ class GraphError(ServekitError, ValueError):
     """The application graph is invalid: a cycle, no ingress, or arguments that do not fit."""
 
     error_type = "graph_error"
+
+
+class BundleError(ServekitError):
+    """A bundle cannot be built, verified or served; the message names the file and the fix."""
+
+    error_type = "bundle_error"
 
 
 class DeploymentStartError(ServekitError):
