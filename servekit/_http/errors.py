@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from servekit.errors import (
@@ -48,7 +48,20 @@ def error_response(exc: BaseException, request: Request | None = None) -> Respon
         return json_error(exc.status_code, exc.to_dict(), exc.headers())
     if isinstance(exc, HTTPException):  # raised on purpose by user code: keep its status
         return _http_exception(exc)
+    if isinstance(exc, ClientDisconnect):
+        return client_gone(request)
     return internal_error(exc, request)
+
+
+CLIENT_CLOSED_REQUEST = 499
+"""The status logged for a request whose client left before sending its body (nginx's code)."""
+
+
+def client_gone(request: Request | None) -> Response:
+    """The client disconnected before its body arrived: nothing to answer, nothing went wrong here."""
+    where = f"{request.method} {request.url.path}" if request is not None else "request"
+    logger.debug("client disconnected before sending the body of %s", where)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 def internal_error(exc: BaseException, request: Request | None) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -223,6 +224,29 @@ def test_exception_in_user_code_is_500_with_error_id_logged_and_no_traceback(
     assert len(logged) == 1
     assert logged[0].exc_info is not None
     assert SECRET in str(logged[0].exc_info[1])
+
+
+def test_a_client_leaving_mid_body_is_no_server_error(
+    inventory: sk.Server,
+    client: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+    wait_until: Callable[..., None],
+) -> None:
+    """A client that closes its connection before its body is complete (a load generator
+    stopping, a browser tab closing) is logged at debug level, not as a 500 with a traceback."""
+    caplog.set_level(logging.DEBUG, logger="servekit.http")
+    host, port = inventory.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(
+            b"POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"name": "pa'
+        )
+    wait_until(
+        lambda: any("client disconnected" in r.getMessage() for r in caplog.records),
+        "the server to notice the client left",
+    )
+    assert not [r for r in caplog.records if r.name == "servekit.http" and r.levelno >= logging.WARNING]
+    assert client.get(inventory.url + "/items/1").status_code != 500  # and it serves on
 
 
 def test_each_500_gets_its_own_error_id(inventory: sk.Server, client: httpx.Client) -> None:
