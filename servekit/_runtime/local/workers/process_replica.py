@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import cloudpickle
 
 from servekit._replica.context import ReplicaContext
+from servekit._replica.request_context import current_request, set_request
 from servekit._runtime.local.workers import codec
 from servekit._runtime.local.workers.calls import OutgoingCalls
 from servekit._runtime.local.workers.messages import (
@@ -176,11 +177,13 @@ class ProcessReplica:
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a unary method in the worker and return its result."""
-        return await self._outgoing.call(lambda key: Request(key, method, args, kwargs, False))
+        context = current_request()
+        return await self._outgoing.call(lambda key: Request(key, method, args, kwargs, False, context))
 
     def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Run a generator method in the worker and yield its chunks."""
-        return self._outgoing.stream(lambda key: Request(key, method, args, kwargs, True))
+        context = current_request()
+        return self._outgoing.stream(lambda key: Request(key, method, args, kwargs, True, context))
 
     def is_streaming(self, method: str) -> bool:
         """Whether `method` is a generator method."""
@@ -314,6 +317,8 @@ class ProcessReplica:
 
     async def _serve_handle(self, request: HandleRequest) -> None:
         """Run a call that user code in the worker made through a handle, and send the answer."""
+        if request.context is not None:
+            set_request(request.context)  # this task's own context: the routers on its path see it
         try:
             if request.stream:
                 chunks = self._runtime.stream(

@@ -1,0 +1,194 @@
+"""`Evidence`: what one router saw, bounded: recent `ArmSample`s, per-arm counters and outcomes.
+
+In: `record(sample)` for each finished call through an arm (primary or shadow), and outcomes
+posted against request ids. Out: windows of samples for rollout analysis (`samples(since=...)`),
+per-arm counters and latency percentiles for status, per-arm outcome values for A/B reports,
+and the shadow comparison (`compare_shadow`). Memory is flat at any request rate: every
+collection here has a fixed bound. Nothing here reads a clock: samples carry their time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from servekit._replica.routing.samples import ArmSample
+
+SAMPLE_CAPACITY = 20_000
+"""Samples kept per router (the newest), across arms."""
+LATENCY_CAPACITY = 2048
+"""Latencies kept per arm for its percentiles."""
+ASSIGNMENT_CAPACITY = 100_000
+"""Request ids remembered with their arm, so outcomes posted later find it."""
+OUTCOME_CAPACITY = 10_000
+"""Values kept per arm and outcome name (counts and sums cover all of them)."""
+
+
+@dataclass
+class ArmStats:
+    """Counters of one arm: calls, errors and recent latencies."""
+
+    calls: int = 0
+    errors: int = 0
+    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_CAPACITY))
+
+    def add(self, sample: ArmSample) -> None:
+        """Count `sample`."""
+        self.calls += 1
+        if not sample.ok:
+            self.errors += 1
+        self.latencies_s.append(sample.latency_s)
+
+    def view(self) -> dict[str, Any]:
+        """JSON-ready counters: calls, errors, error rate and p50/p95/p99 latency in ms."""
+        ordered = sorted(self.latencies_s)
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "error_rate": self.errors / self.calls if self.calls else 0.0,
+            "p50_ms": _percentile_ms(ordered, 0.50),
+            "p95_ms": _percentile_ms(ordered, 0.95),
+            "p99_ms": _percentile_ms(ordered, 0.99),
+        }
+
+
+@dataclass
+class OutcomeValues:
+    """The values of one outcome on one arm: all counted, the newest kept."""
+
+    count: int = 0
+    total: float = 0.0
+    values: deque[float] = field(default_factory=lambda: deque(maxlen=OUTCOME_CAPACITY))
+
+    def add(self, value: float) -> None:
+        """Count `value`."""
+        self.count += 1
+        self.total += value
+        self.values.append(value)
+
+
+class Evidence:
+    """A router's bounded record of calls and outcomes, per arm."""
+
+    def __init__(self, capacity: int = SAMPLE_CAPACITY) -> None:
+        self._samples: deque[ArmSample] = deque(maxlen=capacity)
+        self._stats: dict[str, ArmStats] = {}
+        self._shadow_stats: dict[str, ArmStats] = {}
+        self._assignments: OrderedDict[str, str] = OrderedDict()
+        self._outcomes: dict[str, dict[str, OutcomeValues]] = {}
+        self.unmatched_outcomes = 0
+        """Outcomes posted for request ids this router never saw (or forgot)."""
+
+    def record(self, sample: ArmSample) -> None:
+        """Keep `sample` and count it on its arm; remember a primary call's arm by request id."""
+        self._samples.append(sample)
+        stats = self._shadow_stats if sample.shadow else self._stats
+        arm_stats = stats.get(sample.arm)
+        if arm_stats is None:
+            arm_stats = stats[sample.arm] = ArmStats()
+        arm_stats.add(sample)
+        if not sample.shadow and sample.request_id is not None:
+            self._assignments[sample.request_id] = sample.arm
+            if len(self._assignments) > ASSIGNMENT_CAPACITY:
+                self._assignments.popitem(last=False)
+
+    def samples(self, since: float | None = None, arm: str | None = None, shadow: bool | None = None) -> list[ArmSample]:
+        """The kept samples, oldest first: ended at or after `since`, of `arm`, primary or shadow."""
+        return [
+            sample
+            for sample in self._samples
+            if (since is None or sample.at >= since)
+            and (arm is None or sample.arm == arm)
+            and (shadow is None or sample.shadow == shadow)
+        ]
+
+    def arm_of(self, request_id: str) -> str | None:
+        """The arm that served `request_id`, if remembered."""
+        return self._assignments.get(request_id)
+
+    def record_outcome(self, request_id: str, name: str, value: float) -> str | None:
+        """Credit outcome `name` = `value` to the arm that served `request_id`; returns the arm (None if unknown)."""
+        arm = self._assignments.get(request_id)
+        if arm is None:
+            self.unmatched_outcomes += 1
+            return None
+        by_name = self._outcomes.setdefault(arm, {})
+        values = by_name.get(name)
+        if values is None:
+            values = by_name[name] = OutcomeValues()
+        values.add(value)
+        return arm
+
+    def outcome_values(self, arm: str, name: str) -> list[float]:
+        """The kept values of outcome `name` on `arm` (for A/B statistics)."""
+        values = self._outcomes.get(arm, {}).get(name)
+        return list(values.values) if values is not None else []
+
+    def outcome_names(self) -> list[str]:
+        """Every outcome name recorded on some arm."""
+        return sorted({name for by_name in self._outcomes.values() for name in by_name})
+
+    def arm_view(self, arm: str, shadow: bool = False) -> dict[str, Any]:
+        """JSON-ready counters of `arm`, with its outcomes' counts and means."""
+        stats = (self._shadow_stats if shadow else self._stats).get(arm) or ArmStats()
+        view = stats.view()
+        outcomes = self._outcomes.get(arm, {})
+        view["outcomes"] = {
+            name: {"count": values.count, "mean": values.total / values.count if values.count else None}
+            for name, values in sorted(outcomes.items())
+        }
+        return view
+
+
+def compare_shadow(samples: Iterable[ArmSample]) -> dict[str, dict[str, Any]]:
+    """Per shadow arm: how its answers compare with the primary's to the same requests.
+
+    Pairs samples by request id. For numbers: the mean absolute difference; for anything else
+    (labels): the agreement rate. Latencies: each side's mean over the pairs, in ms.
+    """
+    primary: dict[str, ArmSample] = {}
+    shadows: list[ArmSample] = []
+    for sample in samples:
+        if sample.request_id is None:
+            continue
+        if sample.shadow:
+            shadows.append(sample)
+        else:
+            primary[sample.request_id] = sample
+    pairs: dict[str, list[tuple[ArmSample, ArmSample]]] = {}
+    for shadow in shadows:
+        match = primary.get(shadow.request_id or "")
+        if match is not None:
+            pairs.setdefault(shadow.arm, []).append((match, shadow))
+    return {arm: _comparison(found) for arm, found in sorted(pairs.items())}
+
+
+def _comparison(pairs: list[tuple[ArmSample, ArmSample]]) -> dict[str, Any]:
+    both_ok = [(p, s) for p, s in pairs if p.ok and s.ok and p.output is not None and s.output is not None]
+    numeric = bool(both_ok) and all(_is_number(p.output) and _is_number(s.output) for p, s in both_ok)
+    result: dict[str, Any] = {
+        "pairs": len(pairs),
+        "shadow_errors": sum(1 for _, s in pairs if not s.ok),
+        "primary_latency_ms": 1000 * sum(p.latency_s for p, _ in pairs) / len(pairs),
+        "shadow_latency_ms": 1000 * sum(s.latency_s for _, s in pairs) / len(pairs),
+        "agreement": None,
+        "mean_abs_diff": None,
+    }
+    if both_ok and numeric:
+        result["mean_abs_diff"] = sum(abs(float(p.output) - float(s.output)) for p, s in both_ok) / len(both_ok)  # type: ignore[arg-type]
+    elif both_ok:
+        result["agreement"] = sum(1 for p, s in both_ok if p.output == s.output) / len(both_ok)
+    return result
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _percentile_ms(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return 1000 * ordered[min(len(ordered), math.ceil(q * len(ordered))) - 1]
