@@ -149,12 +149,6 @@ class AppRouters:
                 credited[router] = arm
         return {"request_id": request_id, "outcome": outcome, "credited": credited}
 
-    def record_outcomes(self, context: RequestContext) -> None:
-        """Credit the outcomes user code recorded during a request (the HTTP edge calls this)."""
-        for outcome, value in context.outcomes:
-            for router in self.routers.values():
-                router.evidence.record_outcome(context.request_id, outcome, value)
-
     async def _ready(self, node: RouterNode, arm: str) -> None:
         if self._available is None:
             return
