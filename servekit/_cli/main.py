@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
+from servekit._cli import rollout
 from servekit._cli.target import TargetError, load_app
 from servekit._version import __version__
 from servekit.errors import ServekitError
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--address", help="a Ray cluster (auto, host:port, ray://host:10001)")
     status.add_argument("--app", default=None, help="with --address: only this Serve application")
     status.add_argument("--json", action="store_true", help="print the status documents as JSON")
+    rollout.add_parser(commands)
     return parser
 
 
@@ -104,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "status":
         return _status(args)
+    if args.command == "rollout":
+        return _rollout(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -119,6 +123,15 @@ def _status(args: argparse.Namespace) -> int:
         print(f"servekit: error: {exc}", file=sys.stderr)
         return 1
     print(render(documents, args.json))
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    try:
+        print(rollout.run(args))
+    except rollout.RolloutError as exc:
+        print(f"servekit: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
