@@ -74,6 +74,13 @@ class HandleRequest(NamedTuple):
     """The request the worker's code was serving when it made the call."""
 
 
+class RecordOutcomes(NamedTuple):
+    """Worker to server: outcomes user code recorded (`record_outcome`) while serving request `request_id`."""
+
+    request_id: str
+    outcomes: list[tuple[str, float]]
+
+
 class Reply(NamedTuple):
     """The outcome of a unary call, or the error that ended a stream."""
 

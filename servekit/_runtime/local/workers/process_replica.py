@@ -31,6 +31,7 @@ from servekit._runtime.local.workers.messages import (
     ConfigureBatching,
     End,
     HandleRequest,
+    RecordOutcomes,
     Init,
     Probe,
     ProbeResult,
@@ -288,6 +289,13 @@ class ProcessReplica:
                 task.add_done_callback(functools.partial(self._forget_served, message.id))
             case Cancelled():
                 self._count_abandoned(-1)
+            case RecordOutcomes(request_id=request_id, outcomes=outcomes):
+                routers = getattr(self._runtime, "routers", None)
+                if routers is not None:
+                    for outcome, value in outcomes:
+                        asyncio.get_running_loop().create_task(
+                            routers.post_outcome(None, request_id, outcome, value)
+                        )
             case Cancel(id=key):
                 served = self._served.get(key)
                 if served is not None:

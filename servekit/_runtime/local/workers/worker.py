@@ -37,6 +37,7 @@ from servekit._runtime.local.workers.messages import (
     ConfigureBatching,
     End,
     HandleRequest,
+    RecordOutcomes,
     Init,
     Probe,
     ProbeResult,
@@ -168,6 +169,9 @@ class Worker:
             return
         except Exception as exc:
             self._send(Reply(request.id, False, exc))
+        finally:
+            if request.context is not None and request.context.outcomes:
+                self._send(RecordOutcomes(request.context.request_id, list(request.context.outcomes)))
 
     async def _probe(self, probe: Probe) -> None:
         error: BaseException | None = None

@@ -1,0 +1,187 @@
+"""Traffic-split routers over HTTP, the same on each backend (`routed` serves `router_apps`).
+
+Load tests keep a bounded stream of requests going (a few hundred per second, 16 at a time)
+while a transition happens, and check every response was 2xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import router_apps
+
+import servekit as sk
+
+pytestmark = pytest.mark.integration
+
+ROUTER_BACKENDS = ["local", "local-process"]
+
+
+@pytest.fixture(scope="module", params=ROUTER_BACKENDS)
+def routed(request: pytest.FixtureRequest) -> Iterator[sk.Server]:
+    isolation = "process" if request.param == "local-process" else None
+    server = sk.serve(router_apps.router_app(), host="127.0.0.1", port=0, blocking=False, isolation=isolation)
+    yield server
+    server.shutdown(grace_s=5)
+
+
+async def _under_load(
+    client: httpx.AsyncClient, url: str, transition: Callable[[], Awaitable[None]], seconds: float = 2.0
+) -> list[httpx.Response]:
+    """Keep 16 requests in flight at `url` for `seconds`, running `transition` half-way."""
+    responses: list[httpx.Response] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+
+    async def worker() -> None:
+        while loop.time() < end:
+            responses.append(await client.get(url))
+
+    async def change() -> None:
+        await asyncio.sleep(seconds / 2)
+        await transition()
+
+    await asyncio.gather(*(worker() for _ in range(16)), change())
+    return responses
+
+
+def _statuses(responses: list[httpx.Response]) -> Counter[int]:
+    return Counter(response.status_code for response in responses)
+
+
+def test_weights_are_exact_over_many_calls(routed: sk.Server, client: httpx.Client) -> None:
+    routed.router("clf").set_weights({"v1": 3, "v2": 1})
+    arms = Counter(client.get(routed.url + "/classify").json()["arm"] for _ in range(200))
+    assert abs(arms["v2"] - 50) <= 1 and arms["v1"] + arms["v2"] == 200
+
+
+def test_a_router_two_hops_down_sticks_by_a_header_the_ingress_got(routed: sk.Server, client: httpx.Client) -> None:
+    seen: dict[str, set[str]] = {}
+    for index in range(60):
+        user = f"user-{index % 20}"
+        answer = client.get(routed.url + "/user", headers={"x-user-id": user})
+        seen.setdefault(user, set()).add(answer.json()["arm"])
+    assert all(len(arms) == 1 for arms in seen.values())
+    assert {arm for arms in seen.values() for arm in arms} == {"a", "b"}
+
+
+def test_every_response_carries_a_request_id_and_outcomes_reach_the_arm(routed: sk.Server, client: httpx.Client) -> None:
+    given = client.get(routed.url + "/user", headers={"x-request-id": "req-42", "x-user-id": "u1"})
+    assert given.headers["x-request-id"] == "req-42"
+    made = client.get(routed.url + "/color", headers={"x-request-id": "not valid!"})
+    assert made.headers["x-request-id"] != "not valid!" and len(made.headers["x-request-id"]) == 32
+    arm = given.json()["arm"]
+    posted = client.post(
+        routed.url + "/-/routers/sticky/outcomes", json={"request_id": "req-42", "name": "revenue", "value": 2.5}
+    )
+    assert posted.json()["credited"] == {"sticky": arm}
+    outcomes = client.get(routed.url + "/-/routers/sticky").json()["arms"][arm]["outcomes"]
+    assert outcomes["revenue"] == {"count": 1, "mean": 2.5}
+    assert outcomes["clicked"]["count"] >= 1
+
+
+async def test_a_weight_change_under_load_drops_nothing_and_applies_at_once(
+    routed: sk.Server, async_client: httpx.AsyncClient
+) -> None:
+    routed.router("clf").set_weights({"v1": 1})
+
+    async def to_v2() -> None:
+        answer = await async_client.put(routed.url + "/-/routers/clf/weights", json={"weights": {"v2": 1}})
+        assert answer.status_code == 200
+
+    responses = await _under_load(async_client, routed.url + "/classify", to_v2)
+    assert _statuses(responses) == {200: len(responses)}
+    arms = [response.json()["arm"] for response in responses]
+    assert set(arms) == {"v1", "v2"}
+    after = [(await async_client.get(routed.url + "/classify")).json()["arm"] for _ in range(20)]
+    assert set(after) == {"v2"}
+
+
+async def test_blue_green_switch_and_switch_back_under_load_drop_nothing(
+    routed: sk.Server, async_client: httpx.AsyncClient
+) -> None:
+    async def switch() -> None:
+        body = {"to": "green", "bake_s": 30, "warmup": {"args": [1]}}
+        answer = await async_client.post(routed.url + "/-/routers/bg/switch", json=body)
+        assert answer.status_code == 200, answer.text
+
+    responses = await _under_load(async_client, routed.url + "/color", switch)
+    assert _statuses(responses) == {200: len(responses)}
+    assert routed.router("bg").status()["weights"] == {"blue": 0.0, "green": 1.0}
+    assert routed.router("bg").status()["mode"] == "switched"
+
+    async def back() -> None:
+        answer = await async_client.post(routed.url + "/-/routers/bg/switch-back")
+        assert answer.status_code == 200, answer.text
+
+    responses = await _under_load(async_client, routed.url + "/color", back)
+    assert _statuses(responses) == {200: len(responses)}
+    assert (await async_client.get(routed.url + "/color")).json()["arm"] == "blue"
+
+
+def test_a_crashing_or_sleeping_shadow_leaves_every_response_2xx_and_is_counted(
+    routed: sk.Server, client: httpx.Client, wait_until: Callable[..., None]
+) -> None:
+    routed.router("clf").set_weights({"v1": 1})
+    answers = [client.get(routed.url + "/classify") for _ in range(40)]
+    assert {answer.status_code for answer in answers} == {200}
+    assert {answer.json()["arm"] for answer in answers} == {"v1"}
+
+    def sleepy_answered() -> bool:
+        return bool(routed.router("clf").status()["shadows"]["sleepy"]["calls"])
+
+    wait_until(sleepy_answered, "the sleeping shadow to answer once")
+    view = routed.router("clf").status()
+    assert view["shadows"]["broken"]["errors"] == view["shadows"]["broken"]["calls"] >= 20
+    assert 0.0 < view["shadow_comparison"]["sleepy"]["agreement"] <= 1.0  # sleepy answers "v1"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "problem"),
+    [
+        ({"weights": {"v1": -5}}, 400, "negative"),
+        ({"weights": {"v1": 0, "v2": 0}}, 400, "all zero"),
+        ({"weights": {"v9": 1}}, 400, "no arm 'v9'"),
+        ({"nothing": 1}, 400, "'weights'"),
+    ],
+)
+def test_a_bad_weight_map_is_refused_and_the_split_untouched(
+    routed: sk.Server, client: httpx.Client, body: dict[str, object], status: int, problem: str
+) -> None:
+    routed.router("clf").set_weights({"v1": 3, "v2": 1})
+    answer = client.put(routed.url + "/-/routers/clf/weights", json=body)
+    assert answer.status_code == status and problem in answer.json()["error"]["message"]
+    assert client.get(routed.url + "/-/routers/clf").json()["weights"] == {"v1": 3.0, "v2": 1.0}
+    assert client.put(routed.url + "/-/routers/nope/weights", json={"weights": {"v1": 1}}).status_code == 404
+
+
+def test_status_and_openapi_show_the_routers(routed: sk.Server, client: httpx.Client) -> None:
+    status = client.get(routed.url + "/-/status").json()
+    assert set(status["routers"]) == {"clf", "sticky", "bg"}
+    assert set(status["routers"]["clf"]["arms"]) == {"v1", "v2"}
+    paths = client.get(routed.url + "/openapi.json").json()["paths"]
+    assert "/-/routers/{name}/weights" in paths
+
+
+def test_the_rollout_cli_reads_and_changes_weights(routed: sk.Server) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(Path(sk.__file__).parent.parent)}
+        command = [sys.executable, "-m", "servekit", "rollout", *args, "--url", routed.url]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)
+
+    changed = cli("weights", "clf", "v1=1", "v2=4")
+    assert changed.returncode == 0, changed.stderr
+    assert routed.router("clf").status()["weights"] == {"v1": 1.0, "v2": 4.0}
+    shown = cli("status")
+    assert shown.returncode == 0 and "router clf" in shown.stdout and "80.0%" in shown.stdout
+    refused = cli("weights", "clf", "v1=-1")
+    assert refused.returncode == 1 and "negative" in refused.stderr
+    assert routed.router("clf").status()["weights"] == {"v1": 1.0, "v2": 4.0}
