@@ -8,6 +8,7 @@ servekit server; the requests go to its `/-/routers` API).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -32,7 +33,9 @@ def add_parser(commands: Any) -> None:
     switch.add_argument("arm")
     switch.add_argument("--bake-s", type=float, default=60.0, help="seconds switch-back stays possible")
     switch.add_argument("--warmup-method", default=None, help="call this method on the arm first")
-    switch.add_argument("--warmup-arg", action="append", default=[], help="a JSON argument of the warm-up call")
+    switch.add_argument(
+        "--warmup-arg", action="append", default=[], help="a JSON argument of the warm-up call"
+    )
     back = actions.add_parser("switch-back", help="undo a router's last switch at once")
     back.add_argument("router")
     for parser in (status, weights, switch, back):
@@ -44,12 +47,16 @@ def run(args: argparse.Namespace) -> str:
     """Carry out the parsed `rollout` command; returns what to print. Raises `RolloutError`."""
     base = args.url.rstrip("/")
     if not base.startswith(("http://", "https://")):
-        raise RolloutError(f"--url must start with http:// or https://, like http://127.0.0.1:8000; got {args.url!r}")
+        raise RolloutError(
+            f"--url must start with http:// or https://, like http://127.0.0.1:8000; got {args.url!r}"
+        )
     if args.action == "status":
         path = "/-/routers" if args.router is None else f"/-/routers/{args.router}"
         answer = _request("GET", base + path)
     elif args.action == "weights":
-        answer = _request("PUT", f"{base}/-/routers/{args.router}/weights", {"weights": parse_weights(args.weights)})
+        answer = _request(
+            "PUT", f"{base}/-/routers/{args.router}/weights", {"weights": parse_weights(args.weights)}
+        )
     elif args.action == "switch":
         body: dict[str, Any] = {"to": args.arm, "bake_s": args.bake_s}
         if args.warmup_method is not None:
@@ -88,23 +95,38 @@ def _render_router(view: dict[str, Any]) -> str:
     mode = view.get("mode", "?")
     extra = f", switched to {view['switched_to']}" if view.get("switched_to") else ""
     lines = [f"router {view.get('name')} ({mode}{extra}, sticky: {view.get('sticky') or 'no'})"]
-    lines.append(f"  {'ARM':<14} {'DEPLOYMENT':<20} {'WEIGHT':>7} {'SHARE':>6} {'CALLS':>7} {'ERRORS':>6} {'P95 MS':>7}")
+    lines.append(
+        f"  {'ARM':<14} {'DEPLOYMENT':<20} {'WEIGHT':>7} {'SHARE':>6} "
+        f"{'CALLS':>7} {'ERRORS':>6} {'P95 MS':>7}"
+    )
     shares = view.get("shares", {})
     for arm, info in view.get("arms", {}).items():
         p95 = "-" if info.get("p95_ms") is None else f"{info['p95_ms']:.1f}"
         down = "" if info.get("available", True) else "  (no replica: share redistributed)"
         lines.append(
             f"  {arm:<14} {info.get('deployment', ''):<20} {info.get('weight', 0):>7g} "
-            f"{100 * shares.get(arm, 0):>5.1f}% {info.get('calls', 0):>7} {info.get('errors', 0):>6} {p95:>7}{down}"
+            f"{100 * shares.get(arm, 0):>5.1f}% {info.get('calls', 0):>7} "
+            f"{info.get('errors', 0):>6} {p95:>7}{down}"
         )
     for arm, info in view.get("shadows", {}).items():
         compared = view.get("shadow_comparison", {}).get(arm, {})
         agreement = compared.get("agreement")
         diff = compared.get("mean_abs_diff")
-        versus = f"agreement {agreement:.1%}" if agreement is not None else f"mean abs diff {diff:.4g}" if diff is not None else "no pairs yet"
-        lines.append(f"  shadow {arm:<7} {info.get('deployment', ''):<20} calls {info.get('calls', 0)}, errors {info.get('errors', 0)}, {versus}")
+        versus = (
+            f"agreement {agreement:.1%}"
+            if agreement is not None
+            else f"mean abs diff {diff:.4g}"
+            if diff is not None
+            else "no pairs yet"
+        )
+        lines.append(
+            f"  shadow {arm:<7} {info.get('deployment', ''):<20} calls {info.get('calls', 0)}, "
+            f"errors {info.get('errors', 0)}, {versus}"
+        )
     if view.get("shadows"):
-        lines.append(f"  shadow drops: {view.get('shadow_drops', 0)} (fraction {view.get('shadow_fraction', 0):g})")
+        lines.append(
+            f"  shadow drops: {view.get('shadow_drops', 0)} (fraction {view.get('shadow_fraction', 0):g})"
+        )
     lines.extend(f"  note: {note}" for note in view.get("notes", []))
     return "\n".join(lines)
 
@@ -124,10 +146,8 @@ def _request(method: str, url: str, body: dict[str, Any] | None = None) -> dict[
             answer: dict[str, Any] = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         text = exc.read()[:500].decode(errors="replace")
-        try:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
             text = json.loads(text)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            pass
         raise RolloutError(f"{url} answered {exc.code}: {text}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise RolloutError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None

@@ -251,14 +251,19 @@ def router_paths() -> dict[str, Any]:
             "summary": summary,
             "tags": ["servekit routers"],
             "responses": {
-                "200": {"description": "The router's state", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "200": {
+                    "description": "The router's state",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
                 **_ROUTER_ERRORS,
             },
         }
         if body is not None:
             op["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": {"type": "object"}, "example": _ROUTER_BODIES[body]}},
+                "content": {
+                    "application/json": {"schema": {"type": "object"}, "example": _ROUTER_BODIES[body]}
+                },
             }
         return op
 
@@ -271,13 +276,19 @@ def router_paths() -> dict[str, Any]:
             "post": {**operation("set_weights_post", "Set the weights", "weights"), "parameters": name},
         },
         "/-/routers/{name}/switch": {
-            "post": {**operation("switch", "Blue/green: all traffic to one arm", "switch"), "parameters": name}
+            "post": {
+                **operation("switch", "Blue/green: all traffic to one arm", "switch"),
+                "parameters": name,
+            }
         },
         "/-/routers/{name}/switch-back": {
             "post": {**operation("switch_back", "Undo the last switch"), "parameters": name}
         },
         "/-/routers/{name}/outcomes": {
-            "post": {**operation("outcomes", "Credit an outcome to the arm that served a request", "outcomes"), "parameters": name}
+            "post": {
+                **operation("outcomes", "Credit an outcome to the arm that served a request", "outcomes"),
+                "parameters": name,
+            }
         },
     }
 

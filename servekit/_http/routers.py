@@ -93,6 +93,10 @@ class RequestContextMiddleware:
             source = self.headers.get(name)
             if source is not None:
                 keys[source] = value.decode("latin-1")
+        self._cookies_and_query(scope, cookie_header, keys)
+        return RequestContext(request_id_from(given), keys)
+
+    def _cookies_and_query(self, scope: Scope, cookie_header: str | None, keys: dict[str, str]) -> None:
         if cookie_header is not None:
             cookies = SimpleCookie()
             cookies.load(cookie_header)
@@ -104,7 +108,6 @@ class RequestContextMiddleware:
             for name, source in self.query.items():
                 if name in query:
                     keys[source] = query[name][0]
-        return RequestContext(request_id_from(given), keys)
 
 
 def router_routes(routers: RouterOperations) -> list[BaseRoute]:
@@ -142,7 +145,10 @@ def router_routes(routers: RouterOperations) -> list[BaseRoute]:
         example = '{"request_id": "...", "name": "clicked", "value": 1}'
         body = await _body(request, "request_id", example)
         return await routers.post_outcome(
-            request.path_params["name"], body["request_id"], body.get("name"), body.get("value")
+            request.path_params["name"],
+            body["request_id"],
+            body.get("name", ""),
+            body.get("value", ""),
         )
 
     return [
@@ -161,5 +167,7 @@ async def _body(request: Request, required: str, example: str) -> dict[str, Any]
     except ValueError:
         raise BadRequestError(f"the body must be JSON, like {example}") from None
     if not isinstance(body, dict) or required not in body:
-        raise BadRequestError(f"the body must be a JSON object with {required!r}, like {example}; got {body!r}")
+        raise BadRequestError(
+            f"the body must be a JSON object with {required!r}, like {example}; got {body!r}"
+        )
     return body

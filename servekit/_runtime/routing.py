@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from servekit._replica.request_context import RequestContext, request_scope
@@ -40,7 +40,9 @@ class RouterOperations(Protocol):
         """Validate and apply `weights` to router `name` at once; returns its state."""
         ...
 
-    async def switch(self, name: str, to_arm: str, warmup: Mapping[str, Any] | None, bake_s: float) -> dict[str, Any]:
+    async def switch(
+        self, name: str, to_arm: str, warmup: Mapping[str, Any] | None, bake_s: float
+    ) -> dict[str, Any]:
         """Blue/green: check `to_arm` is ready (and warm it up), send it all traffic, bake `bake_s`."""
         ...
 
@@ -48,7 +50,9 @@ class RouterOperations(Protocol):
         """Undo router `name`'s last switch at once."""
         ...
 
-    async def post_outcome(self, name: str | None, request_id: str, outcome: str, value: float) -> dict[str, Any]:
+    async def post_outcome(
+        self, name: str | None, request_id: str, outcome: str, value: float
+    ) -> dict[str, Any]:
         """Credit an outcome to the arm(s) that served `request_id` (of router `name`, or any)."""
         ...
 
@@ -73,7 +77,7 @@ class AppRouters:
             state = old if old is not None and old.arms == arms else RouterState(name, arms, node.weights)
             states[name] = state
             previous = self.routers.get(name)
-            router = Router(node, _table_of(state), self._call, self._stream, self._available)
+            router = Router(node, _table_of(state), self._call, self._stream, available=self._available)
             if previous is not None and previous.node.all_arms == node.all_arms:
                 router.evidence = previous.evidence
             routers[name] = router
@@ -136,7 +140,9 @@ class AppRouters:
         self.state(name).switch_back()
         return self.view(name)
 
-    async def post_outcome(self, name: str | None, request_id: str, outcome: str, value: float) -> dict[str, Any]:
+    async def post_outcome(
+        self, name: str | None, request_id: str, outcome: str, value: float
+    ) -> dict[str, Any]:
         """Credit `outcome` to the arm that served `request_id` in router `name` (or every router)."""
         check_outcome(request_id, outcome, value)
         names = [name] if name is not None else sorted(self.routers)
@@ -169,7 +175,7 @@ class AppRouters:
 
 
 async def warm_up(call: ArmCall, node: RouterNode, arm: str, warmup: Mapping[str, Any]) -> None:
-    """Call `warmup["method"]` (default ``__call__``) with `warmup["args"]` on `arm`; raise 503 if it fails."""
+    """Call `warmup["method"]` (default ``__call__``) with `warmup["args"]` on `arm`; 503 if it fails."""
     if not isinstance(warmup, Mapping):
         raise BadRequestError(f"warmup must be like {{'method': 'predict', 'args': [1]}}; got {warmup!r}")
     method = warmup.get("method", "__call__")
@@ -182,7 +188,8 @@ async def warm_up(call: ArmCall, node: RouterNode, arm: str, warmup: Mapping[str
             await call(node.arms[arm], method, tuple(args), kwargs)
     except Exception as exc:
         raise DeploymentUnavailableError(
-            f"router {node.name!r}: the warm-up call {method}(...) on arm {arm!r} failed ({exc}); the switch was not made"
+            f"router {node.name!r}: the warm-up call {method}(...) on arm {arm!r} failed ({exc}); "
+            "the switch was not made"
         ) from exc
 
 
@@ -203,7 +210,9 @@ def _table_of(state: RouterState) -> Callable[[], RouterTable]:
 class RouterControl:
     """Operates one router of a running app from Python: `app.router("clf").set_weights({...})`."""
 
-    def __init__(self, operations: RouterOperations, name: str, run: Callable[[Awaitable[Any]], Any]) -> None:
+    def __init__(
+        self, operations: RouterOperations, name: str, run: Callable[[Coroutine[Any, Any, Any]], Any]
+    ) -> None:
         self._operations = operations
         self.name = name
         self._run = run
@@ -216,8 +225,11 @@ class RouterControl:
         """Route by `weights` from now on (arms not named get 0); a bad map raises and changes nothing."""
         return dict(self._run(self._operations.set_weights(self.name, weights)))
 
-    def switch(self, to_arm: str, *, warmup: Mapping[str, Any] | None = None, bake_s: float = 60.0) -> dict[str, Any]:
-        """Blue/green: once `to_arm` runs a replica (and `warmup`, like ``{"method": "predict", "args": [x]}``,
+    def switch(
+        self, to_arm: str, *, warmup: Mapping[str, Any] | None = None, bake_s: float = 60.0
+    ) -> dict[str, Any]:
+        """Blue/green: once `to_arm` runs a replica (and `warmup`, like
+        ``{"method": "predict", "args": [x]}``,
         succeeded on it), send it all traffic at once; `switch_back()` undoes it until `bake_s` passed,
         then the other arms retire (weight 0)."""
         return dict(self._run(self._operations.switch(self.name, to_arm, warmup, bake_s)))
@@ -230,7 +242,9 @@ class RouterControl:
         return f"RouterControl(name={self.name!r})"
 
 
-def routed_method_table(graph: AppGraph, table: Mapping[str, Mapping[str, bool]]) -> dict[str, dict[str, bool]]:
+def routed_method_table(
+    graph: AppGraph, table: Mapping[str, Mapping[str, bool]]
+) -> dict[str, dict[str, bool]]:
     """`table` (each deployment's methods) plus each router, which has its first arm's methods."""
     routed = {name: dict(methods) for name, methods in table.items()}
     for name, node in graph.routers.items():

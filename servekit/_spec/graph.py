@@ -111,7 +111,9 @@ class _GraphBuilder:
         name = self._splits.get(id(split))
         if name is None:
             if split.name is not None and split.name in self.routers:
-                raise GraphError(f"two different splits are named {split.name!r}; router names must be unique")
+                raise GraphError(
+                    f"two different splits are named {split.name!r}; router names must be unique"
+                )
             name = split.name or self._unique_name("split")
             self._taken.add(name)
             self._splits[id(split)] = name

@@ -105,7 +105,11 @@ def split(
         checked_weights = validate_weights(chosen, tuple(checked_arms), name or "split")
     except BadRequestError as exc:
         raise GraphError(exc.message) from None
-    if isinstance(shadow_fraction, bool) or not isinstance(shadow_fraction, int | float) or not 0 <= shadow_fraction <= 1:
+    if (
+        isinstance(shadow_fraction, bool)
+        or not isinstance(shadow_fraction, int | float)
+        or not 0 <= shadow_fraction <= 1
+    ):
         raise GraphError(f"{where}: shadow_fraction must be a number in [0, 1]; got {shadow_fraction!r}")
     if on_unavailable not in ("redistribute", "fail"):
         raise GraphError(f"{where}: on_unavailable must be 'redistribute' or 'fail'; got {on_unavailable!r}")
@@ -115,21 +119,35 @@ def split(
     if name is not None and (not isinstance(name, str) or not name or "/" in name):
         raise GraphError(f"split name must be a non-empty string without '/', like 'clf'; got {name!r}")
     return Split(
-        name, checked_arms, checked_weights, sticky, checked_shadow, float(shadow_fraction), on_unavailable, output
+        name,
+        checked_arms,
+        checked_weights,
+        sticky,
+        checked_shadow,
+        float(shadow_fraction),
+        on_unavailable,
+        output,
     )
 
 
 def _check_arms(arms: object, where: str, what: str) -> dict[str, Application]:
     if not isinstance(arms, Mapping):
-        raise GraphError(f"{where}: {what} must be a dict of name to bound deployment; got {type(arms).__name__}")
+        raise GraphError(
+            f"{where}: {what} must be a dict of name to bound deployment; got {type(arms).__name__}"
+        )
     checked: dict[str, Application] = {}
     for arm, app in arms.items():
         if not isinstance(arm, str) or not arm:
             raise GraphError(f"{where}: {what} names must be non-empty strings; got {arm!r}")
         if isinstance(app, Deployment):
-            raise GraphError(f"{where}: {what} {arm!r} is the unbound deployment {app.name!r}; pass {app.name}.bind(...)")
+            raise GraphError(
+                f"{where}: {what} {arm!r} is the unbound deployment {app.name!r}; pass {app.name}.bind(...)"
+            )
         if not isinstance(app, Application):
-            raise GraphError(f"{where}: {what} {arm!r} must be a bound deployment (Model.bind(...)); got {type(app).__name__}")
+            raise GraphError(
+                f"{where}: {what} {arm!r} must be a bound deployment (Model.bind(...)); "
+                f"got {type(app).__name__}"
+            )
         checked[arm] = app
     return checked
 
@@ -174,7 +192,9 @@ def validate_weights(weights: object, arms: Collection[str], router: str) -> dic
     result = dict.fromkeys(arms, 0.0)
     for arm, weight in weights.items():
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
-            raise BadRequestError(f"router {router!r}: the weight of arm {arm!r} must be a number; got {weight!r}")
+            raise BadRequestError(
+                f"router {router!r}: the weight of arm {arm!r} must be a number; got {weight!r}"
+            )
         if weight < 0:
             raise BadRequestError(f"router {router!r}: the weight of arm {arm!r} is negative ({weight!r})")
         result[arm] = float(weight)

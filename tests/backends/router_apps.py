@@ -48,7 +48,9 @@ class Mid:
 
 @sk.deployment
 class Api:
-    def __init__(self, mid: sk.DeploymentHandle, sticky: sk.DeploymentHandle, bg: sk.DeploymentHandle) -> None:
+    def __init__(
+        self, mid: sk.DeploymentHandle, sticky: sk.DeploymentHandle, bg: sk.DeploymentHandle
+    ) -> None:
         self.mid, self.sticky, self.bg = mid, sticky, bg
 
     @sk.endpoint("/classify", methods=["GET"])

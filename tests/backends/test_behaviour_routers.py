@@ -60,10 +60,13 @@ def _statuses(responses: list[httpx.Response]) -> Counter[int]:
 def test_weights_are_exact_over_many_calls(routed: sk.Server, client: httpx.Client) -> None:
     routed.router("clf").set_weights({"v1": 3, "v2": 1})
     arms = Counter(client.get(routed.url + "/classify").json()["arm"] for _ in range(200))
-    assert abs(arms["v2"] - 50) <= 1 and arms["v1"] + arms["v2"] == 200
+    assert abs(arms["v2"] - 50) <= 1
+    assert arms["v1"] + arms["v2"] == 200
 
 
-def test_a_router_two_hops_down_sticks_by_a_header_the_ingress_got(routed: sk.Server, client: httpx.Client) -> None:
+def test_a_router_two_hops_down_sticks_by_a_header_the_ingress_got(
+    routed: sk.Server, client: httpx.Client
+) -> None:
     seen: dict[str, set[str]] = {}
     for index in range(60):
         user = f"user-{index % 20}"
@@ -73,14 +76,18 @@ def test_a_router_two_hops_down_sticks_by_a_header_the_ingress_got(routed: sk.Se
     assert {arm for arms in seen.values() for arm in arms} == {"a", "b"}
 
 
-def test_every_response_carries_a_request_id_and_outcomes_reach_the_arm(routed: sk.Server, client: httpx.Client) -> None:
+def test_every_response_carries_a_request_id_and_outcomes_reach_the_arm(
+    routed: sk.Server, client: httpx.Client
+) -> None:
     given = client.get(routed.url + "/user", headers={"x-request-id": "req-42", "x-user-id": "u1"})
     assert given.headers["x-request-id"] == "req-42"
     made = client.get(routed.url + "/color", headers={"x-request-id": "not valid!"})
-    assert made.headers["x-request-id"] != "not valid!" and len(made.headers["x-request-id"]) == 32
+    assert made.headers["x-request-id"] != "not valid!"
+    assert len(made.headers["x-request-id"]) == 32
     arm = given.json()["arm"]
     posted = client.post(
-        routed.url + "/-/routers/sticky/outcomes", json={"request_id": "req-42", "name": "revenue", "value": 2.5}
+        routed.url + "/-/routers/sticky/outcomes",
+        json={"request_id": "req-42", "name": "revenue", "value": 2.5},
     )
     assert posted.json()["credited"] == {"sticky": arm}
     outcomes = client.get(routed.url + "/-/routers/sticky").json()["arms"][arm]["outcomes"]
@@ -158,7 +165,8 @@ def test_a_bad_weight_map_is_refused_and_the_split_untouched(
 ) -> None:
     routed.router("clf").set_weights({"v1": 3, "v2": 1})
     answer = client.put(routed.url + "/-/routers/clf/weights", json=body)
-    assert answer.status_code == status and problem in answer.json()["error"]["message"]
+    assert answer.status_code == status
+    assert problem in answer.json()["error"]["message"]
     assert client.get(routed.url + "/-/routers/clf").json()["weights"] == {"v1": 3.0, "v2": 1.0}
     assert client.put(routed.url + "/-/routers/nope/weights", json={"weights": {"v1": 1}}).status_code == 404
 
@@ -181,7 +189,10 @@ def test_the_rollout_cli_reads_and_changes_weights(routed: sk.Server) -> None:
     assert changed.returncode == 0, changed.stderr
     assert routed.router("clf").status()["weights"] == {"v1": 1.0, "v2": 4.0}
     shown = cli("status")
-    assert shown.returncode == 0 and "router clf" in shown.stdout and "80.0%" in shown.stdout
+    assert shown.returncode == 0
+    assert "router clf" in shown.stdout
+    assert "80.0%" in shown.stdout
     refused = cli("weights", "clf", "v1=-1")
-    assert refused.returncode == 1 and "negative" in refused.stderr
+    assert refused.returncode == 1
+    assert "negative" in refused.stderr
     assert routed.router("clf").status()["weights"] == {"v1": 1.0, "v2": 4.0}

@@ -110,7 +110,8 @@ def test_switch_bakes_then_retires_and_switch_back_restores_the_weights() -> Non
     state.switch("green", now=20.0, bake_s=5.0)
     assert state.tick(24.0).mode == "switched"
     retired = state.tick(25.0)
-    assert retired.mode == "weighted" and retired.retired == ("blue",)
+    assert retired.mode == "weighted"
+    assert retired.retired == ("blue",)
     with pytest.raises(BadRequestError, match="no arm 'red'"):
         state.switch("red", now=30.0, bake_s=1.0)
 
@@ -184,7 +185,9 @@ def test_request_ids_from_clients_are_kept_only_when_valid() -> None:
 async def test_a_shadow_that_fails_or_hangs_never_reaches_the_caller() -> None:
     release = asyncio.Event()
 
-    async def call(deployment: str, method: str, args: tuple[object, ...], kwargs: dict[str, object]) -> object:
+    async def call(
+        deployment: str, method: str, args: tuple[object, ...], kwargs: dict[str, object]
+    ) -> object:
         if deployment == "Broken":
             raise RuntimeError("shadow crashed")
         if deployment == "Slow":
@@ -211,13 +214,15 @@ async def test_a_shadow_that_fails_or_hangs_never_reaches_the_caller() -> None:
 
 
 async def test_an_arm_without_replicas_gets_no_share_unless_told_to_fail() -> None:
-    async def call(deployment: str, method: str, args: tuple[object, ...], kwargs: dict[str, object]) -> object:
+    async def call(
+        deployment: str, method: str, args: tuple[object, ...], kwargs: dict[str, object]
+    ) -> object:
         return deployment
 
     up = {"V1": True, "V2": False}
     node = RouterNode("clf", {"v1": "V1", "v2": "V2"}, {"v1": 1.0, "v2": 1.0})
     state = RouterState("clf", ("v1", "v2"), {"v1": 1, "v2": 1})
-    router = Router(node, lambda: state.table, call, call, up.__getitem__)  # type: ignore[arg-type]
+    router = Router(node, lambda: state.table, call, call, available=up.__getitem__)  # type: ignore[arg-type]
     assert {await router.call("f", (), {}) for _ in range(10)} == {"V1"}
     assert router.view(state.table)["notes"]
     failing = Router(
@@ -225,7 +230,7 @@ async def test_an_arm_without_replicas_gets_no_share_unless_told_to_fail() -> No
         lambda: RouterState("clf", ("v2",), {"v2": 1}).table,
         call,  # type: ignore[arg-type]
         call,  # type: ignore[arg-type]
-        up.__getitem__,
+        available=up.__getitem__,
     )
     with pytest.raises(sk.errors.DeploymentUnavailableError, match="on_unavailable='fail'"):
         await failing.call("f", (), {})

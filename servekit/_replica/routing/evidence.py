@@ -95,7 +95,9 @@ class Evidence:
             if len(self._assignments) > ASSIGNMENT_CAPACITY:
                 self._assignments.popitem(last=False)
 
-    def samples(self, since: float | None = None, arm: str | None = None, shadow: bool | None = None) -> list[ArmSample]:
+    def samples(
+        self, since: float | None = None, arm: str | None = None, shadow: bool | None = None
+    ) -> list[ArmSample]:
         """The kept samples, oldest first: ended at or after `since`, of `arm`, primary or shadow."""
         return [
             sample
@@ -110,7 +112,7 @@ class Evidence:
         return self._assignments.get(request_id)
 
     def record_outcome(self, request_id: str, name: str, value: float) -> str | None:
-        """Credit outcome `name` = `value` to the arm that served `request_id`; returns the arm (None if unknown)."""
+        """Credit outcome `name` = `value` to the arm that served `request_id`; returns it (None: unknown)."""
         arm = self._assignments.get(request_id)
         if arm is None:
             self.unmatched_outcomes += 1
@@ -178,10 +180,15 @@ def _comparison(pairs: list[tuple[ArmSample, ArmSample]]) -> dict[str, Any]:
         "mean_abs_diff": None,
     }
     if both_ok and numeric:
-        result["mean_abs_diff"] = sum(abs(float(p.output) - float(s.output)) for p, s in both_ok) / len(both_ok)  # type: ignore[arg-type]
+        diffs = [abs(_as_float(p.output) - _as_float(s.output)) for p, s in both_ok]
+        result["mean_abs_diff"] = sum(diffs) / len(diffs)
     elif both_ok:
         result["agreement"] = sum(1 for p, s in both_ok if p.output == s.output) / len(both_ok)
     return result
+
+
+def _as_float(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else math.nan
 
 
 def _is_number(value: object) -> bool:

@@ -51,6 +51,7 @@ class Router:
         table: TableSource,
         call: ArmCall,
         stream: ArmStream,
+        *,
         available: Available | None = None,
         shadow_capacity: int = SHADOW_CAPACITY,
     ) -> None:
@@ -85,7 +86,11 @@ class Router:
         if arm is None:
             arm = self._fallback(allowed)
         available = self._available
-        if self.node.on_unavailable == "fail" and available is not None and not available(self.node.arms[arm]):
+        if (
+            self.node.on_unavailable == "fail"
+            and available is not None
+            and not available(self.node.arms[arm])
+        ):
             raise DeploymentUnavailableError(
                 f"router {self.node.name!r}: arm {arm!r} has no running replica (on_unavailable='fail')"
             )
@@ -117,7 +122,12 @@ class Router:
             self._record(arm, ok, started, None, context, shadow=False)
 
     async def _timed(
-        self, arm: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], context: RequestContext | None
+        self,
+        arm: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        context: RequestContext | None,
     ) -> Any:
         started = time.perf_counter()
         ok = False
@@ -129,7 +139,9 @@ class Router:
         finally:
             self._record(arm, ok, started, result, context, shadow=False)
 
-    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any], context: RequestContext | None) -> str | None:
+    def _key(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], context: RequestContext | None
+    ) -> str | None:
         sticky = self.node.sticky
         if sticky is None:
             return None
@@ -193,7 +205,12 @@ class Router:
             task.add_done_callback(self._shadows_in_flight.discard)
 
     async def _shadow_call(
-        self, arm: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], context: RequestContext | None
+        self,
+        arm: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        context: RequestContext | None,
     ) -> None:
         started = time.perf_counter()
         ok = False
@@ -263,7 +280,9 @@ class Router:
         return {
             "name": self.node.name,
             **table.view(),
-            "sticky": self.node.sticky if isinstance(self.node.sticky, str) or self.node.sticky is None else "function",
+            "sticky": self.node.sticky
+            if isinstance(self.node.sticky, str) or self.node.sticky is None
+            else "function",
             "on_unavailable": self.node.on_unavailable,
             "arms": arms,
             "shadow_fraction": self.node.shadow_fraction,

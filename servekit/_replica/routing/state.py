@@ -72,7 +72,9 @@ class RouterState:
     def switch(self, to_arm: str, now: float, bake_s: float) -> RouterTable:
         """Send all traffic to `to_arm` at once; keep the previous weights for `bake_s` for a switch-back."""
         if to_arm not in self.arms:
-            raise BadRequestError(f"router {self.name!r} has no arm {to_arm!r}; its arms are {list(self.arms)}")
+            raise BadRequestError(
+                f"router {self.name!r} has no arm {to_arm!r}; its arms are {list(self.arms)}"
+            )
         if bake_s < 0:
             raise BadRequestError(f"router {self.name!r}: bake_s must be >= 0; got {bake_s!r}")
         current = self._table

@@ -286,7 +286,9 @@ class LocalRuntime:
         """
         undo: list[Callable[[], Awaitable[None]]] = []
         old_methods = self._launcher.methods
-        merged = AppGraph(graph.ingress, {**self._graph.nodes, **graph.nodes}, {**self._graph.routers, **graph.routers})
+        merged = AppGraph(
+            graph.ingress, {**self._graph.nodes, **graph.nodes}, {**self._graph.routers, **graph.routers}
+        )
         self._launcher.methods = self._methods(merged)
         try:
             for name, node in graph.nodes.items():

@@ -31,10 +31,10 @@ from servekit._runtime.local.workers.messages import (
     ConfigureBatching,
     End,
     HandleRequest,
-    RecordOutcomes,
     Init,
     Probe,
     ProbeResult,
+    RecordOutcomes,
     Reply,
     Request,
     Started,
@@ -93,6 +93,7 @@ class ProcessReplica:
         self._link: codec.FrameProtocol | None = None
         self._outgoing = OutgoingCalls(self._send)
         self._served: dict[int, asyncio.Task[None]] = {}
+        self._notes: set[asyncio.Task[Any]] = set()
         self._started: asyncio.Future[Started | StartFailed] | None = None
         self._log_tasks: list[asyncio.Task[None]] = []
         self._stats: dict[str, dict[str, Any]] = {}
@@ -287,15 +288,8 @@ class ProcessReplica:
                 task = asyncio.get_running_loop().create_task(self._serve_handle(message))
                 self._served[message.id] = task
                 task.add_done_callback(functools.partial(self._forget_served, message.id))
-            case Cancelled():
-                self._count_abandoned(-1)
-            case RecordOutcomes(request_id=request_id, outcomes=outcomes):
-                routers = getattr(self._runtime, "routers", None)
-                if routers is not None:
-                    for outcome, value in outcomes:
-                        asyncio.get_running_loop().create_task(
-                            routers.post_outcome(None, request_id, outcome, value)
-                        )
+            case Cancelled() | RecordOutcomes():
+                self._on_note(message)
             case Cancel(id=key):
                 served = self._served.get(key)
                 if served is not None:
@@ -307,6 +301,21 @@ class ProcessReplica:
                 self._on_undecodable(key, starts, error)
             case _:
                 logger.error("replica %s sent an unexpected %r", self.context.replica_id, message)
+
+    def _on_note(self, message: Cancelled | RecordOutcomes) -> None:
+        """A message that needs no answer: a cancelled call stopped, or outcomes to credit."""
+        if isinstance(message, Cancelled):
+            self._count_abandoned(-1)
+            return
+        routers = getattr(self._runtime, "routers", None)
+        if routers is None:
+            return
+        for outcome, value in message.outcomes:
+            task = asyncio.get_running_loop().create_task(
+                routers.post_outcome(None, message.request_id, outcome, value)
+            )
+            self._notes.add(task)
+            task.add_done_callback(self._notes.discard)
 
     def _on_undecodable(self, key: int, starts: bool, error: BaseException) -> None:
         """Fail only the call whose message could not be decoded here."""

@@ -25,8 +25,8 @@ from typing import Any
 import cloudpickle
 
 from servekit._replica.context import ReplicaContext
-from servekit._replica.request_context import current_request, set_request
 from servekit._replica.replica import Replica
+from servekit._replica.request_context import current_request, set_request
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.local.workers import codec
 from servekit._runtime.local.workers.calls import OutgoingCalls
@@ -37,10 +37,10 @@ from servekit._runtime.local.workers.messages import (
     ConfigureBatching,
     End,
     HandleRequest,
-    RecordOutcomes,
     Init,
     Probe,
     ProbeResult,
+    RecordOutcomes,
     Reply,
     Request,
     Started,
