@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from servekit._replica.request_context import RequestContext, request_scope
 from servekit._replica.routing.router import ArmCall, ArmStream, Available, Router
 from servekit._replica.routing.state import RouterState, RouterTable
+from servekit._runtime.handle import Dispatcher
 from servekit._spec.graph import AppGraph
 from servekit._spec.routing import RouterNode
 from servekit.errors import BadRequestError, DeploymentUnavailableError, NotFoundError
@@ -111,7 +112,7 @@ class AppRouters:
     def view(self, name: str) -> dict[str, Any]:
         """Router `name`: live weights, mode, arms with counters, shadows and their comparison."""
         table = self.state(name).tick(time.monotonic())
-        return self.routers[name].view(table)
+        return {**self.routers[name].view(table), "applied_everywhere": True}
 
     async def set_weights(self, name: str, weights: object) -> dict[str, Any]:
         """Validate and apply `weights` (a 400 naming the problem leaves the router as it was)."""
@@ -251,3 +252,39 @@ def routed_method_table(
         first = next(iter(node.arms.values()))
         routed[name] = dict(table.get(first, {}))
     return routed
+
+
+class RoutingDispatcher:
+    """A `Dispatcher` that sends calls to a router's name through that router, others to `inner`."""
+
+    def __init__(self, inner: Dispatcher, routers: Mapping[str, Router]) -> None:
+        self._inner = inner
+        self._routers = routers
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The inner dispatcher's loop."""
+        return self._inner.loop
+
+    async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Route a unary call (through a router when `deployment` names one)."""
+        router = self._routers.get(deployment)
+        if router is not None:
+            return await router.call(method, args, kwargs)
+        return await self._inner.call(deployment, method, args, kwargs)
+
+    def stream(
+        self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        """Route a streaming call."""
+        router = self._routers.get(deployment)
+        if router is not None:
+            return router.stream(method, args, kwargs)
+        return self._inner.stream(deployment, method, args, kwargs)
+
+    def is_streaming(self, deployment: str, method: str) -> bool:
+        """Whether `method` streams (a router's: its first arm's)."""
+        router = self._routers.get(deployment)
+        if router is not None:
+            deployment = next(iter(router.node.arms.values()))
+        return self._inner.is_streaming(deployment, method)

@@ -2,7 +2,7 @@
 
 ```
 Api ──/classify──> Mid ──> split "clf" (v1: ModelV1, v2: ModelV2; shadows: Broken, Sleepy)
-    ──/user──────> split "sticky" (header:x-user-id; a: ModelA, b: ModelB)
+    ──/user──────> UserMid ──> split "sticky" (header:x-user-id; a: ModelA, b: ModelB)
     ──/color─────> split "bg" (blue: Blue, green: Green)
 ```
 """
@@ -86,4 +86,4 @@ def router_app() -> sk.Application:
         weights={"blue": 100},
         name="bg",
     )
-    return Api.bind(Mid.bind(clf), sticky, bg)
+    return Api.bind(Mid.bind(clf), Mid.options(name="UserMid").bind(sticky), bg)

@@ -199,3 +199,51 @@ def _percentile_ms(ordered: list[float], q: float) -> float | None:
     if not ordered:
         return None
     return 1000 * ordered[min(len(ordered), math.ceil(q * len(ordered))) - 1]
+
+
+def merge_views(views: list[dict[str, Any]]) -> dict[str, Any]:
+    """One router's status views from several processes as one: counts summed, percentiles the
+    worst any process saw, outcome means weighted by count, shadow comparisons from the process
+    with the most pairs. The first view gives everything else (weights, mode, options)."""
+    if not views:
+        return {}
+    merged = dict(views[0])
+    for section in ("arms", "shadows"):
+        names = {arm for view in views for arm in view.get(section, {})}
+        merged[section] = {
+            arm: _merge_arm([view[section][arm] for view in views if arm in view.get(section, {})])
+            for arm in sorted(names)
+        }
+    for counter in ("shadow_drops", "shadows_in_flight", "unavailable_redirects", "unmatched_outcomes"):
+        merged[counter] = sum(view.get(counter, 0) for view in views)
+    comparisons: dict[str, Any] = {}
+    for view in views:
+        for arm, compared in view.get("shadow_comparison", {}).items():
+            if compared["pairs"] > comparisons.get(arm, {}).get("pairs", -1):
+                comparisons[arm] = compared
+    merged["shadow_comparison"] = comparisons
+    merged["notes"] = sorted({note for view in views for note in view.get("notes", [])})
+    merged["processes"] = len(views)
+    return merged
+
+
+def _merge_arm(views: list[dict[str, Any]]) -> dict[str, Any]:
+    merged = dict(views[0])
+    merged["calls"] = sum(view["calls"] for view in views)
+    merged["errors"] = sum(view["errors"] for view in views)
+    merged["error_rate"] = merged["errors"] / merged["calls"] if merged["calls"] else 0.0
+    merged["available"] = all(view.get("available", True) for view in views)
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        found = [view[key] for view in views if view.get(key) is not None]
+        merged[key] = max(found) if found else None
+    outcomes: dict[str, dict[str, Any]] = {}
+    for view in views:
+        for name, summary in view.get("outcomes", {}).items():
+            into = outcomes.setdefault(name, {"count": 0, "total": 0.0})
+            into["count"] += summary["count"]
+            into["total"] += (summary["mean"] or 0.0) * summary["count"]
+    merged["outcomes"] = {
+        name: {"count": into["count"], "mean": into["total"] / into["count"] if into["count"] else None}
+        for name, into in sorted(outcomes.items())
+    }
+    return merged
