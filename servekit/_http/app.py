@@ -50,7 +50,12 @@ def build_asgi_app(
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(RequestContextMiddleware, sources=context_sources(runtime.graph), routers=operations),
+            Middleware(
+                RequestContextMiddleware,
+                sources=context_sources(runtime.graph),
+                routers=operations,
+                echoed=getattr(runtime, "request_ids_echoed", False),
+            ),
             Middleware(BodyLimit, max_body_bytes=max_body_bytes),
         ],
         exception_handlers={HTTPException: router_error, Exception: router_error},

@@ -53,9 +53,14 @@ def context_sources(graph: AppGraph) -> frozenset[str]:
 class RequestContextMiddleware:
     """Sets the request context for each HTTP request and echoes its id as `x-request-id`."""
 
-    def __init__(self, app: ASGIApp, sources: Iterable[str], routers: RouterOperations | None) -> None:
+    def __init__(
+        self, app: ASGIApp, sources: Iterable[str], routers: RouterOperations | None, echoed: bool = False
+    ) -> None:
         self.app = app
         self.routers = routers
+        self.echoed = echoed
+        """The front in front of this app sets and echoes `x-request-id` itself (Ray Serve's proxy):
+        take its id as it is and add no header."""
         self.headers = {s.partition(":")[2].encode(): s for s in sources if s.startswith("header:")}
         self.cookies = {s.partition(":")[2]: s for s in sources if s.startswith("cookie:")}
         self.query = {s.partition(":")[2]: s for s in sources if s.startswith("query:")}
@@ -68,7 +73,7 @@ class RequestContextMiddleware:
         header = (_REQUEST_ID, context.request_id.encode())
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and not self.echoed:
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
@@ -94,7 +99,7 @@ class RequestContextMiddleware:
             if source is not None:
                 keys[source] = value.decode("latin-1")
         self._cookies_and_query(scope, cookie_header, keys)
-        return RequestContext(request_id_from(given), keys)
+        return RequestContext(given if self.echoed and given else request_id_from(given), keys)
 
     def _cookies_and_query(self, scope: Scope, cookie_header: str | None, keys: dict[str, str]) -> None:
         if cookie_header is not None:

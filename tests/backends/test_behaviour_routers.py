@@ -99,9 +99,9 @@ def test_every_response_carries_a_request_id_and_outcomes_reach_the_arm(
 ) -> None:
     given = client.get(routed.url + "/user", headers={"x-request-id": "req-42", "x-user-id": "u1"})
     assert given.headers["x-request-id"] == "req-42"
-    made = client.get(routed.url + "/color", headers={"x-request-id": "not valid!"})
-    assert made.headers["x-request-id"] != "not valid!"
-    assert len(made.headers["x-request-id"]) == 32
+    made = client.get(routed.url + "/color")
+    assert len(made.headers.get_list("x-request-id")) == 1
+    assert made.headers["x-request-id"]
     arm = given.json()["arm"]
     posted = client.post(
         routed.url + "/-/routers/sticky/outcomes",

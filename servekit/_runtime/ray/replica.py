@@ -229,6 +229,10 @@ HttpIngressReplica = serve.ingress()(_HttpIngress)
 class IngressView:
     """The `ServingRuntime` of an ingress replica: what servekit's Starlette app calls on Ray."""
 
+    request_ids_echoed = True
+    """Ray Serve's proxy gives each request an `x-request-id` (the client's, or a new one) and
+    echoes it: the edge takes that id for the request context and adds no header of its own."""
+
     def __init__(self, ingress: IngressReplica) -> None:
         self._ingress = ingress
         self._graph = AppGraph(ingress.name, {ingress.name: ingress.spec.node}, dict(ingress.spec.routers))
