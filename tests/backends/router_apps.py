@@ -67,8 +67,8 @@ class Api:
         return {"arm": await self.bg(x)}
 
 
-def router_app() -> sk.Application:
-    """Api with three routers, as the module docstring draws."""
+def router_app(mid_version: str = "1") -> sk.Application:
+    """Api with three routers, as the module docstring draws (`mid_version`: Mid's version label)."""
     clf = sk.split(
         {"v1": Model.options(name="ModelV1").bind("v1"), "v2": Model.options(name="ModelV2").bind("v2")},
         weights={"v1": 3, "v2": 1},
@@ -86,4 +86,5 @@ def router_app() -> sk.Application:
         weights={"blue": 100},
         name="bg",
     )
-    return Api.bind(Mid.bind(clf), Mid.options(name="UserMid").bind(sticky), bg)
+    mid = Mid.options(version=mid_version).bind(clf)
+    return Api.bind(mid, Mid.options(name="UserMid").bind(sticky), bg)

@@ -224,3 +224,34 @@ def test_the_rollout_cli_reads_and_changes_weights(routed: sk.Server) -> None:
     assert refused.returncode == 1
     assert "negative" in refused.stderr
     assert routed.router("clf").status()["weights"] == {"v1": 1.0, "v2": 4.0}
+
+
+def _lose_the_routing_replica(routed: sk.Server) -> None:
+    """Lose the replica of `Mid` (where router "clf" routes): kill its Ray actor or worker process;
+    in-process replicas cannot be killed, so there it is replaced by a redeploy."""
+    replicas = routed.handle.status()["deployments"]["Mid"]["replicas"]
+    if "Ray" in routed.location:
+        import ray
+
+        names = ray.util.list_named_actors(all_namespaces=True)
+        mid = next(a for a in names if "#Mid#" in a["name"] or a["name"].endswith("#Mid"))
+        ray.kill(ray.get_actor(mid["name"], namespace=mid["namespace"]), no_restart=True)
+    elif replicas and replicas[0].get("pid") is not None:
+        os.kill(replicas[0]["pid"], 9)
+    else:
+        routed.redeploy(router_apps.router_app(mid_version="2"))
+
+
+def test_the_live_weights_outlive_the_replica_that_routes(
+    routed: sk.Server, client: httpx.Client, wait_until: Callable[..., None]
+) -> None:
+    _set_weights(routed, "clf", {"v2": 1}, wait_until)
+    _lose_the_routing_replica(routed)
+
+    def answers_v2() -> bool:
+        answer = client.get(routed.url + "/classify")
+        return answer.status_code == 200 and answer.json()["arm"] == "v2"
+
+    wait_until(answers_v2, "a new Mid replica to answer")
+    assert {client.get(routed.url + "/classify").json()["arm"] for _ in range(20)} == {"v2"}
+    assert routed.router("clf").status()["weights"] == {"v1": 0.0, "v2": 1.0}

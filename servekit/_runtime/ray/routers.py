@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import ray
 
@@ -149,7 +149,7 @@ def router_status(app_name: str, routers: Mapping[str, RouterNode]) -> dict[str,
         return {}
     try:
         actor = ray.get_actor(actor_name(app_name), namespace=NAMESPACE)
-        tables: dict[str, RouterTable] = ray.get(actor.tables.remote())
+        tables = cast(dict[str, RouterTable], ray.get(actor.tables.remote()))
         found: dict[str, Any] = {}
         for name in routers:
             views = ray.get(actor.views.remote(name))
