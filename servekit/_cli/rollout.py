@@ -39,12 +39,47 @@ def add_parser(commands: Any) -> None:
     back = actions.add_parser("switch-back", help="undo a router's last switch at once")
     back.add_argument("router")
     for parser in (status, weights, switch, back):
-        parser.add_argument("--url", required=True, help="a servekit server, like http://127.0.0.1:8000")
+        where = parser.add_mutually_exclusive_group(required=True)
+        where.add_argument("--url", help="a servekit server, like http://127.0.0.1:8000 (its /-/routers API)")
+        where.add_argument("--address", help="a Ray cluster (auto, host:port, ray://host:10001)")
+        parser.add_argument(
+            "--app", default=None, help="with --address: the Serve app (default: the only one with routers)"
+        )
         parser.add_argument("--json", action="store_true", help="print the answer as JSON")
 
 
 def run(args: argparse.Namespace) -> str:
     """Carry out the parsed `rollout` command; returns what to print. Raises `RolloutError`."""
+    answer = _on_cluster(args) if args.address is not None else _over_http(args)
+    if args.json:
+        return json.dumps(answer, indent=2)
+    routers = answer["routers"] if "routers" in answer else {answer["name"]: answer}
+    return render_routers(routers)
+
+
+def _on_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    """The command carried out on a Ray cluster, through the backend's seam."""
+    from servekit._runtime.backends import cluster_backend  # noqa: PLC0415
+    from servekit.errors import ServekitError  # noqa: PLC0415
+
+    if args.action == "switch" and args.warmup_method is not None:
+        raise RolloutError("--warmup-method needs --url (the server makes the warm-up call)")
+    operation, extra = {
+        "status": ("status", ()),
+        "weights": ("set_weights", (parse_weights(getattr(args, "weights", None) or []),)),
+        "switch": ("switch", (getattr(args, "arm", None), getattr(args, "bake_s", 60.0))),
+        "switch-back": ("switch_back", ()),
+    }[args.action]
+    try:
+        return cluster_backend().cluster_router_operation(
+            args.address, args.app, operation, args.router, *extra
+        )
+    except (ServekitError, ImportError) as exc:
+        raise RolloutError(str(exc)) from None
+
+
+def _over_http(args: argparse.Namespace) -> dict[str, Any]:
+    """The command carried out through a server's `/-/routers` API."""
     base = args.url.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise RolloutError(
@@ -64,10 +99,7 @@ def run(args: argparse.Namespace) -> str:
         answer = _request("POST", f"{base}/-/routers/{args.router}/switch", body)
     else:
         answer = _request("POST", f"{base}/-/routers/{args.router}/switch-back")
-    if args.json:
-        return json.dumps(answer, indent=2)
-    routers = answer["routers"] if "routers" in answer else {answer["name"]: answer}
-    return render_routers(routers)
+    return answer
 
 
 def parse_weights(pairs: list[str]) -> dict[str, float]:

@@ -39,6 +39,13 @@ class ClusterBackend(Backend, Protocol):
         """The status document of each app (or only `app`) on the cluster at `address`."""
         ...
 
+    def cluster_router_operation(
+        self, address: str, app: str | None, operation: str, name: str | None, *args: Any
+    ) -> dict[str, Any]:
+        """Run router `operation` ("status", "set_weights", "switch", "switch_back") of router
+        `name` (all routers for "status" with None) of `app` on the cluster; returns the routers' state."""
+        ...
+
 
 CLUSTER_BACKEND = "ray"
 """The backend `servekit status --address` reads."""

@@ -207,23 +207,32 @@ def test_status_and_openapi_show_the_routers(routed: sk.Server, client: httpx.Cl
     assert "/-/routers/{name}/weights" in paths
 
 
-def test_the_rollout_cli_reads_and_changes_weights(routed: sk.Server) -> None:
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def test_the_rollout_cli_reads_and_changes_weights(routed: sk.Server, request: pytest.FixtureRequest) -> None:
+    """`servekit rollout ... --url` against the server; on Ray also `--address` against the cluster."""
+    where = ["--url", routed.url]
+    if "Ray" in routed.location:
+        where = ["--address", request.getfixturevalue("ray_cluster").address, "--app", "Api"]
+
+    def cli(*args: str, command: str = "rollout") -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PYTHONPATH": str(Path(sk.__file__).parent.parent)}
-        command = [sys.executable, "-m", "servekit", "rollout", *args, "--url", routed.url]
-        return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)
+        env.pop("RAY_ADDRESS", None)
+        argv = [sys.executable, "-m", "servekit", command, *args, *where]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False)
 
     changed = cli("weights", "clf", "v1=1", "v2=4")
     assert changed.returncode == 0, changed.stderr
     assert routed.router("clf").status()["weights"] == {"v1": 1.0, "v2": 4.0}
     shown = cli("status")
-    assert shown.returncode == 0
+    assert shown.returncode == 0, shown.stderr
     assert "router clf" in shown.stdout
     assert "80.0%" in shown.stdout
     refused = cli("weights", "clf", "v1=-1")
     assert refused.returncode == 1
     assert "negative" in refused.stderr
     assert routed.router("clf").status()["weights"] == {"v1": 1.0, "v2": 4.0}
+    status = cli(command="status")
+    assert status.returncode == 0, status.stderr
+    assert "router clf" in status.stdout
 
 
 def _lose_the_routing_replica(routed: sk.Server) -> None:

@@ -143,25 +143,44 @@ def kill_actor(app_name: str) -> None:
         ray.kill(ray.get_actor(actor_name(app_name), namespace=NAMESPACE))
 
 
-def router_status(app_name: str, routers: Mapping[str, RouterNode]) -> dict[str, Any]:
-    """Each router's state, merged over the processes routing through it (a blocking call)."""
-    if not routers:
+def router_status(app_name: str, routers: Mapping[str, RouterNode] | None = None) -> dict[str, Any]:
+    """Each router's state (all the actor holds when `routers` is None), merged over the processes
+    routing through it (a blocking call; needs this process to have joined the cluster)."""
+    if routers is not None and not routers:
         return {}
     try:
         actor = ray.get_actor(actor_name(app_name), namespace=NAMESPACE)
+    except ValueError:
+        return {}
+    try:
+        names = list(routers) if routers is not None else cast(list[str], ray.get(actor.names.remote()))
         tables = cast(dict[str, RouterTable], ray.get(actor.tables.remote()))
-        found: dict[str, Any] = {}
-        for name in routers:
-            views = ray.get(actor.views.remote(name))
-            merged = merge_views(views) if views else {"name": name, "arms": {}}
-            merged.update(tables[name].view())
-            merged["applied_everywhere"] = all(view.get("version") == tables[name].version for view in views)
-            for arm, info in merged["arms"].items():
-                info["weight"] = tables[name].weights.get(arm, 0.0)
-            found[name] = merged
+        return {name: _merged(name, tables[name], ray.get(actor.views.remote(name))) for name in names}
     except Exception as exc:  # the actor is restarting or gone
-        return {name: {"name": name, "error": f"router state unavailable: {exc}"} for name in routers}
-    return found
+        return {name: {"name": name, "error": f"router state unavailable: {exc}"} for name in routers or {}}
+
+
+def cluster_operation(app_name: str, operation: str, name: str, *args: Any) -> dict[str, Any]:
+    """Run `operation` ("set_weights", "switch", "switch_back") on router `name` of app `app_name`
+    through its state actor, and return the router's state (a blocking call)."""
+    try:
+        actor = ray.get_actor(actor_name(app_name), namespace=NAMESPACE)
+    except ValueError:
+        raise NotFoundError(f"app {app_name!r} has no routers on this cluster") from None
+    try:
+        table = ray.get(getattr(actor, operation).remote(name, *args))
+    except Exception as exc:
+        raise translate(exc, f"routers of {app_name}") from None
+    return _merged(name, table, ray.get(actor.views.remote(name)))
+
+
+def _merged(name: str, table: RouterTable, views: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = merge_views(views) if views else {"name": name, "arms": {}}
+    merged.update(table.view())
+    merged["applied_everywhere"] = all(view.get("version") == table.version for view in views)
+    for arm, info in merged.get("arms", {}).items():
+        info["weight"] = table.weights.get(arm, 0.0)
+    return merged
 
 
 class RayRouters:
@@ -270,12 +289,7 @@ class RayRouters:
         table = (await self._remote("tables"))[name]
         self._tables[name] = table
         views = await self._remote("views", name)
-        merged = merge_views(views) if views else self.routers[name].view(table)
-        merged.update(table.view())
-        merged["applied_everywhere"] = all(view.get("version") == table.version for view in views)
-        for arm, info in merged.get("arms", {}).items():
-            info["weight"] = table.weights.get(arm, 0.0)
-        return merged
+        return _merged(name, table, views or [self.routers[name].view(table)])
 
     def _known(self, name: str) -> RouterNode:
         node = self._nodes.get(name)
@@ -295,3 +309,45 @@ class RayRouters:
             return await getattr(self._actor, method).remote(*args)
         except Exception as exc:
             raise translate(exc, f"routers of {self._app_name}") from None
+
+
+def cluster_routers(
+    address: str, app: str | None, operation: str, name: str | None, *args: Any
+) -> dict[str, Any]:
+    """Join the cluster at `address` (unless joined), run a router operation, leave again.
+
+    `operation` is "status" (every router of the app, or `name`'s) or one of the actor's changes.
+    `app` defaults to the only Serve app with routers on the cluster.
+    """
+    joined = not ray.is_initialized()
+    if joined:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        app_name = app if app is not None else _only_app_with_routers(address)
+        if operation == "status":
+            found = router_status(app_name)
+            if name is None:
+                return {"routers": found}
+            if name not in found:
+                raise NotFoundError(f"no router named {name!r} in app {app_name!r}; routers: {sorted(found)}")
+            view: dict[str, Any] = found[name]
+            return view
+        if name is None:
+            raise BadRequestError(f"router operation {operation!r} needs a router name")
+        return cluster_operation(app_name, operation, name, *args)
+    finally:
+        if joined:
+            ray.shutdown()
+
+
+def _only_app_with_routers(address: str) -> str:
+    prefix = actor_name("")
+    apps: list[str] = sorted(
+        str(actor["name"])[len(prefix) :]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == NAMESPACE and actor["name"].startswith(prefix)
+    )
+    if len(apps) != 1:
+        found = f"apps with routers: {apps}" if apps else "no app has routers"
+        raise NotFoundError(f"pick the app with --app ({found} on the cluster at {address})")
+    return apps[0]
