@@ -10,7 +10,7 @@ collection here has a fixed bound. Nothing here reads a clock: samples carry the
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,41 +70,70 @@ class OutcomeValues:
         self.values.append(value)
 
 
+_Row = tuple[str, bool, float, float, object, "str | None", bool]
+"""An `ArmSample`'s fields, as kept: a tuple is cheap to make on every call; samples are made on read."""
+
+
 class Evidence:
     """A router's bounded record of calls and outcomes, per arm."""
 
     def __init__(self, capacity: int = SAMPLE_CAPACITY) -> None:
-        self._samples: deque[ArmSample] = deque(maxlen=capacity)
+        self._samples: deque[_Row] = deque(maxlen=capacity)
         self._stats: dict[str, ArmStats] = {}
         self._shadow_stats: dict[str, ArmStats] = {}
-        self._assignments: OrderedDict[str, str] = OrderedDict()
+        self._assignments: dict[str, str] = {}
         self._outcomes: dict[str, dict[str, OutcomeValues]] = {}
         self.unmatched_outcomes = 0
         """Outcomes posted for request ids this router never saw (or forgot)."""
 
     def record(self, sample: ArmSample) -> None:
         """Keep `sample` and count it on its arm; remember a primary call's arm by request id."""
-        self._samples.append(sample)
-        stats = self._shadow_stats if sample.shadow else self._stats
-        arm_stats = stats.get(sample.arm)
+        self.record_call(
+            sample.arm,
+            sample.ok,
+            sample.latency_s,
+            sample.at,
+            sample.output,
+            sample.request_id,
+            sample.shadow,
+        )
+
+    def record_call(  # noqa: PLR0917 (the fields of one ArmSample, on the per-call path)
+        self,
+        arm: str,
+        ok: bool,
+        latency_s: float,
+        at: float,
+        output: object,
+        request_id: str | None,
+        shadow: bool,
+    ) -> None:
+        """`record` for the router's per-call path: the sample's fields, no `ArmSample` made yet."""
+        self._samples.append((arm, ok, latency_s, at, output, request_id, shadow))
+        stats = self._shadow_stats if shadow else self._stats
+        arm_stats = stats.get(arm)
         if arm_stats is None:
-            arm_stats = stats[sample.arm] = ArmStats()
-        arm_stats.add(sample)
-        if not sample.shadow and sample.request_id is not None:
-            self._assignments[sample.request_id] = sample.arm
-            if len(self._assignments) > ASSIGNMENT_CAPACITY:
-                self._assignments.popitem(last=False)
+            arm_stats = stats[arm] = ArmStats()
+        arm_stats.calls += 1
+        if not ok:
+            arm_stats.errors += 1
+        arm_stats.latencies_s.append(latency_s)
+        if not shadow and request_id is not None:
+            assignments = self._assignments
+            assignments[request_id] = arm
+            if len(assignments) > ASSIGNMENT_CAPACITY:
+                del assignments[next(iter(assignments))]
 
     def samples(
         self, since: float | None = None, arm: str | None = None, shadow: bool | None = None
     ) -> list[ArmSample]:
         """The kept samples, oldest first: ended at or after `since`, of `arm`, primary or shadow."""
         return [
-            sample
-            for sample in self._samples
-            if (since is None or sample.at >= since)
-            and (arm is None or sample.arm == arm)
-            and (shadow is None or sample.shadow == shadow)
+            ArmSample(*row)
+            for row in self._samples
+            if (since is None or row[3] >= since)
+            and (arm is None or row[0] == arm)
+            and (shadow is None or row[6] == shadow)
         ]
 
     def arm_of(self, request_id: str) -> str | None:

@@ -20,7 +20,6 @@ from typing import Any
 
 from servekit._replica.request_context import RequestContext, current_request, request_scope
 from servekit._replica.routing.evidence import Evidence, compare_shadow
-from servekit._replica.routing.samples import ArmSample
 from servekit._replica.routing.state import RouterTable
 from servekit._replica.routing.sticky import sticky_arm
 from servekit._replica.routing.weights import SmoothWeightedChoice
@@ -38,6 +37,8 @@ Available = Callable[[str], bool]
 
 SHADOW_CAPACITY = 64
 """Mirrored calls in flight at most per router; more are dropped (and counted)."""
+AVAILABILITY_TTL_S = 0.1
+"""How long the router trusts its view of which arms have a running replica."""
 UNAVAILABLE_HOLD_S = 1.0
 """How long an arm that answered 'unavailable' gets no share (with on_unavailable='redistribute')."""
 
@@ -69,6 +70,9 @@ class Router:
         self._shadow_credit = 0.0
         self._shadow_capacity = shadow_capacity
         self._shadows_in_flight: set[asyncio.Task[None]] = set()
+        self._shadowed = bool(node.shadows)
+        self._allowed_at = -1.0
+        self._allowed_now: set[str] | None = None
         self.shadow_drops = 0
         self.unavailable_redirects = 0
 
@@ -80,8 +84,12 @@ class Router:
             self._version = table.version
             self._weights = dict(table.weights)
             self._choice = SmoothWeightedChoice(self._weights)
-        allowed = self._allowed()
-        key = self._key(args, kwargs, context)
+        now = time.perf_counter()
+        if now - self._allowed_at > AVAILABILITY_TTL_S:  # which arms may take calls: checked 10x a second
+            self._allowed_now = self._allowed()
+            self._allowed_at = now
+        allowed = self._allowed_now
+        key = self._key(args, kwargs, context) if self.node.sticky is not None else None
         arm = sticky_arm(key, self._weights, allowed) if key is not None else self._choice.choose(allowed)
         if arm is None:
             arm = self._fallback(allowed)
@@ -100,13 +108,20 @@ class Router:
         """Run `method` on the chosen arm (and mirror it to shadows when due); return the arm's result."""
         context = current_request()
         arm = self.choose(args, kwargs, context)
-        if self.node.shadows and self._mirror_due():
+        if self._shadowed and self._mirror_due():
             self._mirror(method, args, kwargs, context)
+        started = time.perf_counter()
         try:
-            return await self._timed(arm, method, args, kwargs, context)
+            result = await self._call(self.node.arms[arm], method, args, kwargs)
         except DeploymentUnavailableError as exc:
+            self._record(arm, False, started, None, context, shadow=False)
             other = self._redirect_after(arm, exc)
             return await self._timed(other, method, args, kwargs, context)
+        except BaseException:
+            self._record(arm, False, started, None, context, shadow=False)
+            raise
+        self._record(arm, True, started, result, context, shadow=False)
+        return result
 
     async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Stream `method` from the chosen arm (streams are not mirrored)."""
@@ -178,7 +193,8 @@ class Router:
         if self.node.on_unavailable == "fail" or type(exc) is not DeploymentUnavailableError:
             raise exc
         self._held_until[arm] = time.monotonic() + UNAVAILABLE_HOLD_S
-        others = self._allowed()
+        others = self._allowed_now = self._allowed()
+        self._allowed_at = time.perf_counter()
         if others is None or arm in others or not others:
             raise exc
         self.unavailable_redirects += 1
@@ -235,17 +251,15 @@ class Router:
     def _record(
         self, arm: str, ok: bool, started: float, result: Any, context: RequestContext | None, *, shadow: bool
     ) -> None:
-        output = self._output(result) if ok else None
-        self.evidence.record(
-            ArmSample(
-                arm,
-                ok,
-                time.perf_counter() - started,
-                time.monotonic(),
-                output,
-                context.request_id if context is not None else None,
-                shadow,
-            )
+        ended = time.perf_counter()  # CLOCK_MONOTONIC, like time.monotonic(), on Linux and macOS
+        self.evidence.record_call(
+            arm,
+            ok,
+            ended - started,
+            ended,
+            self._output(result) if ok else None,
+            context.request_id if context is not None else None,
+            shadow,
         )
 
     def _output(self, result: Any) -> Any:
