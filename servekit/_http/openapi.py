@@ -112,7 +112,7 @@ def openapi_document(
     schemas.update(_BUILTIN_SCHEMAS)
     for path, item in _builtin_paths(max_body_bytes).items():  # built-ins win, as in the router
         paths.setdefault(path, {}).update(item)
-    for path, item in router_paths().items():
+    for path, item in router_paths(max_body_bytes).items():
         paths.setdefault(path, {}).update(item)
     return {
         "openapi": "3.1.0",
@@ -242,7 +242,7 @@ _ROUTER_BODIES = {
 }
 
 
-def router_paths() -> dict[str, Any]:
+def router_paths(max_body_bytes: int) -> dict[str, Any]:
     """The `/-/routers` admin API (JSON in and out)."""
 
     def operation(name: str, summary: str, body: str | None = None) -> dict[str, Any]:
@@ -256,6 +256,9 @@ def router_paths() -> dict[str, Any]:
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
                 **_ROUTER_ERRORS,
+                **_common_errors(max_body_bytes),
+                "500": _error(_INTERNAL_ERROR),
+                "503": _error("A switch's arm has no running replica, or its warm-up call failed"),
             },
         }
         if body is not None:
