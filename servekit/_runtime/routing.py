@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from servekit._replica.request_context import RequestContext, request_scope
+from servekit._replica.routing.evidence import Evidence
 from servekit._replica.routing.router import ArmCall, ArmStream, Available, Router
 from servekit._replica.routing.state import RouterState, RouterTable
 from servekit._runtime.handle import Dispatcher
@@ -102,6 +103,11 @@ class AppRouters:
     def router_names(self) -> list[str]:
         """The app's router names."""
         return sorted(self.states)
+
+    def evidence(self, name: str) -> Evidence:
+        """Router `name`'s evidence: the samples and outcomes a rollout controller analyses."""
+        self.state(name)
+        return self.routers[name].evidence
 
     async def router_view(self, name: str | None = None) -> dict[str, Any]:
         """One router's state, or all of them."""

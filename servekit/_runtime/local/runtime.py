@@ -74,7 +74,7 @@ class LocalRuntime:
         self._controller = Controller(self)
         self._stopping: set[asyncio.Task[None]] = set()
         self._last_rollout: dict[str, Any] | None = None
-        self.routers = AppRouters(self._call_deployment, self._stream_deployment, self._has_replica)
+        self.routers = AppRouters(self.call, self.stream, self._has_replica)
         """The app's traffic-split routers: their state lives here, handles route through them."""
         self.routers.load(graph)
         self.state = "new"
@@ -167,13 +167,8 @@ class LocalRuntime:
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a unary method on one replica (of one arm, for a router), within the request timeout."""
         router = self.routers.routers.get(deployment)
-        if router is not None:
+        if router is not None:  # the router calls back here for the arm it chose
             return await router.call(method, args, kwargs)
-        return await self._call_deployment(deployment, method, args, kwargs)
-
-    async def _call_deployment(
-        self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
         state = self._state(deployment)
         timeout = state.node.deployment.config.request_timeout_s
         started = time.perf_counter()
@@ -190,18 +185,11 @@ class LocalRuntime:
     ) -> AsyncIterator[Any]:
         """Run a generator method on one replica and yield its chunks, each within the request timeout."""
         router = self.routers.routers.get(deployment)
-        chunks = (
-            router.stream(method, args, kwargs)
-            if router is not None
-            else self._stream_deployment(deployment, method, args, kwargs)
-        )
-        async with contextlib.aclosing(chunks) as closing:  # type: ignore[type-var]
-            async for chunk in closing:
-                yield chunk
-
-    async def _stream_deployment(
-        self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncIterator[Any]:
+        if router is not None:  # the router streams from the arm it chose, through here
+            async with contextlib.aclosing(router.stream(method, args, kwargs)) as routed:  # type: ignore[type-var]
+                async for chunk in routed:
+                    yield chunk
+            return
         state = self._state(deployment)
         timeout = state.node.deployment.config.request_timeout_s
         chunks = self._stream_replica(state, method, args, kwargs)

@@ -138,7 +138,9 @@ def ensure_actor(app_name: str, routers: Mapping[str, RouterNode]) -> Any:
 
 
 def kill_actor(app_name: str) -> None:
-    """Stop app `app_name`'s state actor, if it runs."""
+    """Stop app `app_name`'s state actor, if it runs (and this process is connected to Ray)."""
+    if not ray.is_initialized():
+        return
     with contextlib.suppress(ValueError):
         ray.kill(ray.get_actor(actor_name(app_name), namespace=NAMESPACE))
 

@@ -376,8 +376,7 @@ class RayRuntime:
         try:
             if self._cluster.serving and self._app_name in serve_details_apps():
                 serve.delete(self._app_name)
-            if self._graph.routers:
-                kill_actor(self._app_name)
+            kill_actor(self._app_name)  # the routers' state, if the app has (or had) routers
         finally:
             self._cluster.close()
             if self._user_code is not None:
