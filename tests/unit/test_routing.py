@@ -8,8 +8,9 @@ from collections import Counter
 import pytest
 
 import servekit as sk
+from servekit._cli.rollout import RolloutError, parse_weights
 from servekit._replica.request_context import RequestContext, request_id_from, request_scope
-from servekit._replica.routing.evidence import Evidence, compare_shadow
+from servekit._replica.routing.evidence import Evidence, compare_shadow, merge_views
 from servekit._replica.routing.router import Router
 from servekit._replica.routing.samples import ArmSample
 from servekit._replica.routing.state import RouterState
@@ -234,3 +235,33 @@ async def test_an_arm_without_replicas_gets_no_share_unless_told_to_fail() -> No
     )
     with pytest.raises(sk.errors.DeploymentUnavailableError, match="on_unavailable='fail'"):
         await failing.call("f", (), {})
+
+
+def test_views_from_several_processes_merge_into_one() -> None:
+    def view(calls: int, errors: int, p95: float, clicks: int, mean: float) -> dict[str, object]:
+        arm = {
+            "calls": calls,
+            "errors": errors,
+            "p50_ms": 1.0,
+            "p95_ms": p95,
+            "p99_ms": p95,
+            "available": True,
+        }
+        arm["outcomes"] = {"clicked": {"count": clicks, "mean": mean}}
+        return {"name": "clf", "arms": {"v1": arm}, "shadow_drops": 1, "notes": [], "shadow_comparison": {}}
+
+    merged = merge_views([view(10, 1, 5.0, 2, 1.0), view(30, 2, 9.0, 6, 0.0)])
+    arm = merged["arms"]["v1"]
+    assert (arm["calls"], arm["errors"], arm["p95_ms"]) == (40, 3, 9.0)
+    assert arm["error_rate"] == pytest.approx(3 / 40)
+    assert arm["outcomes"]["clicked"] == {"count": 8, "mean": pytest.approx(0.25)}
+    assert merged["shadow_drops"] == 2
+    assert merged["processes"] == 2
+
+
+def test_the_rollout_cli_parses_weights_and_names_a_bad_pair() -> None:
+    assert parse_weights(["v1=90", "v2=10.5"]) == {"v1": 90.0, "v2": 10.5}
+    with pytest.raises(RolloutError, match="'v1:90'"):
+        parse_weights(["v1:90"])
+    with pytest.raises(RolloutError, match="'v2=x'"):
+        parse_weights(["v2=x"])

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,7 +44,7 @@ from servekit._runtime.ray.ship import ReplicaSpec, restore_annotation_names, un
 from servekit._runtime.ray.status import fetch_app_status
 from servekit._runtime.replica_set import ReplicaSet
 from servekit._runtime.routing import RoutingDispatcher
-from servekit._spec.graph import AppGraph, with_handles
+from servekit._spec.graph import AppGraph, iter_handle_refs, with_handles
 from servekit.errors import NotFoundError
 
 
@@ -59,7 +59,11 @@ class RayReplica:
         self.name = node.name
         self.loop = asyncio.get_running_loop()
         self.dispatcher = RayDispatcher(
-            self.loop, handles.get, self.spec.methods, self.spec.idempotent, self.spec.timeouts
+            self.loop,
+            _any_of_app(handles, self.spec),
+            self.spec.methods,
+            self.spec.idempotent,
+            self.spec.timeouts,
         )
         self.context = _replica_context(node.name)
         if self.context.gpu_ids and 0 < config.resources.gpus < 1:
@@ -73,8 +77,9 @@ class RayReplica:
         self._look_back_s = look_back
         self._latencies = LatencyWindow()
         self._timeout = config.request_timeout_s
+        bound = {ref.deployment for ref in iter_handle_refs([node.init_args, node.init_kwargs])}
         self.routing = RayRouters(
-            self.spec.app_name, self.spec.routers, self.dispatcher.call, self.dispatcher.stream
+            self.spec.app_name, self.spec.routers, self.dispatcher.call, self.dispatcher.stream, routed=bound
         )
         self.routing.start()
         self.routed = RoutingDispatcher(self.dispatcher, self.routing.routers)
@@ -313,6 +318,19 @@ class IngressView:
             if replica["id"] == self._ingress.context.replica_id:  # the one replica seen from here
                 replica["batching"] = self._ingress.batch_stats()
         self._status = status
+
+
+def _any_of_app(handles: dict[str, Any], spec: ReplicaSpec) -> Callable[[str], Any]:
+    """Ray's handle to a deployment: a bound one, else (a router's arm this replica switches to, say)
+    one looked up in the app."""
+
+    def find(name: str) -> Any:
+        found = handles.get(name)
+        if found is None and name in spec.node_names:
+            found = handles[name] = serve.get_deployment_handle(name, app_name=spec.app_name)
+        return found
+
+    return find
 
 
 def _replica_context(deployment: str) -> ReplicaContext:

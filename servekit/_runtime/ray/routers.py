@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, cast
 
 import ray
@@ -189,8 +189,15 @@ class RayRouters:
     """An app's routers as one Ray process sees them: local routing, operations through the actor."""
 
     def __init__(
-        self, app_name: str, routers: Mapping[str, RouterNode], call: ArmCall, stream: ArmStream
+        self,
+        app_name: str,
+        routers: Mapping[str, RouterNode],
+        call: ArmCall,
+        stream: ArmStream,
+        routed: Collection[str] | None = None,
     ) -> None:
+        """`routers`: the app's; `routed`: those this process routes through (default: all), which
+        it polls for; operations work on every router of the app."""
         self._app_name = app_name
         self._nodes = dict(routers)
         self._call = call
@@ -198,7 +205,9 @@ class RayRouters:
             name: RouterTable(0, dict(node.weights)) for name, node in routers.items()
         }
         self.routers = {
-            name: Router(node, self._table_source(name), call, stream) for name, node in routers.items()
+            name: Router(node, self._table_source(name), call, stream)
+            for name, node in routers.items()
+            if routed is None or name in routed
         }
         self._process = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._seen = 0
@@ -207,7 +216,7 @@ class RayRouters:
 
     def start(self) -> None:
         """Start polling the actor (call on the process's event loop; a no-op without routers)."""
-        if self._nodes and self._poller is None:
+        if self.routers and self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
 
     def close(self) -> None:
@@ -291,7 +300,8 @@ class RayRouters:
         table = (await self._remote("tables"))[name]
         self._tables[name] = table
         views = await self._remote("views", name)
-        return _merged(name, table, views or [self.routers[name].view(table)])
+        local = [self.routers[name].view(table)] if name in self.routers else []
+        return _merged(name, table, views or local)
 
     def _known(self, name: str) -> RouterNode:
         node = self._nodes.get(name)

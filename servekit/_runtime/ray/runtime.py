@@ -310,6 +310,7 @@ class RayRuntime:
                 versions,
                 timeouts=timeouts,
                 routers=graph.routers,
+                node_names=frozenset(graph.nodes),
                 build_app=self._http.build_app if ingress and self._http is not None else None,
                 annotation_names=annotation_names(node.deployment.target) if ingress else {},
             )

@@ -44,6 +44,8 @@ class ReplicaSpec:
     timeouts: Mapping[str, float | None] = field(default_factory=dict)
     """Each deployment's `request_timeout_s`, applied by the callers of its replicas."""
     routers: Mapping[str, RouterNode] = field(default_factory=dict)
+    node_names: frozenset[str] = frozenset()
+    """Every deployment of the app."""
     """The app's traffic-split routers: handles to them route in the replica (state: the actor)."""
     annotation_names: Mapping[str, Any] = field(default_factory=dict)
     """Names the target's string annotations use (`from __future__ import annotations`), which
