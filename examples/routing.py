@@ -85,4 +85,4 @@ with sk.serve(app, port=0, blocking=False) as server, httpx.Client(base_url=serv
     )
     print("outcome credited to:", posted.json()["credited"])
     view = client.get("/-/routers/sentiment").json()
-    print("shadow agreement:", view["shadow_comparison"].get("v3", {}).get("agreement") is not None)
+    print("shadow agreement:", view["shadow_comparison"].get("v3", {}).get("agreement_rate") is not None)

@@ -20,6 +20,7 @@ from servekit._runtime.handle import (
 )
 from servekit._runtime.options import RunOptions
 from servekit._runtime.routing import RouterControl
+from servekit._spec.canary import Canary
 from servekit._spec.config import Autoscaling, BatchOptions, DeploymentConfig, DeploymentOptions, Resources
 from servekit._spec.deployment import Application, Deployment, deployment
 from servekit._spec.endpoint import endpoint, idempotent, ingress
@@ -32,6 +33,7 @@ __all__ = [
     "Application",
     "Autoscaling",
     "BatchOptions",
+    "Canary",
     "Deployment",
     "DeploymentConfig",
     "DeploymentHandle",

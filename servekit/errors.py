@@ -4,6 +4,7 @@
 ServekitError                      500  base of everything servekit raises
 ├── DeploymentOptionError          -    a bad option, raised at decoration time (also ValueError)
 ├── GraphError                     -    a graph that cannot be built (also ValueError)
+├── BundleError                    -    a bundle cannot be built, verified or served
 ├── DeploymentStartError           -    a replica's constructor failed while starting the app
 │   └── InsufficientResourcesError -    the replicas do not fit the GPUs / cluster at hand
 ├── RequestError                   4xx  the client's request is wrong
@@ -11,6 +12,7 @@ ServekitError                      500  base of everything servekit raises
 │   ├── NotFoundError              404  no route for the path
 │   ├── MethodNotAllowedError      405  route exists, method does not
 │   ├── PayloadTooLargeError       413  body over the configured limit
+│   ├── RolloutStateError          409  a rollout action its state does not allow (promote a finished canary)
 │   └── RequestValidationError     422  body/query/path do not match the schema
 ├── UserCodeError                  500  user code raised; see `servekit.errors.UserCodeError`
 ├── OverloadedError                503  replicas busy and the queue full (carries retry_after_s)
@@ -68,6 +70,12 @@ class GraphError(ServekitError, ValueError):
     """The application graph is invalid: a cycle, no ingress, or arguments that do not fit."""
 
     error_type = "graph_error"
+
+
+class BundleError(ServekitError):
+    """A bundle cannot be built, verified or served; the message names the file and the fix."""
+
+    error_type = "bundle_error"
 
 
 class DeploymentStartError(ServekitError):
@@ -129,6 +137,13 @@ class PayloadTooLargeError(RequestError):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "limit_bytes": self.limit_bytes}
+
+
+class RolloutStateError(RequestError):
+    """A rollout cannot take this action in its current state (e.g. promote a canary that ended)."""
+
+    status_code = 409
+    error_type = "rollout_state_conflict"
 
 
 class RequestValidationError(RequestError):
@@ -215,6 +230,7 @@ __all__ = [
     "RequestError",
     "RequestTimeoutError",
     "RequestValidationError",
+    "RolloutStateError",
     "ServekitError",
     "UserCodeError",
 ]

@@ -23,6 +23,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "DeploymentConfig": sk.DeploymentConfig,
     "Resources": sk.Resources,
     "Autoscaling": sk.Autoscaling,
+    "Canary": sk.Canary,
     "RunOptions": sk.RunOptions,
 }
 

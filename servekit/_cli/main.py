@@ -1,4 +1,5 @@
-"""`servekit` command: `servekit serve TARGET`, `servekit status`, `servekit --version`."""
+"""`servekit` command: `servekit serve TARGET|BUNDLE`, `servekit build`, `servekit bundles`,
+`servekit deploy`, `servekit status`, `servekit --version`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from servekit._cli import rollout
+from servekit._cli.bundles import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_command
 from servekit._cli.target import TargetError, load_app
+from servekit._spec.deployment import Application
 from servekit._version import __version__
 from servekit.errors import ServekitError
 
@@ -20,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"servekit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve an app over HTTP on this machine")
-    serve.add_argument("target", help="the app: pkg.module:app or path/to/file.py:app")
+    serve.add_argument(
+        "target", help="the app: pkg.module:app, path/to/file.py:app, or a bundle (.tar.gz or its folder)"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one")
     serve.add_argument(
@@ -97,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--app", default=None, help="with --address: only this Serve application")
     status.add_argument("--json", action="store_true", help="print the status documents as JSON")
     rollout.add_parser(commands)
+    add_bundle_commands(commands)
     return parser
 
 
@@ -108,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args)
     if args.command == "rollout":
         return _rollout(args)
+    if args.command in BUNDLE_COMMANDS:
+        return run_bundle_command(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -155,7 +163,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         with _tracebacks_logged(args.log_level == "debug"):
-            app = load_app(args.target)
+            app = _load(args.target, args.reload)
             reloader = Reloader(args.target, app) if args.reload else None
             server = serve(
                 app,
@@ -169,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
                 http=args.http,
                 **options.model_dump(exclude_defaults=True),
             )
-    except (TargetError, ServekitError, OSError, ImportError) as exc:
+    except (TargetError, ServekitError, OSError, ImportError) as exc:  # BundleError is a ServekitError
         hint = (
             ""
             if exc.__cause__ is None or args.log_level == "debug"
@@ -191,6 +199,25 @@ def _serve(args: argparse.Namespace) -> int:
     serve_until_signal(server, before_shutdown=reloader.stop if reloader is not None else None)
     print("servekit: stopped", file=sys.stderr)
     return 0
+
+
+def _load(target: str, reload: bool) -> Application:
+    """The app `target` names: imported from the source, or from a verified bundle."""
+    from servekit._bundle.store import is_bundle, open_bundle  # noqa: PLC0415
+    from servekit._cli.bundle_app import load_bundle_app  # noqa: PLC0415
+
+    if not is_bundle(target):
+        return load_app(target)
+    if reload:
+        raise TargetError(f"{target!r} is a bundle, and --reload serves source code; drop --reload")
+    opened = open_bundle(target)
+    where = "" if opened.sha256 is None else f", sha256 {opened.sha256}"
+    manifest = opened.manifest
+    print(
+        f"servekit: bundle {manifest.name} {manifest.version}: {len(manifest.files)} files verified{where}",
+        file=sys.stderr,
+    )
+    return load_bundle_app(opened.folder, manifest)
 
 
 @contextlib.contextmanager

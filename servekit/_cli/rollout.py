@@ -142,8 +142,8 @@ def _render_router(view: dict[str, Any]) -> str:
         )
     for arm, info in view.get("shadows", {}).items():
         compared = view.get("shadow_comparison", {}).get(arm, {})
-        agreement = compared.get("agreement")
-        diff = compared.get("mean_abs_diff")
+        agreement = compared.get("agreement_rate")
+        diff = compared.get("mean_absolute_difference")
         versus = (
             f"agreement {agreement:.1%}"
             if agreement is not None

@@ -62,6 +62,9 @@ def _render_app(document: dict[str, Any]) -> str:
     lines = [f"{name} ({backend}): {document.get('state', '?')}, {ready}"]
     if document.get("message"):
         lines.append(f"  {document['message']}")
+    bundle = document.get("bundle")
+    if bundle:
+        lines.append(f"  bundle {bundle.get('name')} {bundle.get('version')}, sha256 {bundle.get('sha256')}")
     lines.append(f"  {'DEPLOYMENT':<24} {'REPLICAS':>9}  {'VERSION':<12} STATUS")
     for deployment, view in document.get("deployments", {}).items():
         counts = f"{view.get('running_replicas', 0)}/{view.get('target_replicas', '?')}"

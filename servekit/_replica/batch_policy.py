@@ -9,29 +9,43 @@ model is free, a batch finishes, a hold expires). The rules, in order:
    item arrived or since the queue got room to run a batch, whichever is later (time spent
    waiting for a running batch is not the batcher's choice, and a model that blocks the event
    loop holds back the arrivals behind it);
-3. nothing learned yet (no batch cost, or no gap between queued arrivals seen): dispatch, so
+3. coming: calls that entered this replica and have not reached the queue yet (a front end
+   counts them: Ray Serve's HTTP path fetches each body from the proxy after the request
+   entered) are known to be on their way: hold until the window ends or they are all in;
+4. backlogged: the event loop ran the latest arrival's decision late (by `BACKLOG_LAG` of
+   `max_wait_ms` or more), so other calls are being worked on in this process and reach the
+   queue soon: hold until the window ends. Waiting idles nothing here, and every call that
+   joins saves a batch's fixed cost. This is what fills batches behind a busy front end
+   (Ray Serve's proxy and replica machinery deliver calls in bursts, each costing the loop
+   milliseconds), where gaps alone cannot tell a burst from its end;
+5. nothing learned yet (no batch cost, or no gap between queued arrivals seen): dispatch, so
    a lone caller pays no window;
-4. hold only while waiting pays: the next arrival is expected sooner than the fixed cost of a
+6. hold only while waiting pays: the next arrival is expected sooner than the fixed cost of a
    batch it would otherwise pay for (`gap + per_item < fixed`), and only while the queue keeps
-   growing: at most `HOLD_GAPS` mean gaps (and one fixed cost) after the last arrival, and
+   growing: at most `HOLD_GAPS` typical gaps (and one fixed cost) after the last arrival, and
    never past the window.
 
 `CostModel` learns a batch's duration as `fixed + per_item * size` (an exponentially weighted
-least-squares fit), and `ArrivalGap` the time between arrivals while items are queued. Nothing
+least-squares fit), and `ArrivalGap` the typical (median) time between arrivals while items
+are queued, which a burst's silence does not inflate. Nothing
 here reads a clock: callers pass `now`, so a test with a fake clock reproduces a run exactly.
 """
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 COST_WEIGHT = 0.1
 """Weight of the newest batch in the cost fit (older ones fade geometrically)."""
-GAP_WEIGHT = 0.2
-"""Weight of the newest arrival gap in its average."""
+GAP_SAMPLES = 9
+"""How many recent arrival gaps the typical gap is the median of."""
 HOLD_GAPS = 8.0
-"""A hold ends once no item arrived for this many mean gaps: the queue stopped growing."""
+"""A hold ends once no item arrived for this many typical gaps: the queue stopped growing."""
+BACKLOG_LAG = 0.1
+"""A decision that runs this share of `max_wait_s` late finds the event loop backlogged."""
 _MIN_SIZE_VARIANCE = 0.25
 """Below this spread of batch sizes the fit cannot tell fixed from per-item cost."""
 
@@ -75,9 +89,13 @@ class BatchInput:
     limits: BatchLimits
     cost: CostEstimate | None = None
     arrival_gap_s: float | None = None
-    """Mean time between arrivals while items were queued; None before any was seen."""
+    """Typical (median) time between recent arrivals while items were queued; None before any."""
     room_since: float = 0.0
     """When the queue last got room to run a batch (a running one finished)."""
+    loop_lag_s: float = 0.0
+    """How late the event loop ran the latest arrival's decision: its backlog of other work."""
+    on_their_way: int = 0
+    """Calls inside this replica known to be coming (see `servekit._replica.arrivals`)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +134,10 @@ def window_end(state: BatchInput) -> float:
 
 def _hold_if_it_pays(state: BatchInput) -> BatchDecision:
     """Hold for the next arrival while it is due sooner than the fixed cost it saves, else go."""
+    if state.on_their_way > 0:
+        return BatchDecision(False, window_end(state), "calls are on their way")
+    if state.loop_lag_s >= BACKLOG_LAG * state.limits.max_wait_s:
+        return BatchDecision(False, window_end(state), "the event loop is backlogged")
     cost, gap = state.cost, state.arrival_gap_s
     if cost is None or gap is None:
         return BatchDecision(True, None, "nothing learned")
@@ -162,21 +184,28 @@ class CostModel:
 
 
 class ArrivalGap:
-    """The mean time between arrivals while items are queued (arrivals to an empty queue start no gap)."""
+    """The typical time between arrivals while items are queued (arrivals to an empty queue start
+    no gap): the median of the last `GAP_SAMPLES` gaps.
 
-    def __init__(self, weight: float = GAP_WEIGHT) -> None:
-        self._weight = weight
-        self.mean_s: float | None = None
+    A median, not a mean: arrivals through a busy proxy (Ray Serve's, say) come in bursts with
+    long silences between them, and one silence must not make the batcher stop holding inside
+    the next burst. Where gaps are long most of the time, the median is long too.
+    """
+
+    def __init__(self, samples: int = GAP_SAMPLES) -> None:
+        self._recent: deque[float] = deque(maxlen=samples)
+        self.typical_s: float | None = None
 
     def observe(self, gap_s: float) -> None:
         """Fold in one gap between two queued arrivals."""
-        mean = self.mean_s
-        self.mean_s = gap_s if mean is None else mean + self._weight * (gap_s - mean)
+        self._recent.append(gap_s)
+        self.typical_s = statistics.median(self._recent)
 
     def observe_silence(self, waited_s: float) -> None:
         """A hold ended with no arrival for `waited_s`: the gap is at least that long.
 
-        The expected gap given that it exceeds `waited_s` is `waited_s` plus the mean (arrivals
-        without memory), so a few silent holds lift the mean past what pays for a wait.
+        The expected gap given that it exceeds `waited_s` is `waited_s` plus the typical gap
+        (arrivals without memory), so a run of silent holds (half the samples) moves the median
+        past what pays for a wait.
         """
-        self.observe(waited_s + (self.mean_s or 0.0))
+        self.observe(waited_s + (self.typical_s or 0.0))

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from servekit._replica.arrivals import Incoming, arrived
 from servekit._replica.batch_policy import (
     HOLD_GAPS,
     ArrivalGap,
@@ -113,6 +114,11 @@ class BatchQueue:
         self._reason = "idle"
         self.costs = CostModel()
         self.gaps = ArrivalGap()
+        self._loop_lag_s = 0.0
+        self._reserved = 0
+        self._incoming: Incoming | None = None
+        """Calls counted on their way to this queue by the replica's front end, if it counts."""
+        """Queued items that started batches will take when their tasks first run."""
         self.stats = BatchStats()
 
     @property
@@ -142,7 +148,7 @@ class BatchQueue:
 
     def status(self) -> dict[str, Any]:
         """JSON-ready stats, options, what was learned and the last decision."""
-        cost, gap = self.costs.estimate, self.gaps.mean_s
+        cost, gap = self.costs.estimate, self.gaps.typical_s
         return {
             **self.stats.to_dict(),
             "queued": len(self._pending),
@@ -152,10 +158,12 @@ class BatchQueue:
             "per_item_cost_ms": None if cost is None else round(cost.per_item_s * 1000, 4),
             "arrival_gap_ms": None if gap is None else round(gap * 1000, 4),
             "decision": self._reason,
+            "loop_lag_ms": round(self._loop_lag_s * 1000, 4),
         }
 
     async def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Queue one item and wait for its result."""
+        self._incoming = arrived() or self._incoming
         item = _Item(args, kwargs, future=self._loop.create_future(), arrived=_now())
         self._enqueue(item)
         assert item.future is not None
@@ -163,6 +171,7 @@ class BatchQueue:
 
     async def submit_stream(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Queue one item of a batched generator and yield its share of each step."""
+        self._incoming = arrived() or self._incoming
         item = _Item(args, kwargs, stream=asyncio.Queue(), arrived=_now())
         self._enqueue(item)
         assert item.stream is not None
@@ -196,19 +205,21 @@ class BatchQueue:
         if self._running < self._limits.max_concurrent_batches:
             if len(pending) >= self._limits.max_batch_size and not self._deciding:
                 self._decide()  # a full batch goes now
-            elif self._timer is None:
-                self._decide_soon()
+            elif self._timer is None or (self._incoming is not None and self._incoming.count == 0):
+                self._decide_soon()  # (a hold for calls on their way ends once all are in)
 
     def _decide_soon(self) -> None:
         """Decide once this loop iteration's arrivals are in (so simultaneous calls share a batch)."""
         if not self._deciding:
             self._deciding = True
-            self._loop.call_soon(self._decide)
+            self._loop.call_soon(self._decide, _now())
 
-    def _decide(self) -> None:
+    def _decide(self, scheduled: float | None = None) -> None:
         self._deciding = False
+        if scheduled is not None:  # how late the loop ran it: its backlog of other work
+            self._loop_lag_s = _now() - scheduled
         try:
-            while not self._closed and self._pending:
+            while not self._closed and len(self._pending) > self._reserved:
                 decision = decide(self._input(_now()))
                 self._reason = decision.reason
                 if not decision.dispatch:
@@ -216,22 +227,24 @@ class BatchQueue:
                         self._hold(decision.hold_until)
                     return
                 self._cancel_timer()
-                self._start(self._take())
+                self._start()
         except Exception:  # the queue must outlive a bug in a decision
             logger.exception("batching of %s failed to decide; dispatching what waits", self._name)
-            self._start(self._take())
+            self._start()
 
     def _input(self, now: float) -> BatchInput:
         return BatchInput(
             now=now,
-            queued=len(self._pending),
-            oldest_arrival=self._pending[0].arrived,
+            queued=len(self._pending) - self._reserved,
+            oldest_arrival=self._pending[self._reserved].arrived,
             last_arrival=self._last_arrival,
             running=self._running,
             room_since=self._room_since,
             limits=self._limits,
             cost=self.costs.estimate,
-            arrival_gap_s=self.gaps.mean_s,
+            arrival_gap_s=self.gaps.typical_s,
+            loop_lag_s=self._loop_lag_s,
+            on_their_way=0 if self._incoming is None else self._incoming.count,
         )
 
     def _hold(self, until: float) -> None:
@@ -244,7 +257,7 @@ class BatchQueue:
 
     def _on_hold_end(self) -> None:
         self._timer = None
-        cost, gap = self.costs.estimate, self.gaps.mean_s
+        cost, gap = self.costs.estimate, self.gaps.typical_s
         silent = _now() - self._last_arrival
         expected = (
             None if cost is None or gap is None else min(cost.fixed_s - cost.per_item_s, HOLD_GAPS * gap)
@@ -267,16 +280,25 @@ class BatchQueue:
                 batch.append(item)
         return batch
 
-    def _start(self, batch: list[_Item]) -> None:
-        if not batch:
-            return
+    def _start(self) -> None:
+        """Start a batch of what waits. Its task takes the items when it first runs, so calls
+        that reach the queue in between (the loop's backlog, behind this decision) join it."""
+        reserved = min(len(self._pending) - self._reserved, self._limits.max_batch_size)
+        self._reserved += reserved
         self._running += 1
-        self.stats.record(len(batch))
-        task = self._loop.create_task(self._run(batch), name=f"servekit-batch-{self._name}")
+        task = self._loop.create_task(self._run(reserved), name=f"servekit-batch-{self._name}")
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    async def _run(self, batch: list[_Item]) -> None:
+    async def _run(self, reserved: int) -> None:
+        self._reserved -= reserved
+        batch = self._take()
+        if not batch:  # every caller left meanwhile
+            self._running -= 1
+            if not self._closed:
+                self._decide()
+            return
+        self.stats.record(len(batch))
         started = _now()
         try:
             await self._execute(batch)

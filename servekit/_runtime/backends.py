@@ -7,6 +7,7 @@ so the local path never loads Ray and a missing extra is reported only when aske
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from servekit._runtime.interface import HttpIngress, Runtime
@@ -44,6 +45,20 @@ class ClusterBackend(Backend, Protocol):
     ) -> dict[str, Any]:
         """Run router `operation` ("status", "set_weights", "switch", "switch_back") of router
         `name` (all routers for "status" with None) of `app` on the cluster; returns the routers' state."""
+        ...
+
+    def serve_options(self, graph: AppGraph) -> dict[str, dict[str, Any]]:
+        """Each deployment's options in the cluster's own config names."""
+        ...
+
+    def application(self, graph: AppGraph, http: HttpIngress, app_name: str) -> Any:
+        """The cluster's own application object serving `graph` over HTTP."""
+        ...
+
+    def deploy_config(
+        self, address: str, folder: Path, app: dict[str, Any], http: dict[str, Any], timeout_s: float
+    ) -> bool:
+        """Deploy a config application with `folder` as its code; False when it already runs."""
         ...
 
 

@@ -176,7 +176,7 @@ def test_a_crashing_or_sleeping_shadow_leaves_every_response_2xx_and_is_counted(
     wait_until(sleepy_answered, "the sleeping shadow to answer once")
     view = routed.router("clf").status()
     assert view["shadows"]["broken"]["errors"] == view["shadows"]["broken"]["calls"] >= 20
-    assert 0.0 < view["shadow_comparison"]["sleepy"]["agreement"] <= 1.0  # sleepy answers "v1"
+    assert 0.0 < view["shadow_comparison"]["sleepy"]["agreement_rate"] <= 1.0  # sleepy answers "v1"
 
 
 @pytest.mark.parametrize(

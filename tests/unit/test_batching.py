@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 
 import servekit as sk
+from servekit._replica.arrivals import Incoming, arrived, incoming
 from servekit._replica.batch_policy import (
+    BACKLOG_LAG,
     HOLD_GAPS,
     ArrivalGap,
+    BatchDecision,
     BatchInput,
     BatchLimits,
     CostEstimate,
@@ -310,10 +313,91 @@ def test_silent_holds_lift_the_arrival_gap_past_what_pays_for_a_wait() -> None:
         gaps.observe(0.0001)
     saving = COST.fixed_s - COST.per_item_s
     silences = 0
-    while decide(state(arrival_gap_s=gaps.mean_s)).hold_until is not None:
+    while decide(state(arrival_gap_s=gaps.typical_s)).hold_until is not None:
         gaps.observe_silence(saving)
         silences += 1
     assert silences <= 5
+
+
+def test_a_silence_between_bursts_does_not_stop_holds_inside_the_next_burst() -> None:
+    """Calls through a busy proxy arrive in bursts (here 6 calls 0.2 ms apart, then 40 ms of
+    nothing); the batcher must still hold for the rest of a burst (a mean gap would not)."""
+    gaps = ArrivalGap()
+    for _ in range(10):
+        for _ in range(5):
+            gaps.observe(0.0002)
+        gaps.observe_silence(0.040)
+    decision = decide(state(queued=2, arrival_gap_s=gaps.typical_s))
+    assert gaps.typical_s == pytest.approx(0.0002)
+    assert decision.hold_until is not None, decision.reason
+
+
+def test_a_backlogged_event_loop_holds_until_the_window_ends() -> None:
+    """Calls are in progress on a loop that runs decisions late: the batch waits for them,
+    even with nothing learned and sparse gaps (which alone would dispatch at once)."""
+    lag = BACKLOG_LAG * LIMITS.max_wait_s
+    for learned in ({}, {"cost": None, "arrival_gap_s": None}, {"arrival_gap_s": 1.0}):
+        decision = decide(state(loop_lag_s=lag, **learned))
+        assert decision == BatchDecision(False, 10.0 + LIMITS.max_wait_s, "the event loop is backlogged")
+    assert decide(state(loop_lag_s=lag / 2, cost=None)).dispatch  # a prompt loop: no window paid
+
+
+def test_a_backlogged_loop_still_dispatches_full_batches_and_at_the_window() -> None:
+    lag = LIMITS.max_wait_s
+    assert decide(state(loop_lag_s=lag, queued=LIMITS.max_batch_size)).reason == "full"
+    assert decide(state(loop_lag_s=lag, now=10.0 + LIMITS.max_wait_s)).reason == "max_wait"
+
+
+def test_calls_on_their_way_hold_the_batch_until_the_window_ends() -> None:
+    decision = decide(state(on_their_way=3, cost=None))
+    assert decision == BatchDecision(False, 10.0 + LIMITS.max_wait_s, "calls are on their way")
+    assert decide(state(on_their_way=3, queued=LIMITS.max_batch_size)).reason == "full"
+
+
+def test_a_counted_call_is_on_its_way_until_it_reaches_a_queue_or_leaves() -> None:
+    calls = Incoming()
+    with incoming(calls):
+        assert calls.count == 1
+        with incoming(calls):
+            assert calls.count == 2
+            assert arrived() is calls
+            assert calls.count == 1
+            assert arrived() is calls  # arriving twice counts once
+            assert calls.count == 1
+        assert calls.count == 1  # the first call never reached a queue: it leaves uncounted
+    assert calls.count == 0
+    assert arrived() is None
+
+
+async def test_a_forming_batch_waits_for_counted_calls_and_goes_once_all_are_in() -> None:
+    """Two counted calls: the first queues while the second is still on its way (fetching its
+    body, say); the batch holds for it, then both go together, well before the window."""
+    sizes: list[int] = []
+
+    async def double(xs: list[int]) -> list[int]:
+        sizes.append(len(xs))
+        return [2 * x for x in xs]
+
+    queue = BatchQueue(double, BatchLimits(max_batch_size=8, max_wait_s=60.0), "double")
+    calls = Incoming()
+    second_may_go = asyncio.Event()
+
+    async def call(x: int, gate: asyncio.Event | None) -> int:
+        with incoming(calls):
+            if gate is not None:
+                await gate.wait()
+            result: int = await queue.submit((x,), {})
+            return result
+
+    first = asyncio.ensure_future(call(1, None))
+    second = asyncio.ensure_future(call(2, second_may_go))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert queue.queued == 1
+    assert not sizes
+    second_may_go.set()
+    assert await asyncio.wait_for(asyncio.gather(first, second), timeout=10) == [2, 4]
+    assert sizes == [2]
 
 
 # -- the queue: dispatch order, growth under load, overlap, live options -------------------------

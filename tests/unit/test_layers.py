@@ -47,6 +47,7 @@ LAYERS = (
     ("servekit._spec",),
     ("servekit._replica",),
     ("servekit._runtime",),
+    ("servekit._bundle",),
     ("servekit._http",),
     ("servekit._cli",),
 )

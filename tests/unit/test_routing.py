@@ -10,7 +10,7 @@ import pytest
 import servekit as sk
 from servekit._cli.rollout import RolloutError, parse_weights
 from servekit._replica.request_context import RequestContext, request_id_from, request_scope
-from servekit._replica.routing.evidence import Evidence, compare_shadow, merge_views
+from servekit._replica.routing.evidence import Evidence, merge_views
 from servekit._replica.routing.router import Router
 from servekit._replica.routing.samples import ArmSample
 from servekit._replica.routing.state import RouterState
@@ -128,24 +128,6 @@ def test_evidence_counts_arms_and_credits_outcomes_by_request_id() -> None:
     assert evidence.record_outcome("unknown", "clicked", 1.0) is None
     assert evidence.outcome_values("v1", "clicked") == [1.0]
     assert evidence.unmatched_outcomes == 1
-
-
-def test_shadow_comparison_pairs_answers_by_request_id() -> None:
-    samples = [
-        ArmSample("v1", True, 0.010, 1.0, output="cat", request_id="a"),
-        ArmSample("v3", True, 0.030, 1.0, output="cat", request_id="a", shadow=True),
-        ArmSample("v1", True, 0.010, 2.0, output="dog", request_id="b"),
-        ArmSample("v3", True, 0.030, 2.0, output="cat", request_id="b", shadow=True),
-        ArmSample("v1", True, 0.010, 3.0, output="dog", request_id="c"),
-        ArmSample("v3", False, 0.030, 3.0, request_id="c", shadow=True),
-        ArmSample("n1", True, 0.010, 1.0, output=1.0, request_id="x"),
-        ArmSample("n3", True, 0.010, 1.0, output=1.5, request_id="x", shadow=True),
-    ]
-    compared = compare_shadow(samples)
-    assert compared["v3"]["agreement"] == 0.5
-    assert compared["v3"]["shadow_errors"] == 1
-    assert compared["v3"]["shadow_latency_ms"] == pytest.approx(30.0)
-    assert compared["n3"]["mean_abs_diff"] == pytest.approx(0.5)
 
 
 def test_split_is_validated_when_bound() -> None:

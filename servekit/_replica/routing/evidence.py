@@ -2,8 +2,8 @@
 
 In: `record(sample)` for each finished call through an arm (primary or shadow), and outcomes
 posted against request ids. Out: windows of samples for rollout analysis (`samples(since=...)`),
-per-arm counters and latency percentiles for status, per-arm outcome values for A/B reports,
-and the shadow comparison (`compare_shadow`). Memory is flat at any request rate: every
+per-arm counters and latency percentiles for status, per-arm outcome values for A/B reports
+(shadow comparisons: `analysis.ShadowComparison` over `samples()`). Memory is flat at any request rate: every
 collection here has a fixed bound. Nothing here reads a clock: samples carry their time.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,56 +171,6 @@ class Evidence:
             for name, values in sorted(outcomes.items())
         }
         return view
-
-
-def compare_shadow(samples: Iterable[ArmSample]) -> dict[str, dict[str, Any]]:
-    """Per shadow arm: how its answers compare with the primary's to the same requests.
-
-    Pairs samples by request id. For numbers: the mean absolute difference; for anything else
-    (labels): the agreement rate. Latencies: each side's mean over the pairs, in ms.
-    """
-    primary: dict[str, ArmSample] = {}
-    shadows: list[ArmSample] = []
-    for sample in samples:
-        if sample.request_id is None:
-            continue
-        if sample.shadow:
-            shadows.append(sample)
-        else:
-            primary[sample.request_id] = sample
-    pairs: dict[str, list[tuple[ArmSample, ArmSample]]] = {}
-    for shadow in shadows:
-        match = primary.get(shadow.request_id or "")
-        if match is not None:
-            pairs.setdefault(shadow.arm, []).append((match, shadow))
-    return {arm: _comparison(found) for arm, found in sorted(pairs.items())}
-
-
-def _comparison(pairs: list[tuple[ArmSample, ArmSample]]) -> dict[str, Any]:
-    both_ok = [(p, s) for p, s in pairs if p.ok and s.ok and p.output is not None and s.output is not None]
-    numeric = bool(both_ok) and all(_is_number(p.output) and _is_number(s.output) for p, s in both_ok)
-    result: dict[str, Any] = {
-        "pairs": len(pairs),
-        "shadow_errors": sum(1 for _, s in pairs if not s.ok),
-        "primary_latency_ms": 1000 * sum(p.latency_s for p, _ in pairs) / len(pairs),
-        "shadow_latency_ms": 1000 * sum(s.latency_s for _, s in pairs) / len(pairs),
-        "agreement": None,
-        "mean_abs_diff": None,
-    }
-    if both_ok and numeric:
-        diffs = [abs(_as_float(p.output) - _as_float(s.output)) for p, s in both_ok]
-        result["mean_abs_diff"] = sum(diffs) / len(diffs)
-    elif both_ok:
-        result["agreement"] = sum(1 for p, s in both_ok if p.output == s.output) / len(both_ok)
-    return result
-
-
-def _as_float(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else math.nan
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _percentile_ms(ordered: list[float], q: float) -> float | None:

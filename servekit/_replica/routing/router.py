@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from servekit._replica.request_context import RequestContext, current_request, request_scope
-from servekit._replica.routing.evidence import Evidence, compare_shadow
+from servekit._replica.routing.analysis import ShadowComparison
+from servekit._replica.routing.evidence import Evidence
 from servekit._replica.routing.state import RouterTable
 from servekit._replica.routing.sticky import sticky_arm
 from servekit._replica.routing.weights import SmoothWeightedChoice
@@ -271,6 +272,19 @@ class Router:
         except Exception:
             return None
 
+    def _shadow_comparison(self) -> dict[str, Any]:
+        """Each shadow arm against the primary answers to the same requests (`ShadowComparison`)."""
+        if not self.node.shadows:
+            return {}
+        samples = self.evidence.samples()
+        reports = {}
+        for arm in self.node.shadows:
+            comparison = ShadowComparison(arm)
+            for sample in samples:
+                comparison.observe(sample)
+            reports[arm] = comparison.report().to_dict()
+        return reports
+
     def view(self, table: RouterTable) -> dict[str, Any]:
         """JSON-ready: this router's arms with weights, availability and counters, shadows, outcomes."""
         allowed = self._allowed()
@@ -303,7 +317,7 @@ class Router:
             "shadows": shadows,
             "shadow_drops": self.shadow_drops,
             "shadows_in_flight": len(self._shadows_in_flight),
-            "shadow_comparison": compare_shadow(self.evidence.samples()) if self.node.shadows else {},
+            "shadow_comparison": self._shadow_comparison(),
             "unavailable_redirects": self.unavailable_redirects,
             "unmatched_outcomes": self.evidence.unmatched_outcomes,
             "notes": notes,

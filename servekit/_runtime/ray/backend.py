@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from servekit._runtime.interface import HttpIngress, ProxiedRuntime
@@ -36,6 +37,33 @@ class RayBackend:
         from servekit._runtime.ray.routers import cluster_routers  # noqa: PLC0415
 
         return cluster_routers(address, app, operation, name, *args)
+
+    def serve_options(self, graph: AppGraph) -> dict[str, dict[str, Any]]:
+        """Each deployment's options in Ray Serve's config names (no Ray needed): for bundles."""
+        from servekit._runtime.ray.options import deployment_options  # noqa: PLC0415
+
+        return {
+            name: deployment_options(node, ingress=name == graph.ingress)
+            for name, node in graph.nodes.items()
+        }
+
+    def application(self, graph: AppGraph, http: HttpIngress, app_name: str) -> Any:
+        """The Ray Serve application (the bound ingress) that serves `graph` at `http`: what a
+        Ray Serve application builder returns. Raises `ImportError` when Ray is missing."""
+        load_ray_runtime()
+        from servekit._runtime.ray.bundle import application  # noqa: PLC0415
+
+        return application(graph, http, app_name)
+
+    def deploy_config(
+        self, address: str, folder: Path, app: dict[str, Any], http: dict[str, Any], timeout_s: float
+    ) -> bool:
+        """Deploy the Serve config application `app` with `folder` as its working_dir; False when
+        the same bundle already runs there."""
+        load_ray_runtime()
+        from servekit._runtime.ray.deploy import deploy_bundle  # noqa: PLC0415
+
+        return deploy_bundle(address, folder, app, http, timeout_s)
 
 
 BACKEND = RayBackend()

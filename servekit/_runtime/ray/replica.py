@@ -29,6 +29,7 @@ from typing import Any
 import ray
 from ray import serve
 
+from servekit._replica.arrivals import Incoming, incoming
 from servekit._replica.context import ReplicaContext
 from servekit._replica.deadline import chunks_within_timeout, within_timeout
 from servekit._replica.devices import cap_torch_memory
@@ -224,7 +225,25 @@ class _HttpIngress(IngressReplica):
         build_app = self.spec.build_app
         if build_app is None:
             raise RuntimeError("the HTTP ingress was deployed without an app builder")
-        return build_app(self.serving)
+        return _counting_incoming(build_app(self.serving), Incoming())
+
+
+def _counting_incoming(app: Any, calls: Incoming) -> Any:
+    """`app`, counting each HTTP request as on its way to a batch queue until it gets there.
+
+    Ray Serve's proxy hands a request to this replica before its body: the app fetches the
+    body from the proxy with an actor call, milliseconds under load. A batch forming meanwhile
+    holds for the requests that are known to be coming (see `servekit._replica.arrivals`).
+    """
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        with incoming(calls):
+            await app(scope, receive, send)
+
+    return counted
 
 
 HttpIngressReplica = serve.ingress()(_HttpIngress)

@@ -94,6 +94,7 @@ def app_status(
         "app": app_name,
         "message": app.get("message") or None,
         "ingress": ingress,
+        "bundle": ((app.get("deployed_app_config") or {}).get("args") or {}).get("bundle"),
         "deployments": deployments,
     }
 
