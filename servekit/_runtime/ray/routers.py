@@ -124,17 +124,29 @@ def router_plan(routers: Mapping[str, RouterNode]) -> dict[str, tuple[tuple[str,
 
 def ensure_actor(app_name: str, routers: Mapping[str, RouterNode]) -> Any:
     """Start app `app_name`'s state actor, or give a running one the routers (a redeploy)."""
-    name = actor_name(app_name)
-    plan = router_plan(routers)
     try:
-        actor = ray.get_actor(name, namespace=NAMESPACE)
+        actor = ray.get_actor(actor_name(app_name), namespace=NAMESPACE)
     except ValueError:
-        remote = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(RouterStateActor)
-        return remote.options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote(
-            plan
-        )
-    ray.get(actor.load.remote(plan))
+        return _start_actor(app_name, routers)
+    ray.get(actor.load.remote(router_plan(routers)))
     return actor
+
+
+def found_or_started(app_name: str, routers: Mapping[str, RouterNode]) -> Any:
+    """App `app_name`'s state actor; started here when missing (an app Ray's `serve deploy` ran
+    from a bundle has no driver that starts it)."""
+    try:
+        return ray.get_actor(actor_name(app_name), namespace=NAMESPACE)
+    except ValueError:
+        return _start_actor(app_name, routers)
+
+
+def _start_actor(app_name: str, routers: Mapping[str, RouterNode]) -> Any:
+    remote = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(RouterStateActor)
+    options = remote.options(
+        name=actor_name(app_name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    )
+    return options.remote(router_plan(routers))
 
 
 def kill_actor(app_name: str) -> None:
@@ -315,8 +327,7 @@ class RayRouters:
 
     async def _remote(self, method: str, *args: Any) -> Any:
         if self._actor is None:
-            name = actor_name(self._app_name)
-            self._actor = await asyncio.to_thread(ray.get_actor, name, namespace=NAMESPACE)
+            self._actor = await asyncio.to_thread(found_or_started, self._app_name, self._nodes)
         try:
             return await getattr(self._actor, method).remote(*args)
         except Exception as exc:
