@@ -10,6 +10,7 @@ from servekit._http.server import Server, serve
 from servekit._replica.autoscaling import MetricsSample, PolicyInput
 from servekit._replica.batching import batch
 from servekit._replica.context import ReplicaContext, replica_context
+from servekit._replica.request_context import RequestContext, current_request, record_outcome
 from servekit._replica.sync_calls import inline, threaded
 from servekit._runtime.app import AppHandle, run
 from servekit._runtime.handle import (
@@ -18,10 +19,12 @@ from servekit._runtime.handle import (
     DeploymentResponseGenerator,
 )
 from servekit._runtime.options import RunOptions
+from servekit._runtime.routing import RouterControl
 from servekit._spec.canary import Canary
 from servekit._spec.config import Autoscaling, BatchOptions, DeploymentConfig, DeploymentOptions, Resources
 from servekit._spec.deployment import Application, Deployment, deployment
 from servekit._spec.endpoint import endpoint, idempotent, ingress
+from servekit._spec.routing import Split, split
 from servekit._version import __version__
 from servekit.errors import DeploymentOptionError, GraphError, ServekitError
 
@@ -42,12 +45,16 @@ __all__ = [
     "MetricsSample",
     "PolicyInput",
     "ReplicaContext",
+    "RequestContext",
     "Resources",
+    "RouterControl",
     "RunOptions",
     "ServekitError",
     "Server",
+    "Split",
     "__version__",
     "batch",
+    "current_request",
     "deployment",
     "deployment_instance",
     "endpoint",
@@ -55,9 +62,11 @@ __all__ = [
     "idempotent",
     "ingress",
     "inline",
+    "record_outcome",
     "replica_context",
     "run",
     "serve",
+    "split",
     "threaded",
 ]
 

@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
+from servekit._cli import rollout
 from servekit._cli.bundles import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_command
 from servekit._cli.target import TargetError, load_app
 from servekit._spec.deployment import Application
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--address", help="a Ray cluster (auto, host:port, ray://host:10001)")
     status.add_argument("--app", default=None, help="with --address: only this Serve application")
     status.add_argument("--json", action="store_true", help="print the status documents as JSON")
+    rollout.add_parser(commands)
     add_bundle_commands(commands)
     return parser
 
@@ -110,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "status":
         return _status(args)
+    if args.command == "rollout":
+        return _rollout(args)
     if args.command in BUNDLE_COMMANDS:
         return run_bundle_command(args)
     logging.basicConfig(
@@ -127,6 +131,15 @@ def _status(args: argparse.Namespace) -> int:
         print(f"servekit: error: {exc}", file=sys.stderr)
         return 1
     print(render(documents, args.json))
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    try:
+        print(rollout.run(args))
+    except rollout.RolloutError as exc:
+        print(f"servekit: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -76,4 +76,9 @@ def _render_app(document: dict[str, Any]) -> str:
             pid = "" if replica.get("pid") is None else f"pid {replica['pid']} "
             replica_id, state = replica.get("id", "?"), replica.get("state", "?")
             lines.append(f"    {replica_id:<30} {state:<10} {pid}{where}".rstrip())
+    if document.get("routers"):
+        from servekit._cli.rollout import render_routers  # noqa: PLC0415
+
+        lines.append("")
+        lines.extend("  " + line for line in render_routers(document["routers"]).splitlines())
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from servekit._http.errors import error_response, router_error
 from servekit._http.openapi import openapi_document
 from servekit._http.responses import render, stream_response, wants_sse
+from servekit._http.routers import RequestContextMiddleware, context_sources, router_routes
 from servekit._http.routes import EndpointRoute, IngressRoutes, ingress_routes
 from servekit._runtime.interface import ServingRuntime
 from servekit._version import __version__
@@ -37,6 +38,9 @@ def build_asgi_app(
     ingress = runtime.graph.ingress_node
     found = ingress_routes(ingress.deployment, strict)
     routes: list[BaseRoute] = _builtin_routes(runtime, found, max_body_bytes)
+    operations = runtime.routers
+    if operations is not None:
+        routes += router_routes(operations)
     routes += [
         Route(r.path, _endpoint_handler(runtime, ingress.name, r), methods=list(r.methods))
         for r in found.endpoints
@@ -45,7 +49,15 @@ def build_asgi_app(
         routes.append(Route("/{path:path}", _raw_handler(runtime, ingress.name), methods=list(ALL_METHODS)))
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(BodyLimit, max_body_bytes=max_body_bytes)],
+        middleware=[
+            Middleware(
+                RequestContextMiddleware,
+                sources=context_sources(runtime.graph),
+                routers=operations,
+                echoed=getattr(runtime, "request_ids_echoed", False),
+            ),
+            Middleware(BodyLimit, max_body_bytes=max_body_bytes),
+        ],
         exception_handlers={HTTPException: router_error, Exception: router_error},
     )
     if found.asgi_app is not None:

@@ -112,6 +112,8 @@ def openapi_document(
     schemas.update(_BUILTIN_SCHEMAS)
     for path, item in _builtin_paths(max_body_bytes).items():  # built-ins win, as in the router
         paths.setdefault(path, {}).update(item)
+    for path, item in router_paths(max_body_bytes).items():
+        paths.setdefault(path, {}).update(item)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
@@ -226,6 +228,71 @@ def _builtin_paths(max_body_bytes: int) -> dict[str, Any]:
             "This document",
             {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {}}}}},
         ),
+    }
+
+
+_ROUTER_ERRORS = {
+    "400": _error("A bad body or weight map (negative, all zero, unknown arm); the router is unchanged"),
+    "404": _error("No router of that name"),
+}
+_ROUTER_BODIES = {
+    "weights": {"weights": {"v1": 90, "v2": 10}},
+    "switch": {"to": "green", "bake_s": 60, "warmup": {"method": "__call__", "args": [1]}},
+    "outcomes": {"request_id": "4f0c...", "name": "clicked", "value": 1},
+}
+
+
+def router_paths(max_body_bytes: int) -> dict[str, Any]:
+    """The `/-/routers` admin API (JSON in and out)."""
+
+    def operation(name: str, summary: str, body: str | None = None) -> dict[str, Any]:
+        op: dict[str, Any] = {
+            "operationId": f"servekit_routers_{name}",
+            "summary": summary,
+            "tags": ["servekit routers"],
+            "responses": {
+                "200": {
+                    "description": "The router's state",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                **_ROUTER_ERRORS,
+                **_common_errors(max_body_bytes),
+                "500": _error(_INTERNAL_ERROR),
+                "503": _error("A switch's arm has no running replica, or its warm-up call failed"),
+            },
+        }
+        if body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"type": "object"}, "example": _ROUTER_BODIES[body]}
+                },
+            }
+        return op
+
+    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "/-/routers": {"get": operation("list", "Every router: weights, arms, counters")},
+        "/-/routers/{name}": {"get": {**operation("get", "One router"), "parameters": name}},
+        "/-/routers/{name}/weights": {
+            "put": {**operation("set_weights", "Set the weights", "weights"), "parameters": name},
+            "post": {**operation("set_weights_post", "Set the weights", "weights"), "parameters": name},
+        },
+        "/-/routers/{name}/switch": {
+            "post": {
+                **operation("switch", "Blue/green: all traffic to one arm", "switch"),
+                "parameters": name,
+            }
+        },
+        "/-/routers/{name}/switch-back": {
+            "post": {**operation("switch_back", "Undo the last switch"), "parameters": name}
+        },
+        "/-/routers/{name}/outcomes": {
+            "post": {
+                **operation("outcomes", "Credit an outcome to the arm that served a request", "outcomes"),
+                "parameters": name,
+            }
+        },
     }
 
 

@@ -25,6 +25,7 @@ from servekit._runtime.app import AppHandle, RunningApp
 from servekit._runtime.backends import get_backend, make_runtime
 from servekit._runtime.interface import HttpIngress, ProxiedRuntime, ServingRuntime
 from servekit._runtime.options import RunKeywords, RunOptions, run_options
+from servekit._runtime.routing import RouterControl
 from servekit._spec.deployment import Application
 from servekit._spec.graph import AppGraph, build_graph
 from servekit.errors import DeploymentOptionError
@@ -82,6 +83,10 @@ class Server:
     def location(self) -> str:
         """Where the app runs, in words ("on this machine", "on Ray Serve as app 'Api'")."""
         return self._running.runtime.location
+
+    def router(self, name: str) -> RouterControl:
+        """Operate router `name`: `status()`, `set_weights({...})`, `switch(arm)`, `switch_back()`."""
+        return self._running.router(name)
 
     def stopped(self) -> bool:
         """Whether the server stopped: `shutdown()` was called, or the HTTP server died."""

@@ -17,9 +17,10 @@ from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.interface import HttpIngress, Runtime
 from servekit._runtime.loop_thread import LoopThread
 from servekit._runtime.options import RunKeywords, RunOptions, run_options
+from servekit._runtime.routing import RouterControl
 from servekit._spec.deployment import Application
 from servekit._spec.graph import AppGraph, build_graph
-from servekit.errors import GraphError
+from servekit.errors import GraphError, NotFoundError
 
 
 class RunningApp:
@@ -67,6 +68,13 @@ class RunningApp:
             )
         self.thread.run(self.runtime.update(graph))
 
+    def router(self, name: str) -> RouterControl:
+        """Operate the app's router `name` (made by `servekit.split(..., name=name)`)."""
+        routers = self.runtime.routers
+        if name not in routers.router_names():
+            raise NotFoundError(f"no router named {name!r}; routers: {routers.router_names()}")
+        return RouterControl(routers, name, self.thread.run)
+
     def stop(self, grace_s: float | None = None) -> None:
         """Drain in-flight requests (up to `grace_s`), stop replicas and the loop. Runs once."""
         with self._lock:
@@ -106,6 +114,10 @@ class AppHandle(DeploymentHandle):
         exactly as before and `DeploymentStartError` says why; calling again retries.
         """
         self._running.update(app)
+
+    def router(self, name: str) -> RouterControl:
+        """Operate router `name`: `status()`, `set_weights({...})`, `switch(arm)`, `switch_back()`."""
+        return self._running.router(name)
 
     def get_handle(self, deployment: str) -> DeploymentHandle:
         """A handle to another deployment of the app, by its name in the graph."""

@@ -40,6 +40,13 @@ class ClusterBackend(Backend, Protocol):
         """The status document of each app (or only `app`) on the cluster at `address`."""
         ...
 
+    def cluster_router_operation(
+        self, address: str, app: str | None, operation: str, name: str | None, *args: Any
+    ) -> dict[str, Any]:
+        """Run router `operation` ("status", "set_weights", "switch", "switch_back") of router
+        `name` (all routers for "status" with None) of `app` on the cluster; returns the routers' state."""
+        ...
+
     def serve_options(self, graph: AppGraph) -> dict[str, dict[str, Any]]:
         """Each deployment's options in the cluster's own config names."""
         ...

@@ -18,6 +18,7 @@ import concurrent.futures
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator
 from typing import Any, Protocol
 
+from servekit._replica.request_context import RequestContext, current_request, request_id_from, set_request
 from servekit._replica.sync_calls import note_blocking_wait
 from servekit.errors import DeploymentUnavailableError
 
@@ -85,9 +86,13 @@ class DeploymentResponse:
             self._pending = coro
             loop.call_soon(self._start)
             return
+        outer = (
+            coro if current_request() is not None else _in_new_request(coro)
+        )  # from a script: a new request
         try:
-            self._future = asyncio.run_coroutine_threadsafe(coro, loop)
+            self._future = asyncio.run_coroutine_threadsafe(outer, loop)
         except RuntimeError:  # the loop is closed: the app was shut down
+            outer.close()
             coro.close()
             raise DeploymentUnavailableError(f"deployment {deployment!r} is shut down") from None
 
@@ -152,6 +157,12 @@ class DeploymentResponse:
 
     async def _wait(self) -> Any:
         return await self
+
+
+async def _in_new_request(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run `coro` as a request of its own: a fresh request context (an id, no routing keys)."""
+    set_request(RequestContext(request_id_from(None)))  # this task's own context
+    return await coro
 
 
 async def _run_inline(coro: Coroutine[Any, Any, Any], future: asyncio.Future[Any]) -> Any:

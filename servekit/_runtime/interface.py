@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from servekit._runtime.handle import DeploymentHandle, Dispatcher
+from servekit._runtime.routing import RouterOperations
 from servekit._spec.graph import AppGraph
 
 
@@ -62,6 +63,11 @@ class Runtime(Dispatcher, Protocol):
         """JSON-ready state of the app and each deployment's replicas (as at `/-/status`)."""
         ...
 
+    @property
+    def routers(self) -> RouterOperations:
+        """The app's traffic-split routers: weights, switches, outcomes, their state."""
+        ...
+
     async def refresh_stats(self) -> None:
         """Bring what `status()` reports up to date."""
         ...
@@ -94,6 +100,11 @@ class ServingRuntime(Dispatcher, Protocol):
 
     def status(self) -> dict[str, Any]:
         """JSON-ready state for `/-/status`."""
+        ...
+
+    @property
+    def routers(self) -> RouterOperations | None:
+        """The app's traffic-split routers, for `/-/routers` (None where none can be operated)."""
         ...
 
     async def refresh_stats(self) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from servekit._spec.deployment import Application, Deployment
+from servekit._spec.routing import RouterNode, Split
 from servekit.errors import GraphError
 
 
@@ -35,6 +36,8 @@ class AppGraph:
 
     ingress: str
     nodes: dict[str, DeploymentNode]
+    routers: dict[str, RouterNode] = field(default_factory=dict)
+    """Traffic-split routers by name; a `HandleRef` names a router or a deployment."""
 
     @property
     def ingress_node(self) -> DeploymentNode:
@@ -54,12 +57,17 @@ def build_graph(app: object) -> AppGraph:
         )
     builder = _GraphBuilder()
     ingress = builder.visit(app, path=())
-    return AppGraph(ingress=ingress, nodes=builder.nodes)
+    clashes = sorted(set(builder.routers) & set(builder.nodes))
+    if clashes:
+        raise GraphError(f"router name {clashes[0]!r} is also a deployment's name; name the split otherwise")
+    return AppGraph(ingress=ingress, nodes=builder.nodes, routers=builder.routers)
 
 
 class _GraphBuilder:
     def __init__(self) -> None:
         self.nodes: dict[str, DeploymentNode] = {}
+        self.routers: dict[str, RouterNode] = {}
+        self._splits: dict[int, str] = {}
         self._names: dict[int, str] = {}
         self._taken: set[str] = set()
 
@@ -83,6 +91,8 @@ class _GraphBuilder:
             name = self.visit(value, path)
             found.append(name)
             return HandleRef(name)
+        if isinstance(value, Split):
+            return HandleRef(self.visit_split(value, path, found))
         if isinstance(value, Deployment):
             owner = path[-1].deployment.name
             raise GraphError(
@@ -95,6 +105,32 @@ class _GraphBuilder:
         if isinstance(value, dict):
             return {key: self._replace(item, path, found) for key, item in value.items()}
         return value
+
+    def visit_split(self, split: Split, path: tuple[Application, ...], found: list[str]) -> str:
+        """Register `split` as a router (once per object); its arms become nodes the caller depends on."""
+        name = self._splits.get(id(split))
+        if name is None:
+            if split.name is not None and split.name in self.routers:
+                raise GraphError(
+                    f"two different splits are named {split.name!r}; router names must be unique"
+                )
+            name = split.name or self._unique_name("split")
+            self._taken.add(name)
+            self._splits[id(split)] = name
+            arms = {arm: self.visit(app, path) for arm, app in split.arms.items()}
+            shadows = {arm: self.visit(app, path) for arm, app in split.shadow.items()}
+            self.routers[name] = RouterNode(
+                name,
+                arms,
+                dict(split.weights),
+                split.sticky,
+                shadows,
+                split.shadow_fraction,
+                split.on_unavailable,
+                split.output,
+            )
+        found.extend(self.routers[name].all_arms.values())
+        return name
 
     def _unique_name(self, base: str) -> str:
         name, counter = base, 0

@@ -112,3 +112,17 @@ def test_getting_started_hello_answers_in_process() -> None:
     namespace = runpy.run_path(str(EXAMPLES / "hello.py"))
     with sk.run(namespace["app"]) as h:
         assert h.hello(namespace["Greeting"](name="Ada")).result(timeout=10) == {"message": "hello, Ada"}
+
+
+def test_routing_example_splits_switches_and_credits_outcomes() -> None:
+    out = run_example("routing.py")
+    assert out["labels"] == "['positive']"
+    assert ast.literal_eval(out["calls per arm"]) == {"v1": 18, "v2": 2}  # 90/10, exactly
+    assert out["x-request-id present"] == "True"
+    assert out["bad weights"].startswith("400 ")
+    assert "negative" in out["bad weights"]
+    assert sorted(set(ast.literal_eval(out["after 50/50"]))) == ["negative", "positive"]
+    assert ast.literal_eval(out["switched weights"]) == {"v1": 0.0, "v2": 1.0}
+    assert ast.literal_eval(out["back to"]) == {"v1": 50.0, "v2": 50.0}
+    assert ast.literal_eval(out["outcome credited to"])["sentiment"] in {"v1", "v2"}
+    assert out["shadow agreement"] == "True"

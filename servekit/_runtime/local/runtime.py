@@ -28,6 +28,7 @@ from servekit._runtime.local.placement import ResourcePlanner, packing_order
 from servekit._runtime.local.replicas import ReplicaLauncher
 from servekit._runtime.local.workers.process_replica import ProcessReplica
 from servekit._runtime.replica_set import ReplicaSet, ReplicaSlot
+from servekit._runtime.routing import AppRouters, routed_method_table
 from servekit._spec.config import Isolation, Resources
 from servekit._spec.graph import AppGraph, DeploymentNode
 from servekit.errors import (
@@ -73,6 +74,9 @@ class LocalRuntime:
         self._controller = Controller(self)
         self._stopping: set[asyncio.Task[None]] = set()
         self._last_rollout: dict[str, Any] | None = None
+        self.routers = AppRouters(self.call, self.stream, self._has_replica)
+        """The app's traffic-split routers: their state lives here, handles route through them."""
+        self.routers.load(graph)
         self.state = "new"
 
     @property
@@ -137,7 +141,7 @@ class LocalRuntime:
                 process = self.isolation_of(self._graph.nodes[name]) == "process"
                 pin = process and "cpus" in resources.model_fields_set
                 planner.allocate(f"{name}#{index}", resources, pin_cpus=pin)
-        self._launcher.methods = method_table(self._graph.nodes)
+        self._launcher.methods = self._methods(self._graph)
         deadline = asyncio.timeout(self._start_timeout_s)
         try:
             async with deadline:
@@ -156,12 +160,15 @@ class LocalRuntime:
     def handle(self, deployment: str | None = None) -> DeploymentHandle:
         """A handle to `deployment` (the ingress by default)."""
         name = deployment or self._graph.ingress
-        if name not in self._graph.nodes and name not in self._states:
+        if name not in self._graph.nodes and name not in self._states and name not in self.routers.routers:
             raise NotFoundError(f"no deployment named {name!r}; deployments: {sorted(self._graph.nodes)}")
         return DeploymentHandle(self, name)
 
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run a unary method on one replica, within the deployment's request timeout."""
+        """Run a unary method on one replica (of one arm, for a router), within the request timeout."""
+        router = self.routers.routers.get(deployment)
+        if router is not None:  # the router calls back here for the arm it chose
+            return await router.call(method, args, kwargs)
         state = self._state(deployment)
         timeout = state.node.deployment.config.request_timeout_s
         started = time.perf_counter()
@@ -177,6 +184,12 @@ class LocalRuntime:
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         """Run a generator method on one replica and yield its chunks, each within the request timeout."""
+        router = self.routers.routers.get(deployment)
+        if router is not None:  # the router streams from the arm it chose, through here
+            async with contextlib.aclosing(router.stream(method, args, kwargs)) as routed:  # type: ignore[type-var]
+                async for chunk in routed:
+                    yield chunk
+            return
         state = self._state(deployment)
         timeout = state.node.deployment.config.request_timeout_s
         chunks = self._stream_replica(state, method, args, kwargs)
@@ -208,6 +221,9 @@ class LocalRuntime:
 
     def is_streaming(self, deployment: str, method: str) -> bool:
         """Whether `method` is a generator method; raises `NotFoundError` if it does not exist."""
+        router = self.routers.routers.get(deployment)
+        if router is not None:
+            deployment = next(iter(router.node.arms.values()))
         node = self._node(deployment)
         func = user_method(node.deployment.target, node.deployment.is_function, method)
         return method_kind(func).streaming
@@ -258,7 +274,10 @@ class LocalRuntime:
         """
         undo: list[Callable[[], Awaitable[None]]] = []
         old_methods = self._launcher.methods
-        self._launcher.methods = method_table({**self._graph.nodes, **graph.nodes})
+        merged = AppGraph(
+            graph.ingress, {**self._graph.nodes, **graph.nodes}, {**self._graph.routers, **graph.routers}
+        )
+        self._launcher.methods = self._methods(merged)
         try:
             for name, node in graph.nodes.items():
                 state = self._states.get(name)
@@ -282,7 +301,8 @@ class LocalRuntime:
                 raise DeploymentStartError(f"the redeploy failed and was rolled back: {exc}") from exc
             raise  # a bad option keeps its type: the app is as it was all the same
         self._graph = graph
-        self._launcher.methods = method_table(graph.nodes)
+        self._launcher.methods = self._methods(graph)
+        self.routers.load(graph)
         self._last_rollout = {"state": "done", "error": None, "at": time.time()}
         for name in [name for name in self._states if name not in graph.nodes]:
             await self._remove_deployment(name)
@@ -317,6 +337,7 @@ class LocalRuntime:
             "gpus": planner.usage() if planner is not None else {},
             "last_rollout": self._last_rollout,
             "deployments": deployments,
+            "routers": {name: self.routers.view(name) for name in self.routers.router_names()},
         }
 
     async def refresh_stats(self, timeout_s: float = 1.0) -> None:
@@ -336,6 +357,7 @@ class LocalRuntime:
         if self.state in ("stopping", "stopped"):
             return
         self.state = "stopping"
+        self.routers.close()
         await self._controller.stop()
         closing = []
         for state in self._states.values():
@@ -510,6 +532,14 @@ class LocalRuntime:
                 for name, node in nodes.items()
             }
         )
+
+    @staticmethod
+    def _methods(graph: AppGraph) -> dict[str, dict[str, bool]]:
+        return routed_method_table(graph, method_table(graph.nodes))
+
+    def _has_replica(self, deployment: str) -> bool:
+        state = self._states.get(deployment)
+        return state is not None and state.running > 0
 
     def _node(self, deployment: str) -> DeploymentNode:
         state = self._states.get(deployment)

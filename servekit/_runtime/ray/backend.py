@@ -28,6 +28,16 @@ class RayBackend:
 
         return cluster_status(address, app)
 
+    def cluster_router_operation(
+        self, address: str, app: str | None, operation: str, name: str | None, *args: Any
+    ) -> dict[str, Any]:
+        """Run a router `operation` ("status", "set_weights", "switch", "switch_back") on the cluster
+        at `address`, for app `app` (default: the only Serve app with routers)."""
+        load_ray_runtime()
+        from servekit._runtime.ray.routers import cluster_routers  # noqa: PLC0415
+
+        return cluster_routers(address, app, operation, name, *args)
+
     def serve_options(self, graph: AppGraph) -> dict[str, dict[str, Any]]:
         """Each deployment's options in Ray Serve's config names (no Ray needed): for bundles."""
         from servekit._runtime.ray.options import deployment_options  # noqa: PLC0415

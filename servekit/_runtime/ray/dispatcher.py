@@ -24,6 +24,7 @@ from ray.serve.exceptions import DeploymentUnavailableError as RayDeploymentUnav
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from servekit._replica.deadline import next_within_timeout, within_timeout
+from servekit._replica.request_context import current_request
 from servekit._runtime.ray.options import RETRY_AFTER_S
 from servekit.errors import (
     DeploymentUnavailableError,
@@ -77,19 +78,22 @@ class RayDispatcher:
 
     async def _call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         handle = self._unary.get(deployment) or self._options(deployment, stream=False)
+        context = current_request()  # the request context travels as the replica call's 4th argument
         try:
-            return await _translated(handle.remote(method, args, kwargs), deployment)
+            return await _translated(handle.remote(method, args, kwargs, context), deployment)
         except ReplicaDiedError:
             if method not in self._idempotent.get(deployment, frozenset()):
                 raise
-        return await _translated(handle.remote(method, args, kwargs), deployment)  # once more, elsewhere
+        return await _translated(handle.remote(method, args, kwargs, context), deployment)  # once more
 
     async def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         """Run a generator method on a replica of `deployment`; yield its chunks, each within its timeout."""
         handle = self._streams.get(deployment) or self._options(deployment, stream=True)
-        chunks = cast(DeploymentResponseGenerator[Any], handle.remote(method, args, kwargs))
+        chunks = cast(
+            DeploymentResponseGenerator[Any], handle.remote(method, args, kwargs, current_request())
+        )
         timeout = self._timeouts.get(deployment)
         finished = False
         sent = 0

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,14 +35,17 @@ from servekit._replica.deadline import chunks_within_timeout, within_timeout
 from servekit._replica.devices import cap_torch_memory
 from servekit._replica.latency import LatencyWindow
 from servekit._replica.replica import Replica
+from servekit._replica.request_context import RequestContext, request_scope, set_request
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.ray.autoscaling import P95_LATENCY_METRIC
 from servekit._runtime.ray.dispatcher import RayDispatcher
 from servekit._runtime.ray.options import batching_options
+from servekit._runtime.ray.routers import RayRouters
 from servekit._runtime.ray.ship import ReplicaSpec, restore_annotation_names, unpack
 from servekit._runtime.ray.status import fetch_app_status
 from servekit._runtime.replica_set import ReplicaSet
-from servekit._spec.graph import AppGraph, with_handles
+from servekit._runtime.routing import RoutingDispatcher
+from servekit._spec.graph import AppGraph, iter_handle_refs, with_handles
 from servekit.errors import NotFoundError
 
 
@@ -57,7 +60,11 @@ class RayReplica:
         self.name = node.name
         self.loop = asyncio.get_running_loop()
         self.dispatcher = RayDispatcher(
-            self.loop, handles.get, self.spec.methods, self.spec.idempotent, self.spec.timeouts
+            self.loop,
+            _any_of_app(handles, self.spec),
+            self.spec.methods,
+            self.spec.idempotent,
+            self.spec.timeouts,
         )
         self.context = _replica_context(node.name)
         if self.context.gpu_ids and 0 < config.resources.gpus < 1:
@@ -71,22 +78,44 @@ class RayReplica:
         self._look_back_s = look_back
         self._latencies = LatencyWindow()
         self._timeout = config.request_timeout_s
-        make_handle = functools.partial(DeploymentHandle, self.dispatcher)
+        bound = {ref.deployment for ref in iter_handle_refs([node.init_args, node.init_kwargs])}
+        self.routing = RayRouters(
+            self.spec.app_name, self.spec.routers, self.dispatcher.call, self.dispatcher.stream, routed=bound
+        )
+        self.routing.start()
+        self.routed = RoutingDispatcher(self.dispatcher, self.routing.routers)
+        make_handle = functools.partial(DeploymentHandle, self.routed)
         await self.replica.start(
             with_handles(node.init_args, make_handle), with_handles(node.init_kwargs, make_handle)
         )
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run the user's unary `method` (a cancelled sync call returns once its thread does)."""
+    async def call(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        context: RequestContext | None = None,
+    ) -> Any:
+        """Run the user's unary `method` (a cancelled sync call returns once its thread does), in the
+        caller's request `context`."""
         started = time.perf_counter()
         try:
-            call = self.replica.call(method, args, kwargs, hold_abandoned=True)
-            return await within_timeout(call, self._timeout, self.name, method)
+            with request_scope(context):
+                call = self.replica.call(method, args, kwargs, hold_abandoned=True)
+                return await within_timeout(call, self._timeout, self.name, method)
         finally:
             self._latencies.add(time.monotonic(), (time.perf_counter() - started) * 1000)
 
-    async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+    async def stream(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        context: RequestContext | None = None,
+    ) -> AsyncIterator[Any]:
         """Run the user's generator `method`, yielding its chunks."""
+        if context is not None:
+            set_request(context)  # this generator's own context
         chunks = self.replica.stream(method, args, kwargs, hold_abandoned=True)
         async with contextlib.aclosing(
             chunks_within_timeout(chunks, self._timeout, self.name, method)
@@ -117,6 +146,9 @@ class RayReplica:
         return self.replica.abandoned
 
     async def __del__(self) -> None:
+        routing: RayRouters | None = getattr(self, "routing", None)
+        if routing is not None:
+            routing.close()
         replica: Replica | None = getattr(self, "replica", None)  # None when __init__ failed early
         if replica is not None:
             replica.stop()
@@ -136,13 +168,21 @@ class IngressReplica(RayReplica):
         self.serving = IngressView(self)
 
     async def call(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, hold_abandoned: bool = True
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        context: RequestContext | None = None,
+        *,
+        hold_abandoned: bool = True,
     ) -> Any:
         """Like `RayReplica.call`, once admitted (or refused with `OverloadedError`).
 
         HTTP requests served here (`IngressView`) pass `hold_abandoned=False`: admission keeps
         the slot of an abandoned call, and the caller gets its 504 at once.
         """
+        if context is not None:
+            set_request(context)  # called through Ray: this task serves the caller's request
         slot = await self.admission.acquire()
         try:
             started = time.perf_counter()
@@ -157,9 +197,17 @@ class IngressReplica(RayReplica):
             self.admission.release(slot)
 
     async def stream(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, hold_abandoned: bool = True
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        context: RequestContext | None = None,
+        *,
+        hold_abandoned: bool = True,
     ) -> AsyncIterator[Any]:
         """Like `RayReplica.stream`, once admitted."""
+        if context is not None:
+            set_request(context)
         slot = await self.admission.acquire()
         try:
             chunks = self.replica.stream(method, args, kwargs, hold_abandoned=hold_abandoned)
@@ -205,9 +253,13 @@ HttpIngressReplica = serve.ingress()(_HttpIngress)
 class IngressView:
     """The `ServingRuntime` of an ingress replica: what servekit's Starlette app calls on Ray."""
 
+    request_ids_echoed = True
+    """Ray Serve's proxy gives each request an `x-request-id` (the client's, or a new one) and
+    echoes it: the edge takes that id for the request context and adds no header of its own."""
+
     def __init__(self, ingress: IngressReplica) -> None:
         self._ingress = ingress
-        self._graph = AppGraph(ingress.name, {ingress.name: ingress.spec.node})
+        self._graph = AppGraph(ingress.name, {ingress.name: ingress.spec.node}, dict(ingress.spec.routers))
         self._timeout = ingress.spec.node.deployment.config.request_timeout_s
         self._status: dict[str, Any] = {}
 
@@ -231,7 +283,7 @@ class IngressView:
         if deployment == self._ingress.name:
             call = self._ingress.call(method, args, kwargs, hold_abandoned=False)
             return await within_timeout(call, self._timeout, deployment, method)
-        return await self._ingress.dispatcher.call(deployment, method, args, kwargs)
+        return await self._ingress.routed.call(deployment, method, args, kwargs)
 
     def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -240,11 +292,16 @@ class IngressView:
         if deployment == self._ingress.name:
             chunks = self._ingress.stream(method, args, kwargs, hold_abandoned=False)
             return chunks_within_timeout(chunks, self._timeout, deployment, method)
-        return self._ingress.dispatcher.stream(deployment, method, args, kwargs)
+        return self._ingress.routed.stream(deployment, method, args, kwargs)
+
+    @property
+    def routers(self) -> RayRouters:
+        """The app's routers as this replica sees them (their state: the app's actor)."""
+        return self._ingress.routing
 
     def is_streaming(self, deployment: str, method: str) -> bool:
         """Whether `method` of `deployment` is a generator method."""
-        return self._ingress.dispatcher.is_streaming(deployment, method)
+        return self._ingress.routed.is_streaming(deployment, method)
 
     @contextlib.asynccontextmanager
     async def replica(self, deployment: str) -> AsyncIterator[Any]:
@@ -270,6 +327,9 @@ class IngressView:
         """Ask Ray Serve's controller for the app's state (off the event loop)."""
         spec = self._ingress.spec
         status = await asyncio.to_thread(fetch_app_status, spec.app_name, spec.versions, self._ingress.name)
+        if self._ingress.spec.routers:
+            with contextlib.suppress(Exception):  # the state actor restarts: show the rest meanwhile
+                status["routers"] = (await self._ingress.routing.router_view())["routers"]
         own = status["deployments"].get(self._ingress.name, {})
         admission = self._ingress.admission
         own.update(ongoing=admission.ongoing, queued=admission.queued, abandoned=admission.abandoned)
@@ -277,6 +337,19 @@ class IngressView:
             if replica["id"] == self._ingress.context.replica_id:  # the one replica seen from here
                 replica["batching"] = self._ingress.batch_stats()
         self._status = status
+
+
+def _any_of_app(handles: dict[str, Any], spec: ReplicaSpec) -> Callable[[str], Any]:
+    """Ray's handle to a deployment: a bound one, else (a router's arm this replica switches to, say)
+    one looked up in the app."""
+
+    def find(name: str) -> Any:
+        found = handles.get(name)
+        if found is None and name in spec.node_names:
+            found = handles[name] = serve.get_deployment_handle(name, app_name=spec.app_name)
+        return found
+
+    return find
 
 
 def _replica_context(deployment: str) -> ReplicaContext:

@@ -42,8 +42,10 @@ from servekit._runtime.ray.cluster import RayCluster
 from servekit._runtime.ray.dispatcher import RayDispatcher, RayHandle
 from servekit._runtime.ray.options import code_version, demand, deployment_options, replica_needs, total_cpus
 from servekit._runtime.ray.replica import HttpIngressReplica, IngressReplica, RayReplica
+from servekit._runtime.ray.routers import RayRouters, ensure_actor, kill_actor, router_status
 from servekit._runtime.ray.ship import ReplicaSpec, UserCode, annotation_names, pack, user_modules
 from servekit._runtime.ray.status import fetch_app_status, serve_details, status_text
+from servekit._runtime.routing import RoutingDispatcher, routed_method_table
 from servekit._spec.graph import AppGraph
 from servekit.errors import (
     DeploymentOptionError,
@@ -95,10 +97,11 @@ class RayRuntime:
         self._node_wait: NodeWait | None = None
         """Set while a start waits for nodes the cluster does not have yet."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._dispatcher: RayDispatcher | None = None
+        self._dispatcher: RoutingDispatcher | None = None
         self._http_address: tuple[str, int] | None = None
         self._user_code: UserCode | None = None
         self._last_rollout: dict[str, Any] | None = None
+        self._routing: RayRouters | None = None
         self._handles: dict[str, RayHandle] = {}
         """Ray's handle to each deployment, fetched after each deploy (off the event loop)."""
         self.state = "new"
@@ -107,6 +110,13 @@ class RayRuntime:
     def graph(self) -> AppGraph:
         """The app graph as last deployed."""
         return self._graph
+
+    @property
+    def routers(self) -> RayRouters:
+        """The app's traffic-split routers (their state: the app's named actor on the cluster)."""
+        if self._routing is None:
+            raise DeploymentUnavailableError(f"app {self._app_name!r} is not running on Ray")
+        return self._routing
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -152,7 +162,7 @@ class RayRuntime:
     def handle(self, deployment: str | None = None) -> DeploymentHandle:
         """A handle to `deployment` (the ingress by default)."""
         name = deployment or self._graph.ingress
-        if name not in self._graph.nodes:
+        if name not in self._graph.nodes and name not in self._graph.routers:
             raise NotFoundError(f"no deployment named {name!r}; deployments: {sorted(self._graph.nodes)}")
         return DeploymentHandle(self, name)
 
@@ -208,7 +218,8 @@ class RayRuntime:
                 "deployments": {},
             }
         status = fetch_app_status(self._app_name, self._versions(self._graph), self._graph.ingress)
-        return {**status, "last_rollout": self._last_rollout}
+        routers = router_status(self._app_name, self._graph.routers)
+        return {**status, "last_rollout": self._last_rollout, "routers": routers}
 
     async def refresh_stats(self) -> None:
         """Nothing to refresh: `status()` asks Ray each time."""
@@ -219,6 +230,8 @@ class RayRuntime:
         if self.state in ("stopping", "stopped"):
             return
         self.state = "stopping"
+        if self._routing is not None:
+            self._routing.close()
         grace = max(self._grace_s(), grace_s or 0.0) + _STOP_SLACK_S
         try:
             await self._stop_within(grace)
@@ -268,6 +281,8 @@ class RayRuntime:
         if self._user_code is not None:
             self._user_code.close()
         self._user_code = UserCode(modules)
+        if graph.routers:
+            ensure_actor(self._app_name, graph.routers)  # before the replicas, which poll it
         route_prefix = "/" if self._http is not None else None
         target = RunTarget(target=self._build(graph, modules), name=self._app_name, route_prefix=route_prefix)
         with warnings.catch_warnings():  # Ray deprecates metrics_interval_s, but still honours it
@@ -279,7 +294,7 @@ class RayRuntime:
         }
 
     def _build(self, graph: AppGraph, modules: list[ModuleType]) -> Any:
-        methods = method_table(graph.nodes)
+        methods = routed_method_table(graph, method_table(graph.nodes))
         idempotent = idempotent_methods(graph.nodes)
         timeouts = request_timeouts(graph.nodes)
         versions = self._versions(graph)
@@ -294,6 +309,8 @@ class RayRuntime:
                 idempotent,
                 versions,
                 timeouts=timeouts,
+                routers=graph.routers,
+                node_names=frozenset(graph.nodes),
                 build_app=self._http.build_app if ingress and self._http is not None else None,
                 annotation_names=annotation_names(node.deployment.target) if ingress else {},
             )
@@ -360,6 +377,7 @@ class RayRuntime:
         try:
             if self._cluster.serving and self._app_name in serve_details_apps():
                 serve.delete(self._app_name)
+            kill_actor(self._app_name)  # the routers' state, if the app has (or had) routers
         finally:
             self._cluster.close()
             if self._user_code is not None:
@@ -369,19 +387,24 @@ class RayRuntime:
     # -- helpers ---------------------------------------------------------------------------------
 
     @property
-    def _calls(self) -> RayDispatcher:
+    def _calls(self) -> RoutingDispatcher:
         if self._dispatcher is None:
             raise DeploymentUnavailableError(f"app {self._app_name!r} is not running on Ray")
         return self._dispatcher
 
-    def _dispatcher_for(self, graph: AppGraph) -> RayDispatcher:
-        return RayDispatcher(
+    def _dispatcher_for(self, graph: AppGraph) -> RoutingDispatcher:
+        inner = RayDispatcher(
             self.loop,
             self._ray_handle,
-            method_table(graph.nodes),
+            routed_method_table(graph, method_table(graph.nodes)),
             idempotent_methods(graph.nodes),
             request_timeouts(graph.nodes),
         )
+        if self._routing is not None:
+            self._routing.close()
+        self._routing = RayRouters(self._app_name, graph.routers, inner.call, inner.stream)
+        self._routing.start()
+        return RoutingDispatcher(inner, self._routing.routers)
 
     def _ray_handle(self, deployment: str) -> RayHandle | None:
         return self._handles.get(deployment)

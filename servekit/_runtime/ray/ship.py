@@ -24,6 +24,7 @@ from typing import Any
 from ray import cloudpickle as ray_cloudpickle
 
 from servekit._spec.graph import DeploymentNode
+from servekit._spec.routing import RouterNode
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class ReplicaSpec:
     """For the ingress served over HTTP: builds its ASGI app from the replica's `ServingRuntime`."""
     timeouts: Mapping[str, float | None] = field(default_factory=dict)
     """Each deployment's `request_timeout_s`, applied by the callers of its replicas."""
+    routers: Mapping[str, RouterNode] = field(default_factory=dict)
+    node_names: frozenset[str] = frozenset()
+    """Every deployment of the app."""
+    """The app's traffic-split routers: handles to them route in the replica (state: the actor)."""
     annotation_names: Mapping[str, Any] = field(default_factory=dict)
     """Names the target's string annotations use (`from __future__ import annotations`), which
     a function pickled by value does not carry in its globals; see `restore_annotation_names`."""

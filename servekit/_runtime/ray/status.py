@@ -14,6 +14,8 @@ import ray
 from ray.serve.context import _get_global_client
 from ray.serve.exceptions import RayServeException
 
+from servekit._runtime.ray.routers import router_status
+
 _STATES = {
     "RUNNING": "running",
     "DEPLOYING": "starting",
@@ -41,11 +43,18 @@ def cluster_status(address: str, app: str | None = None) -> list[dict[str, Any]]
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     try:
         details = serve_details() if serve_running() else {"applications": {}}
+        names = [app] if app is not None else sorted(details.get("applications", {}))
+        documents = [
+            app_status(details, name, {}) for name in names if name in details.get("applications", {})
+        ]
+        for document in documents:
+            routers = router_status(document["app"])
+            if routers:
+                document["routers"] = routers
     finally:
         if joined:
             ray.shutdown()
-    names = [app] if app is not None else sorted(details.get("applications", {}))
-    return [app_status(details, name, {}) for name in names if name in details.get("applications", {})]
+    return documents
 
 
 def serve_running() -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from servekit._replica.context import ReplicaContext
+from servekit._replica.request_context import RequestContext
 from servekit._spec.config import BatchOptions
 
 
@@ -56,6 +57,8 @@ class Request(NamedTuple):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     stream: bool
+    context: RequestContext | None = None
+    """The request the call serves (its id and routing keys), current while the method runs."""
 
 
 class HandleRequest(NamedTuple):
@@ -67,6 +70,15 @@ class HandleRequest(NamedTuple):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     stream: bool
+    context: RequestContext | None = None
+    """The request the worker's code was serving when it made the call."""
+
+
+class RecordOutcomes(NamedTuple):
+    """Worker to server: outcomes user code recorded (`record_outcome`) while serving request `request_id`."""
+
+    request_id: str
+    outcomes: list[tuple[str, float]]
 
 
 class Reply(NamedTuple):

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import cloudpickle
 
 from servekit._replica.context import ReplicaContext
+from servekit._replica.request_context import current_request, set_request
 from servekit._runtime.local.workers import codec
 from servekit._runtime.local.workers.calls import OutgoingCalls
 from servekit._runtime.local.workers.messages import (
@@ -33,6 +34,7 @@ from servekit._runtime.local.workers.messages import (
     Init,
     Probe,
     ProbeResult,
+    RecordOutcomes,
     Reply,
     Request,
     Started,
@@ -91,6 +93,7 @@ class ProcessReplica:
         self._link: codec.FrameProtocol | None = None
         self._outgoing = OutgoingCalls(self._send)
         self._served: dict[int, asyncio.Task[None]] = {}
+        self._notes: set[asyncio.Task[Any]] = set()
         self._started: asyncio.Future[Started | StartFailed] | None = None
         self._log_tasks: list[asyncio.Task[None]] = []
         self._stats: dict[str, dict[str, Any]] = {}
@@ -176,11 +179,13 @@ class ProcessReplica:
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a unary method in the worker and return its result."""
-        return await self._outgoing.call(lambda key: Request(key, method, args, kwargs, False))
+        context = current_request()
+        return await self._outgoing.call(lambda key: Request(key, method, args, kwargs, False, context))
 
     def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Run a generator method in the worker and yield its chunks."""
-        return self._outgoing.stream(lambda key: Request(key, method, args, kwargs, True))
+        context = current_request()
+        return self._outgoing.stream(lambda key: Request(key, method, args, kwargs, True, context))
 
     def is_streaming(self, method: str) -> bool:
         """Whether `method` is a generator method."""
@@ -283,8 +288,8 @@ class ProcessReplica:
                 task = asyncio.get_running_loop().create_task(self._serve_handle(message))
                 self._served[message.id] = task
                 task.add_done_callback(functools.partial(self._forget_served, message.id))
-            case Cancelled():
-                self._count_abandoned(-1)
+            case Cancelled() | RecordOutcomes():
+                self._on_note(message)
             case Cancel(id=key):
                 served = self._served.get(key)
                 if served is not None:
@@ -296,6 +301,21 @@ class ProcessReplica:
                 self._on_undecodable(key, starts, error)
             case _:
                 logger.error("replica %s sent an unexpected %r", self.context.replica_id, message)
+
+    def _on_note(self, message: Cancelled | RecordOutcomes) -> None:
+        """A message that needs no answer: a cancelled call stopped, or outcomes to credit."""
+        if isinstance(message, Cancelled):
+            self._count_abandoned(-1)
+            return
+        routers = getattr(self._runtime, "routers", None)
+        if routers is None:
+            return
+        for outcome, value in message.outcomes:
+            task = asyncio.get_running_loop().create_task(
+                routers.post_outcome(None, message.request_id, outcome, value)
+            )
+            self._notes.add(task)
+            task.add_done_callback(self._notes.discard)
 
     def _on_undecodable(self, key: int, starts: bool, error: BaseException) -> None:
         """Fail only the call whose message could not be decoded here."""
@@ -314,6 +334,8 @@ class ProcessReplica:
 
     async def _serve_handle(self, request: HandleRequest) -> None:
         """Run a call that user code in the worker made through a handle, and send the answer."""
+        if request.context is not None:
+            set_request(request.context)  # this task's own context: the routers on its path see it
         try:
             if request.stream:
                 chunks = self._runtime.stream(

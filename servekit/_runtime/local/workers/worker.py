@@ -26,6 +26,7 @@ import cloudpickle
 
 from servekit._replica.context import ReplicaContext
 from servekit._replica.replica import Replica
+from servekit._replica.request_context import current_request, set_request
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.local.workers import codec
 from servekit._runtime.local.workers.calls import OutgoingCalls
@@ -39,6 +40,7 @@ from servekit._runtime.local.workers.messages import (
     Init,
     Probe,
     ProbeResult,
+    RecordOutcomes,
     Reply,
     Request,
     Started,
@@ -149,6 +151,8 @@ class Worker:
         if replica is None:
             self._send(Reply(request.id, False, DeploymentUnavailableError("the replica is not started")))
             return
+        if request.context is not None:
+            set_request(request.context)  # this task's own context: the user's code sees the request
         try:
             # A cancelled sync call holds its task until its thread returns: only then does the
             # server hear `Cancelled` and free the call's slot there.
@@ -165,6 +169,9 @@ class Worker:
             return
         except Exception as exc:
             self._send(Reply(request.id, False, exc))
+        finally:
+            if request.context is not None and request.context.outcomes:
+                self._send(RecordOutcomes(request.context.request_id, list(request.context.outcomes)))
 
     async def _probe(self, probe: Probe) -> None:
         error: BaseException | None = None
@@ -210,15 +217,19 @@ class Worker:
     # -- worker -> server: handle calls from user code ---------------------------------------
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a unary method of another deployment, through the server."""
+        context = current_request()
         return await self._outgoing.call(
-            lambda key: HandleRequest(key, deployment, method, args, kwargs, False)
+            lambda key: HandleRequest(key, deployment, method, args, kwargs, False, context)
         )
 
     def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         """Run a generator method of another deployment, through the server."""
-        return self._outgoing.stream(lambda key: HandleRequest(key, deployment, method, args, kwargs, True))
+        context = current_request()
+        return self._outgoing.stream(
+            lambda key: HandleRequest(key, deployment, method, args, kwargs, True, context)
+        )
 
     def is_streaming(self, deployment: str, method: str) -> bool:
         methods = self._methods.get(deployment)
