@@ -7,6 +7,7 @@ Decorate classes as deployments, compose them with `.bind()`, then `run` them in
 from servekit import errors
 from servekit._http.app import deployment_instance
 from servekit._http.server import Server, serve
+from servekit._models import api as models
 from servekit._replica.autoscaling import MetricsSample, PolicyInput
 from servekit._replica.batching import batch
 from servekit._replica.context import ReplicaContext, replica_context
@@ -22,6 +23,7 @@ from servekit._spec.canary import Canary
 from servekit._spec.config import Autoscaling, BatchOptions, DeploymentConfig, DeploymentOptions, Resources
 from servekit._spec.deployment import Application, Deployment, deployment
 from servekit._spec.endpoint import endpoint, idempotent, ingress
+from servekit._spec.models import ModelRef, model
 from servekit._version import __version__
 from servekit.errors import DeploymentOptionError, GraphError, ServekitError
 
@@ -40,6 +42,7 @@ __all__ = [
     "DeploymentResponseGenerator",
     "GraphError",
     "MetricsSample",
+    "ModelRef",
     "PolicyInput",
     "ReplicaContext",
     "Resources",
@@ -55,6 +58,8 @@ __all__ = [
     "idempotent",
     "ingress",
     "inline",
+    "model",
+    "models",
     "replica_context",
     "run",
     "serve",
