@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import dataclasses
 import enum
 import inspect
 import time
@@ -28,6 +29,7 @@ from typing import Any, NoReturn
 from servekit._replica.batching import END, BatchedFunction, batched_state, next_in_context, with_overrides
 from servekit._replica.context import ReplicaContext, enter_replica, exit_replica
 from servekit._replica.errors import attribute_to_deployment
+from servekit._replica.models import BoundModel, ModelFollower, model_status, resolve_models
 from servekit._replica.sync_calls import SyncCallPolicy, blocking_waits, sync_mode
 from servekit._spec.config import BatchOptions
 from servekit._spec.endpoint import is_idempotent
@@ -103,6 +105,10 @@ class Replica:
         self.abandoned_total = 0
         """Calls abandoned since the replica started."""
         self._abandoned_watchers: list[Callable[[], None]] = []
+        self.models: list[BoundModel] = []
+        """The model versions bound with `servekit.model(...)` that this replica serves now."""
+        self._model_error: str | None = None
+        self._followers: list[asyncio.Task[None]] = []
 
     @property
     def instance(self) -> Any:
@@ -124,6 +130,13 @@ class Replica:
             self._instance = self._target
             await self.configure_batching(self._batching)
             return
+        try:
+            args, kwargs = await self._load_models(args, kwargs)
+        except Exception as exc:
+            raise DeploymentStartError(
+                f"deployment {self.context.deployment!r}: replica {self.context.replica_id} "
+                f"failed to start: {exc}"
+            ) from exc
         token = enter_replica(self.context)
         try:
             context = contextvars.copy_context()
@@ -137,6 +150,41 @@ class Replica:
         finally:
             exit_replica(token)
         await self.configure_batching(self._batching)
+        self._follow_models()
+
+    async def _load_models(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Replace bound model references with local paths, and note the versions in the context."""
+        args, kwargs, self.models = await asyncio.to_thread(resolve_models, args, kwargs)
+        if self.models:
+            self.context = dataclasses.replace(self.context, model_version=self.models[0].info.version)
+        return args, kwargs
+
+    def _follow_models(self) -> None:
+        """With a `reconfigure_model(path)` method, follow each bound tag and swap in place."""
+        if not callable(getattr(self._instance, "reconfigure_model", None)):
+            return
+        for bound in self.models:
+            if bound.ref.follows_tag:
+                follower = ModelFollower(bound, self._reconfigure_model, self._on_model_swap)
+                self._followers.append(asyncio.get_running_loop().create_task(follower.run()))
+
+    async def _reconfigure_model(self, path: str) -> None:
+        await self.call("reconfigure_model", (path,), {})
+
+    def _on_model_swap(self, bound: BoundModel | None, error: str | None) -> None:
+        self._model_error = error
+        if bound is None:
+            return
+        self.models = [bound if model.ref.target == bound.ref.target else model for model in self.models]
+        self.context = dataclasses.replace(self.context, model_version=self.models[0].info.version)
+
+    def model_status(self) -> dict[str, Any] | None:
+        """The versions this replica serves and the last failed swap, for `/-/status` (None: no models)."""
+        if not self.models:
+            return None
+        return model_status(self.models, self._model_error)
 
     async def configure_batching(self, options: Mapping[str, BatchOptions]) -> None:
         """Run each batched method with the decorator's options overridden by `options[method]`.
@@ -234,6 +282,8 @@ class Replica:
 
     def stop(self) -> None:
         """Release the replica's batch queues; in-flight work must have drained already."""
+        for follower in self._followers:
+            follower.cancel()
         for _, state in self._batched_methods():
             state.discard(self._batch_owner(state))
 

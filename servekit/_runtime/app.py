@@ -16,6 +16,7 @@ from servekit._runtime.backends import make_runtime
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.interface import HttpIngress, Runtime
 from servekit._runtime.loop_thread import LoopThread
+from servekit._runtime.model_watch import ModelWatcher, pin_models
 from servekit._runtime.options import RunKeywords, RunOptions, run_options
 from servekit._spec.deployment import Application
 from servekit._spec.graph import AppGraph, build_graph
@@ -29,7 +30,12 @@ class RunningApp:
         self.runtime = runtime
         self.thread = thread
         self._lock = threading.Lock()
+        self._update_lock = threading.Lock()
         self._stopped = False
+        self.model_watcher = ModelWatcher.for_graph(lambda: runtime.graph, self.update_graph)
+        """Redeploys (rolling) when a model tag the app follows moves; None when it follows none."""
+        if self.model_watcher is not None:
+            self.model_watcher.start()
 
     @classmethod
     def start(cls, graph: AppGraph, options: RunOptions, http: HttpIngress | None = None) -> RunningApp:
@@ -59,13 +65,20 @@ class RunningApp:
         The ingress must keep its name. When a new replica cannot start, the app is left
         exactly as it was (old code, old options) and the start error is raised.
         """
-        graph = build_graph(app)
+        graph = pin_models(build_graph(app))
         current = self.runtime.graph.ingress
         if graph.ingress != current:
             raise GraphError(
                 f"a redeploy must keep the ingress {current!r}; the new app's ingress is {graph.ingress!r}"
             )
-        self.thread.run(self.runtime.update(graph))
+        self.update_graph(graph)
+
+    def update_graph(self, graph: AppGraph) -> None:
+        """Redeploy a built graph (one redeploy at a time); raises as `update` does."""
+        with self._update_lock:
+            if self._stopped:
+                return
+            self.thread.run(self.runtime.update(graph))
 
     def stop(self, grace_s: float | None = None) -> None:
         """Drain in-flight requests (up to `grace_s`), stop replicas and the loop. Runs once."""
@@ -73,6 +86,8 @@ class RunningApp:
             if self._stopped:
                 return
             self._stopped = True
+        if self.model_watcher is not None:
+            self.model_watcher.stop()
         try:
             self.thread.run(self.runtime.shutdown(grace_s))
         finally:

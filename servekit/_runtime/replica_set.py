@@ -229,6 +229,7 @@ class ReplicaSet:
             "gpu_ids": list(context.gpu_ids),
             "pid": getattr(slot.replica, "pid", None),
             "batching": slot.replica.batch_stats(),
+            "model": slot.replica.model_status(),
         }
 
     def _choose(self) -> ReplicaSlot | None:

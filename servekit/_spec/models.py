@@ -33,6 +33,8 @@ class ModelRef:
     store: str | None = None
     """The store's URL; None: ``SERVEKIT_MODEL_STORE`` or ``~/.servekit/models`` where the replica runs."""
     pinned: str | None = None
+    watch_s: float | None = None
+    """How often the tag is polled while the app runs (default ``SERVEKIT_MODEL_WATCH_S`` or 2 s)."""
 
     @property
     def target(self) -> str:
@@ -56,7 +58,12 @@ class ModelRef:
 
 
 def model(
-    name: str, *, tag: str | None = None, version: str | None = None, store: str | None = None
+    name: str,
+    *,
+    tag: str | None = None,
+    version: str | None = None,
+    store: str | None = None,
+    watch_s: float | None = None,
 ) -> ModelRef:
     """Reference a model version in the store, for `.bind(...)`: the constructor gets its local path.
 
@@ -66,7 +73,8 @@ def model(
 
     Give a `tag` (it may move: bound deployments follow it while the app runs) or a fixed
     `version`; with neither, the tag ``"latest"``. `store` is the store's URL (any fsspec URL);
-    by default ``SERVEKIT_MODEL_STORE``, else ``~/.servekit/models``.
+    by default ``SERVEKIT_MODEL_STORE``, else ``~/.servekit/models``. `watch_s` is how often
+    the tag is polled while the app runs (default ``SERVEKIT_MODEL_WATCH_S``, else 2 s).
     """
     if tag is not None and version is not None:
         raise DeploymentOptionError(
@@ -80,7 +88,9 @@ def model(
             )
     if tag is None and version is None:
         tag = "latest"
-    return ModelRef(name, tag, version, store)
+    if watch_s is not None and not watch_s > 0:
+        raise DeploymentOptionError(f"servekit.model({name!r}): watch_s must be > 0 seconds, got {watch_s!r}")
+    return ModelRef(name, tag, version, store, watch_s=watch_s)
 
 
 def iter_model_refs(value: Any) -> Iterator[ModelRef]:

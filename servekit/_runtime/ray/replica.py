@@ -112,6 +112,10 @@ class RayReplica:
         """Stats of each `@batch` method's queue on this replica."""
         return self.replica.batch_stats()
 
+    def model_status(self) -> dict[str, Any] | None:
+        """The model versions this replica serves (bound with `servekit.model`), for status."""
+        return self.replica.model_status()
+
     def abandoned(self) -> int:
         """Calls whose caller gave up while their sync code still runs here."""
         return self.replica.abandoned
@@ -276,6 +280,7 @@ class IngressView:
         for replica in own.get("replicas", []):
             if replica["id"] == self._ingress.context.replica_id:  # the one replica seen from here
                 replica["batching"] = self._ingress.batch_stats()
+                replica["model"] = self._ingress.model_status()
         self._status = status
 
 

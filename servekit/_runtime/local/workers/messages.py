@@ -114,11 +114,12 @@ class Probe(NamedTuple):
 
 
 class ProbeResult(NamedTuple):
-    """Health (None when healthy, else the error) and each batched method's stats."""
+    """Health (None when healthy, else the error), each batched method's stats, the bound models."""
 
     id: int
     error: BaseException | None
     batch_stats: dict[str, dict[str, Any]]
+    models: dict[str, Any] | None = None
 
 
 class ConfigureBatching(NamedTuple):

@@ -94,6 +94,7 @@ class ProcessReplica:
         self._started: asyncio.Future[Started | StartFailed] | None = None
         self._log_tasks: list[asyncio.Task[None]] = []
         self._stats: dict[str, dict[str, Any]] = {}
+        self._models: dict[str, Any] | None = None
         self.death: asyncio.Future[str] | None = None
         """Resolves with a description when the worker process exits or the link breaks."""
         self.on_death: Callable[[ProcessReplica, str], None] | None = None
@@ -196,6 +197,10 @@ class ProcessReplica:
         """Batch stats as of the last probe."""
         return self._stats
 
+    def model_status(self) -> dict[str, Any] | None:
+        """The worker's bound models as of the last probe (None: none bound, or not probed yet)."""
+        return self._models
+
     async def configure_batching(self, options: Mapping[str, BatchOptions]) -> None:
         """Apply per-method batch option overrides in the worker, in place (see `Replica`)."""
         await self._outgoing.call(lambda key: ConfigureBatching(key, dict(options)))
@@ -209,6 +214,7 @@ class ProcessReplica:
         """Refresh batch stats, and with `health` run the health check."""
         result: ProbeResult = await self._outgoing.call(lambda key: Probe(key, health))
         self._stats = result.batch_stats
+        self._models = result.models
         if result.error is not None:
             raise result.error
 

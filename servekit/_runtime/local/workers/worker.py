@@ -177,7 +177,8 @@ class Worker:
             except Exception as exc:
                 error = exc
         stats = replica.batch_stats() if replica is not None else {}
-        self._send(ProbeResult(probe.id, error, stats))
+        models = replica.model_status() if replica is not None else None
+        self._send(ProbeResult(probe.id, error, stats, models))
 
     async def _configure_batching(self, message: ConfigureBatching) -> None:
         replica = self.replica
