@@ -39,7 +39,7 @@ def swaps_in_place(node: DeploymentNode) -> bool:
 
 def followed_tags(graph: AppGraph, rolling_only: bool = False) -> list[ModelRef]:
     """The tag-following references bound in `graph` (with `rolling_only`, of nodes that roll)."""
-    refs = []
+    refs: list[ModelRef] = []
     for node in graph.nodes.values():
         if rolling_only and swaps_in_place(node):
             continue
