@@ -11,6 +11,7 @@ from servekit._models import api as models
 from servekit._replica.autoscaling import MetricsSample, PolicyInput
 from servekit._replica.batching import batch
 from servekit._replica.context import ReplicaContext, replica_context
+from servekit._replica.multiplex import get_multiplexed_model_id, multiplexed
 from servekit._replica.sync_calls import inline, threaded
 from servekit._runtime.app import AppHandle, run
 from servekit._runtime.handle import (
@@ -55,11 +56,13 @@ __all__ = [
     "deployment_instance",
     "endpoint",
     "errors",
+    "get_multiplexed_model_id",
     "idempotent",
     "ingress",
     "inline",
     "model",
     "models",
+    "multiplexed",
     "replica_context",
     "run",
     "serve",

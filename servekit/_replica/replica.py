@@ -30,6 +30,7 @@ from servekit._replica.batching import END, BatchedFunction, batched_state, next
 from servekit._replica.context import ReplicaContext, enter_replica, exit_replica
 from servekit._replica.errors import attribute_to_deployment
 from servekit._replica.models import BoundModel, ModelFollower, model_status, resolve_models
+from servekit._replica.multiplex import enter_call, exit_call, multiplexed_functions
 from servekit._replica.sync_calls import SyncCallPolicy, blocking_waits, sync_mode
 from servekit._spec.config import BatchOptions
 from servekit._spec.endpoint import is_idempotent
@@ -181,10 +182,16 @@ class Replica:
         self.context = dataclasses.replace(self.context, model_version=self.models[0].info.version)
 
     def model_status(self) -> dict[str, Any] | None:
-        """The versions this replica serves and the last failed swap, for `/-/status` (None: no models)."""
-        if not self.models:
+        """For `/-/status`: the versions this replica serves, the last failed swap, and each
+        `@multiplexed` method's models with their counters (None: no models at all)."""
+        multiplexed = {
+            name: multiplexer.status()
+            for name, function in multiplexed_functions(self._target).items()
+            if (multiplexer := function.existing(self._instance)) is not None
+        }
+        if not self.models and not multiplexed:
             return None
-        return model_status(self.models, self._model_error)
+        return {**model_status(self.models, self._model_error), "multiplexed": multiplexed}
 
     async def configure_batching(self, options: Mapping[str, BatchOptions]) -> None:
         """Run each batched method with the decorator's options overridden by `options[method]`.
@@ -212,15 +219,23 @@ class Replica:
         return targets
 
     async def call(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, hold_abandoned: bool = False
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        hold_abandoned: bool = False,
+        model_id: str | None = None,
     ) -> Any:
         """Call a unary method and return its result.
 
         With `hold_abandoned`, a sync call cancelled while its thread runs raises `CancelledError`
         only once the thread returns (for backends that count a request until its call returns).
+        `model_id` is the multiplexed model the request names (`get_multiplexed_model_id()`).
         """
         func, kind, policy = self._resolve(method)
         token = enter_replica(self.context)
+        model_tokens = enter_call(model_id)
         try:
             if kind is MethodKind.ASYNC:
                 return await func(*args, **kwargs)
@@ -232,12 +247,19 @@ class Replica:
         except Exception as exc:
             _reraise_attributed(exc, self.context.deployment)
         finally:
+            exit_call(model_tokens)
             exit_replica(token)
 
     async def stream(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, hold_abandoned: bool = False
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        hold_abandoned: bool = False,
+        model_id: str | None = None,
     ) -> AsyncIterator[Any]:
-        """Call a generator method and yield its chunks (`hold_abandoned` as for `call`)."""
+        """Call a generator method and yield its chunks (`hold_abandoned`, `model_id` as for `call`)."""
         func, kind, _ = self._resolve(method)
         if not kind.streaming:
             raise TypeError(f"method {method!r} is not a generator; await the call instead")
@@ -249,6 +271,7 @@ class Replica:
         try:
             while True:
                 token = enter_replica(self.context)  # per step: each step may run in another task
+                model_tokens = enter_call(model_id)
                 try:
                     chunk = await anext(chunks)
                 except StopAsyncIteration:
@@ -256,6 +279,7 @@ class Replica:
                 except Exception as exc:
                     _reraise_attributed(exc, self.context.deployment)
                 finally:
+                    exit_call(model_tokens)
                     exit_replica(token)
                 yield chunk
         finally:

@@ -7,7 +7,9 @@ read "broken" fail to load.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import servekit as sk
 
@@ -58,3 +60,41 @@ def model_app(store: str, watch_s: float = 0.2) -> sk.Application:
     """Both strategies, each bound to clf:production in `store`."""
     production = sk.model("clf", tag="production", store=store, watch_s=watch_s)
     return Front.bind(Rolling.bind(production), InPlace.bind(production))
+
+
+@sk.deployment(num_replicas=2, max_ongoing_requests=32)
+class Adapters:
+    """Multiplexed: 'loads' an adapter per model id; counts loads of one id that overlap."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, int] = {}
+        self.overlapping_loads = 0
+
+    @sk.multiplexed(max_models_per_replica=4)
+    async def load(self, model_id: str) -> str:
+        if model_id == "missing":
+            raise FileNotFoundError(f"no adapter weights for {model_id}")
+        self.active[model_id] = self.active.get(model_id, 0) + 1
+        self.overlapping_loads += self.active[model_id] > 1
+        await asyncio.sleep(0.02)  # a load takes a while: requests for the same id arrive meanwhile
+        self.active[model_id] -= 1
+        return model_id.upper()
+
+    async def __call__(self) -> dict[str, Any]:
+        model = await self.load(sk.get_multiplexed_model_id())
+        return {
+            "model": model,
+            "replica": sk.replica_context().replica_id,
+            "overlapping_loads": self.overlapping_loads,
+        }
+
+
+@sk.deployment
+class AdapterApi:
+    def __init__(self, adapters: sk.DeploymentHandle) -> None:
+        self.adapters = adapters
+
+    @sk.endpoint("/predict", methods=["GET"])
+    async def predict(self) -> dict[str, Any]:
+        model_id = sk.get_multiplexed_model_id()
+        return await self.adapters.options(multiplexed_model_id=model_id)()  # type: ignore[no-any-return]

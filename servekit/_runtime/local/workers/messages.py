@@ -56,6 +56,8 @@ class Request(NamedTuple):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     stream: bool
+    model_id: str | None = None
+    """The multiplexed model id the call carries."""
 
 
 class HandleRequest(NamedTuple):
@@ -67,6 +69,8 @@ class HandleRequest(NamedTuple):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     stream: bool
+    model_id: str | None = None
+    """The multiplexed model id the call carries."""
 
 
 class Reply(NamedTuple):

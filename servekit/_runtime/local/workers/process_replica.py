@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import cloudpickle
 
 from servekit._replica.context import ReplicaContext
+from servekit._replica.multiplex import route_by_model_id
 from servekit._runtime.local.workers import codec
 from servekit._runtime.local.workers.calls import OutgoingCalls
 from servekit._runtime.local.workers.messages import (
@@ -175,13 +176,17 @@ class ProcessReplica:
             f"start: the worker process {reason}"
         )
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run a unary method in the worker and return its result."""
-        return await self._outgoing.call(lambda key: Request(key, method, args, kwargs, False))
+    async def call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], model_id: str | None = None
+    ) -> Any:
+        """Run a unary method in the worker (serving multiplexed `model_id`) and return its result."""
+        return await self._outgoing.call(lambda key: Request(key, method, args, kwargs, False, model_id))
 
-    def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+    def stream(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], model_id: str | None = None
+    ) -> AsyncIterator[Any]:
         """Run a generator method in the worker and yield its chunks."""
-        return self._outgoing.stream(lambda key: Request(key, method, args, kwargs, True))
+        return self._outgoing.stream(lambda key: Request(key, method, args, kwargs, True, model_id))
 
     def is_streaming(self, method: str) -> bool:
         """Whether `method` is a generator method."""
@@ -320,6 +325,7 @@ class ProcessReplica:
 
     async def _serve_handle(self, request: HandleRequest) -> None:
         """Run a call that user code in the worker made through a handle, and send the answer."""
+        route_by_model_id(request.model_id)  # this task's own context: for the runtime's routing
         try:
             if request.stream:
                 chunks = self._runtime.stream(

@@ -25,6 +25,7 @@ from typing import Any
 import cloudpickle
 
 from servekit._replica.context import ReplicaContext
+from servekit._replica.multiplex import outgoing_model_id
 from servekit._replica.replica import Replica
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.local.workers import codec
@@ -152,14 +153,15 @@ class Worker:
         try:
             # A cancelled sync call holds its task until its thread returns: only then does the
             # server hear `Cancelled` and free the call's slot there.
+            call = (request.method, request.args, request.kwargs)
             if request.stream:
-                chunks = replica.stream(request.method, request.args, request.kwargs, hold_abandoned=True)
+                chunks = replica.stream(*call, hold_abandoned=True, model_id=request.model_id)
                 async for chunk in chunks:
                     self._send(Chunk(request.id, chunk))
                     await self.link.drain()
                 self._send(End(request.id))
             else:
-                result = await replica.call(request.method, request.args, request.kwargs, hold_abandoned=True)
+                result = await replica.call(*call, hold_abandoned=True, model_id=request.model_id)
                 self._send(Reply(request.id, True, result))
         except asyncio.CancelledError:
             return
@@ -212,14 +214,17 @@ class Worker:
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a unary method of another deployment, through the server."""
         return await self._outgoing.call(
-            lambda key: HandleRequest(key, deployment, method, args, kwargs, False)
+            lambda key: HandleRequest(key, deployment, method, args, kwargs, False, outgoing_model_id())
         )
 
     def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         """Run a generator method of another deployment, through the server."""
-        return self._outgoing.stream(lambda key: HandleRequest(key, deployment, method, args, kwargs, True))
+        model_id = outgoing_model_id()
+        return self._outgoing.stream(
+            lambda key: HandleRequest(key, deployment, method, args, kwargs, True, model_id)
+        )
 
     def is_streaming(self, deployment: str, method: str) -> bool:
         methods = self._methods.get(deployment)
