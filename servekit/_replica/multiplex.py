@@ -195,6 +195,10 @@ class MultiplexedFunction:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["func"], state["max_models_per_replica"])  # type: ignore[misc]
 
+    def install(self, instance: Any, multiplexer: ModelMultiplexer) -> None:
+        """Serve `instance`'s models with `multiplexer` (a backend's own, like Ray Serve's)."""
+        self._per_instance[instance] = multiplexer
+
     def existing(self, instance: Any) -> ModelMultiplexer | None:
         """`instance`'s multiplexer if it was used."""
         return self._per_instance.get(instance)

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import model_apps
 import pytest
+from behaviour_support import Backend
 
 import servekit as sk
 
@@ -73,3 +74,24 @@ async def test_handle_options_route_to_worker_processes_holding_the_model() -> N
         first = await handle.options(multiplexed_model_id="m3")()
         again = [await handle.options(multiplexed_model_id="m3")() for _ in range(4)]
         assert {answer["replica"] for answer in again} == {first["replica"]}
+
+
+async def test_on_ray_multiplexing_is_ray_serves_own(
+    request: pytest.FixtureRequest, async_client: httpx.AsyncClient
+) -> None:
+    server = Backend("ray", request).serve(model_apps.AdapterApi.bind(model_apps.Adapters.bind()))
+    try:
+
+        async def predict(model_id: str) -> httpx.Response:
+            headers = {"serve-multiplexed-model-id": model_id}
+            return await async_client.get(server.url + "/predict", headers=headers)
+
+        burst = await asyncio.gather(*(predict(model_id) for model_id in IDS for _ in range(2)))
+        assert [r.json()["model"] for r in burst] == [model_id.upper() for model_id in IDS for _ in range(2)]
+        assert {r.json()["overlapping_loads"] for r in burst} == {0}
+        missing = await predict("missing")
+        assert missing.status_code == 503
+        assert "model id 'missing' failed to load" in missing.json()["error"]["message"]
+        assert (await predict("m1")).status_code == 200
+    finally:
+        server.shutdown(grace_s=5)

@@ -34,10 +34,12 @@ from servekit._replica.context import ReplicaContext
 from servekit._replica.deadline import chunks_within_timeout, within_timeout
 from servekit._replica.devices import cap_torch_memory
 from servekit._replica.latency import LatencyWindow
+from servekit._replica.multiplex import outgoing_model_id
 from servekit._replica.replica import Replica
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.ray.autoscaling import P95_LATENCY_METRIC
 from servekit._runtime.ray.dispatcher import RayDispatcher
+from servekit._runtime.ray.multiplex import use_ray_multiplexing
 from servekit._runtime.ray.options import batching_options
 from servekit._runtime.ray.ship import ReplicaSpec, restore_annotation_names, unpack
 from servekit._runtime.ray.status import fetch_app_status
@@ -75,19 +77,22 @@ class RayReplica:
         await self.replica.start(
             with_handles(node.init_args, make_handle), with_handles(node.init_kwargs, make_handle)
         )
+        use_ray_multiplexing(self.replica.instance)
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run the user's unary `method` (a cancelled sync call returns once its thread does)."""
         started = time.perf_counter()
         try:
-            call = self.replica.call(method, args, kwargs, hold_abandoned=True)
+            model_id = serve.get_multiplexed_model_id() or None
+            call = self.replica.call(method, args, kwargs, hold_abandoned=True, model_id=model_id)
             return await within_timeout(call, self._timeout, self.name, method)
         finally:
             self._latencies.add(time.monotonic(), (time.perf_counter() - started) * 1000)
 
     async def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         """Run the user's generator `method`, yielding its chunks."""
-        chunks = self.replica.stream(method, args, kwargs, hold_abandoned=True)
+        model_id = serve.get_multiplexed_model_id() or None
+        chunks = self.replica.stream(method, args, kwargs, hold_abandoned=True, model_id=model_id)
         async with contextlib.aclosing(
             chunks_within_timeout(chunks, self._timeout, self.name, method)
         ) as timed:
@@ -151,7 +156,10 @@ class IngressReplica(RayReplica):
         try:
             started = time.perf_counter()
             try:
-                call = self.replica.call(method, args, kwargs, hold_abandoned=hold_abandoned)
+                model_id = outgoing_model_id() if not hold_abandoned else serve.get_multiplexed_model_id()
+                call = self.replica.call(
+                    method, args, kwargs, hold_abandoned=hold_abandoned, model_id=model_id or None
+                )
                 if hold_abandoned:  # called through Ray: bounded here too (see the module docstring)
                     return await within_timeout(call, self._timeout, self.name, method)
                 return await call
@@ -166,7 +174,10 @@ class IngressReplica(RayReplica):
         """Like `RayReplica.stream`, once admitted."""
         slot = await self.admission.acquire()
         try:
-            chunks = self.replica.stream(method, args, kwargs, hold_abandoned=hold_abandoned)
+            model_id = outgoing_model_id() if not hold_abandoned else serve.get_multiplexed_model_id()
+            chunks = self.replica.stream(
+                method, args, kwargs, hold_abandoned=hold_abandoned, model_id=model_id or None
+            )
             if hold_abandoned:  # called through Ray: bounded here too (see the module docstring)
                 chunks = chunks_within_timeout(chunks, self._timeout, self.name, method)
             async with contextlib.aclosing(chunks) as timed:  # type: ignore[type-var]
