@@ -117,8 +117,11 @@ def gc(*, store: str | None = None) -> tuple[int, int]:
     return ModelStore(store).gc()
 
 
-def load_ref(ref: ModelRef, cache: ModelCache | None = None, pin: bool = True) -> tuple[Path, VersionInfo]:
-    """The local path and manifest of the version `ref` names now (its pinned version if set)."""
+def load_ref(
+    ref: ModelRef, cache: ModelCache | None = None, pin: str | None = None
+) -> tuple[Path, VersionInfo]:
+    """The local path and manifest of the version `ref` names now (its pinned version if set);
+    with `pin` (like a replica id), the local copy is kept from eviction until unpinned."""
     source = ModelStore(ref.store)
     version = ref.version or ref.pinned
     info = source.resolve(ref.name, ref.tag, version)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -71,10 +72,11 @@ class ModelCache:
         self.root = root or default_cache_dir()
         self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
 
-    def get(self, store: ModelStore, info: VersionInfo, pin: bool = False) -> Path:
+    def get(self, store: ModelStore, info: VersionInfo, pin: str | None = None) -> Path:
         """The local path of `info`'s files, downloaded first if needed; verified against its sha256.
 
-        With `pin`, the version is kept from eviction while this process lives (or until `unpin`).
+        With a `pin` (a name unique in this process, like a replica id), the version is kept
+        from eviction while this process lives, or until `unpin(info, pin)`.
         """
         entry = self.root / info.sha256
         self.root.mkdir(parents=True, exist_ok=True)
@@ -83,17 +85,17 @@ class ModelCache:
                 self._verify(info, entry)
             else:
                 self._download(store, info, entry)
-            if pin:
+            if pin is not None:
                 self._pins(entry).mkdir(exist_ok=True)
-                (self._pins(entry) / str(os.getpid())).touch()
+                (self._pins(entry) / _pin_name(pin)).touch()
             (entry / "complete.json").touch()  # the mtime is the last use
         self.evict(keep=info.sha256)
         return entry / "content" / info.basename
 
-    def unpin(self, info: VersionInfo) -> None:
-        """Let `info`'s copy be evicted again (as far as this process is concerned)."""
+    def unpin(self, info: VersionInfo, pin: str) -> None:
+        """Drop the pin `pin` of this process on `info`'s copy (evictable once no pin is left)."""
         with contextlib.suppress(FileNotFoundError):
-            (self._pins(self.root / info.sha256) / str(os.getpid())).unlink()
+            (self._pins(self.root / info.sha256) / _pin_name(pin)).unlink()
 
     def _pins(self, entry: Path) -> Path:
         return entry / "pins"
@@ -138,7 +140,7 @@ class ModelCache:
         pins = self._pins(entry)
         if not pins.is_dir():
             return False
-        return any(_alive(int(pin.name)) for pin in pins.iterdir() if pin.name.isdigit())
+        return any(_alive(pid) for pin in pins.iterdir() if (pid := _pin_pid(pin.name)) is not None)
 
     def evict(self, keep: str | None = None) -> list[str]:
         """Delete least recently used unpinned versions until the cache fits; returns their sha256."""
@@ -147,6 +149,16 @@ class ModelCache:
             with _locked(self.root / f"{key}.lock"):
                 shutil.rmtree(self.root / key, ignore_errors=True)
         return chosen
+
+
+def _pin_name(pin: str) -> str:
+    """The pin's file name: this process's id, then a digest of the pin (any characters)."""
+    return f"{os.getpid()}-{hashlib.sha256(pin.encode()).hexdigest()[:16]}"
+
+
+def _pin_pid(name: str) -> int | None:
+    pid = name.split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
 
 
 def _alive(pid: int) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 from servekit._models.api import current_version, load_ref
 from servekit._models.cache import ModelCache
 from servekit._models.store import VersionInfo
-from servekit._spec.models import ModelRef, replace_model_refs
+from servekit._spec.models import ModelRef, iter_model_refs, replace_model_refs
 
 logger = logging.getLogger("servekit.models")
 
@@ -44,18 +44,31 @@ class BoundModel:
     path: Path
 
 
+def has_models(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether any `ModelRef` is among the arguments."""
+    return any(True for _ in iter_model_refs((args, kwargs)))
+
+
 def resolve_models(
-    args: tuple[Any, ...], kwargs: dict[str, Any], cache: ModelCache | None = None
+    args: tuple[Any, ...], kwargs: dict[str, Any], pin: str, cache: ModelCache | None = None
 ) -> tuple[tuple[Any, ...], dict[str, Any], list[BoundModel]]:
-    """`args` and `kwargs` with each `ModelRef` replaced by its local path (a str); blocking I/O."""
+    """`args` and `kwargs` with each `ModelRef` replaced by its local path (a str), each copy
+    pinned in the cache under `pin` (the replica's id); blocking I/O."""
     bound: list[BoundModel] = []
 
     def load(ref: ModelRef) -> str:
-        path, info = load_ref(ref, cache)
+        path, info = load_ref(ref, cache, pin)
         bound.append(BoundModel(ref, info, path))
         return str(path)
 
     return replace_model_refs(args, load), replace_model_refs(kwargs, load), bound
+
+
+def unpin(models: list[BoundModel], pin: str) -> None:
+    """Let the cache evict these versions again, as far as the replica `pin` is concerned."""
+    cache = ModelCache()
+    for model in models:
+        cache.unpin(model.info, pin)
 
 
 def model_status(bound: list[BoundModel], error: str | None) -> dict[str, Any]:
@@ -77,9 +90,11 @@ class ModelFollower:
         bound: BoundModel,
         apply: Callable[[str], Awaitable[None]],
         on_swap: Callable[[BoundModel | None, str | None], None],
+        pin: str,
         period_s: float | None = None,
     ) -> None:
         self.bound = bound
+        self._pin = pin
         self._apply = apply
         self._on_swap = on_swap
         self._period_s = watch_period_s(bound.ref) if period_s is None else period_s
@@ -103,7 +118,7 @@ class ModelFollower:
         if version in (self.bound.info.version, self._failed):
             return
         try:
-            path, info = await asyncio.to_thread(load_ref, ref.pin(version))
+            path, info = await asyncio.to_thread(load_ref, ref.pin(version), None, self._pin)
             await self._apply(str(path))
         except Exception as exc:
             self._failed = version
@@ -116,5 +131,6 @@ class ModelFollower:
             self._on_swap(None, error)
             return
         self._failed = None
+        unpin([self.bound], self._pin)
         self.bound = BoundModel(ref.pin(version), info, path)
         self._on_swap(self.bound, None)

@@ -29,7 +29,14 @@ from typing import Any, NoReturn
 from servekit._replica.batching import END, BatchedFunction, batched_state, next_in_context, with_overrides
 from servekit._replica.context import ReplicaContext, enter_replica, exit_replica
 from servekit._replica.errors import attribute_to_deployment
-from servekit._replica.models import BoundModel, ModelFollower, model_status, resolve_models
+from servekit._replica.models import (
+    BoundModel,
+    ModelFollower,
+    has_models,
+    model_status,
+    resolve_models,
+    unpin,
+)
 from servekit._replica.multiplex import enter_call, exit_call, multiplexed_functions
 from servekit._replica.sync_calls import SyncCallPolicy, blocking_waits, sync_mode
 from servekit._spec.config import BatchOptions
@@ -157,7 +164,10 @@ class Replica:
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Replace bound model references with local paths, and note the versions in the context."""
-        args, kwargs, self.models = await asyncio.to_thread(resolve_models, args, kwargs)
+        if not has_models(args, kwargs):
+            return args, kwargs
+        pin = self.context.replica_id
+        args, kwargs, self.models = await asyncio.to_thread(resolve_models, args, kwargs, pin)
         if self.models:
             self.context = dataclasses.replace(self.context, model_version=self.models[0].info.version)
         return args, kwargs
@@ -168,7 +178,8 @@ class Replica:
             return
         for bound in self.models:
             if bound.ref.follows_tag:
-                follower = ModelFollower(bound, self._reconfigure_model, self._on_model_swap)
+                pin = self.context.replica_id
+                follower = ModelFollower(bound, self._reconfigure_model, self._on_model_swap, pin)
                 self._followers.append(asyncio.get_running_loop().create_task(follower.run()))
 
     async def _reconfigure_model(self, path: str) -> None:
@@ -308,6 +319,8 @@ class Replica:
         """Release the replica's batch queues; in-flight work must have drained already."""
         for follower in self._followers:
             follower.cancel()
+        if self.models:
+            unpin(self.models, self.context.replica_id)
         for _, state in self._batched_methods():
             state.discard(self._batch_owner(state))
 

@@ -172,11 +172,11 @@ def test_the_cache_evicts_least_recently_used_unpinned_versions(tmp_path: Path) 
     store = ModelStore(str(tmp_path / "store"))
     infos = [store.push("clf", _weights(tmp_path / f"s{i}", f"w{i}" * 10), version=f"v{i}") for i in range(3)]
     cache = ModelCache(tmp_path / "cache", max_bytes=50)
-    cache.get(store, infos[0], pin=True)
+    cache.get(store, infos[0], pin="Clf#0")
     cache.get(store, infos[1])
     cache.get(store, infos[2])  # 60 bytes > 50: v1 goes (v0 is pinned, v2 just fetched)
     assert sorted(entry.key for entry in cache.entries()) == sorted([infos[0].sha256, infos[2].sha256])
-    cache.unpin(infos[0])
+    cache.unpin(infos[0], "Clf#0")
     cache.max_bytes = 20
     assert cache.evict() == [infos[0].sha256]
 
