@@ -17,7 +17,7 @@ from servekit._runtime.model_watch import (
 )
 from servekit._spec.graph import AppGraph, build_graph
 from servekit._spec.models import model_refs
-from servekit.errors import ModelNotFoundError
+from servekit.errors import ModelNotFoundError, ModelStoreUnavailableError
 
 
 @sk.deployment
@@ -109,3 +109,11 @@ def test_an_unknown_tag_fails_pinning_with_the_fix(store: str) -> None:
     graph = build_graph(Rolling.bind(sk.model("clf", tag="staging", store=store)))
     with pytest.raises(ModelNotFoundError, match="set it with `servekit models tag clf VERSION staging`"):
         pin_models(graph)
+
+
+def test_an_unreachable_store_fails_pinning_in_one_line() -> None:
+    graph = build_graph(Rolling.bind(sk.model("clf", tag="production", store="nosuchproto://models")))
+    with pytest.raises(ModelStoreUnavailableError) as info:
+        pin_models(graph)
+    assert "\n" not in str(info.value)
+    assert "model store 'nosuchproto://models' cannot be opened" in str(info.value)
