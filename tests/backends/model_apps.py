@@ -42,26 +42,6 @@ class InPlace:
         return {"answer": self.answer, "version": sk.replica_context().model_version}
 
 
-@sk.deployment
-class Front:
-    def __init__(self, rolling: sk.DeploymentHandle, in_place: sk.DeploymentHandle) -> None:
-        self.rolling, self.in_place = rolling, in_place
-
-    @sk.endpoint("/rolling", methods=["GET"])
-    async def get_rolling(self) -> dict[str, str | None]:
-        return await self.rolling()  # type: ignore[no-any-return]
-
-    @sk.endpoint("/in-place", methods=["GET"])
-    async def get_in_place(self) -> dict[str, str | None]:
-        return await self.in_place()  # type: ignore[no-any-return]
-
-
-def model_app(store: str, watch_s: float = 0.2) -> sk.Application:
-    """Both strategies, each bound to clf:production in `store`."""
-    production = sk.model("clf", tag="production", store=store, watch_s=watch_s)
-    return Front.bind(Rolling.bind(production), InPlace.bind(production))
-
-
 @sk.deployment(num_replicas=2, max_ongoing_requests=32)
 class Adapters:
     """Multiplexed: 'loads' an adapter per model id; counts loads of one id that overlap."""
@@ -98,3 +78,30 @@ class AdapterApi:
     async def predict(self) -> dict[str, Any]:
         model_id = sk.get_multiplexed_model_id()
         return await self.adapters.options(multiplexed_model_id=model_id)()  # type: ignore[no-any-return]
+
+
+@sk.deployment
+class Front:
+    def __init__(
+        self, rolling: sk.DeploymentHandle, in_place: sk.DeploymentHandle, adapters: sk.DeploymentHandle
+    ) -> None:
+        self.rolling, self.in_place, self.adapters = rolling, in_place, adapters
+
+    @sk.endpoint("/rolling", methods=["GET"])
+    async def get_rolling(self) -> dict[str, str | None]:
+        return await self.rolling()  # type: ignore[no-any-return]
+
+    @sk.endpoint("/in-place", methods=["GET"])
+    async def get_in_place(self) -> dict[str, str | None]:
+        return await self.in_place()  # type: ignore[no-any-return]
+
+    @sk.endpoint("/predict", methods=["GET"])
+    async def predict(self) -> dict[str, Any]:
+        model_id = sk.get_multiplexed_model_id()
+        return await self.adapters.options(multiplexed_model_id=model_id)()  # type: ignore[no-any-return]
+
+
+def model_app(store: str, watch_s: float = 0.2) -> sk.Application:
+    """Both hot-swap strategies, each bound to clf:production in `store`, and a multiplexer."""
+    production = sk.model("clf", tag="production", store=store, watch_s=watch_s)
+    return Front.bind(Rolling.bind(production), InPlace.bind(production), Adapters.bind())

@@ -1,4 +1,5 @@
-"""Hot-swap on promotion, the same on every backend: moving a tag under constant HTTP load.
+"""Models, the same on every backend: hot-swap on promotion under constant HTTP load, and
+multiplexing by the `serve-multiplexed-model-id` header. One app per backend for the module.
 
 Deployments bound to `clf:production` follow the tag: `Rolling` by rolling replicas, `InPlace`
 through its `reconfigure_model(path)`. Moving the tag forward and back under load answers
@@ -8,7 +9,8 @@ only 2xx, and the answers follow the tag. A version that fails to load leaves th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,20 +23,38 @@ from servekit.errors import ModelNotFoundError
 
 pytestmark = pytest.mark.integration
 PATHS = ("/rolling", "/in-place")
+IDS = [f"m{index}" for index in range(20)]
 
 
-def _store(tmp_path: Path, *versions: str) -> str:
-    store = str(tmp_path / "store")
+def _store(folder: Path, *versions: str) -> str:
+    store = str(folder / "store")
     for index, text in enumerate(versions, start=1):
-        (tmp_path / f"w{index}").write_text(text)
-        sk.models.push("clf", tmp_path / f"w{index}", version=f"v{index}", store=store)
+        (folder / f"w{index}").write_text(text)
+        sk.models.push("clf", folder / f"w{index}", version=f"v{index}", store=store)
     sk.models.tag("clf", "v1", "production", store=store)
     return store
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SERVEKIT_MODEL_CACHE", str(tmp_path / "cache"))
+@dataclass(frozen=True)
+class Served:
+    server: sk.Server
+    store: str
+    backend: str
+
+
+@pytest.fixture(scope="module", params=HANDLE_BACKENDS)
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """`model_apps.model_app` served once per backend, its store holding v1 'one' and v2 'two'."""
+    folder = tmp_path_factory.mktemp("models")
+    store = _store(folder, "one", "two")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SERVEKIT_MODEL_CACHE", str(folder / "cache"))
+        if request.param == "local-process":
+            server = sk.serve(model_apps.model_app(store), port=0, blocking=False, isolation="process")
+        else:
+            server = Backend(request.param, request).serve(model_apps.model_app(store))
+        yield Served(server, store, request.param)
+        server.shutdown(grace_s=5)
 
 
 class Load:
@@ -66,40 +86,44 @@ class Load:
         return [row for rows in self.answers.values() for row in rows if row[0] != 200]
 
 
-@pytest.mark.parametrize("backend_name", HANDLE_BACKENDS)
 async def test_moving_the_tag_forward_and_back_under_load_answers_only_2xx(
-    backend_name: str,
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    async_client: httpx.AsyncClient,
-    await_until: Callable[..., Awaitable[None]],
+    served: Served, async_client: httpx.AsyncClient, await_until: Callable[..., Awaitable[None]]
 ) -> None:
-    store = _store(tmp_path, "one", "two")
-    backend = Backend(backend_name, request)
-    if backend_name == "local-process":
-        server = sk.serve(model_apps.model_app(store), port=0, blocking=False, isolation="process")
-    else:
-        server = backend.serve(model_apps.model_app(store))
-    try:
-        load = Load(async_client, server.url)
-        await await_until(lambda: load.settled_on("one", "v1"), "v1 answering")
-        sk.models.tag("clf", "v2", "production", store=store)
-        await await_until(lambda: load.settled_on("two", "v2"), "both strategies moving to v2")
-        sk.models.rollback("clf", "production", store=store)
-        await await_until(lambda: load.settled_on("one", "v1"), "both strategies rolling back to v1")
-        assert await load.stop() == []
-        if backend_name != "ray":  # Ray Serve's status lists replicas, not what each one serves
-            status = (await async_client.get(server.url + "/-/status")).json()
-            for name in ("Rolling", "InPlace"):
-                models = [replica["model"] for replica in status["deployments"][name]["replicas"]]
-                assert [model["version"] for model in models] == ["v1", "v1"], models
-    finally:
-        server.shutdown(grace_s=5)
+    store, url = served.store, served.server.url
+    load = Load(async_client, url)
+    await await_until(lambda: load.settled_on("one", "v1"), "v1 answering")
+    sk.models.tag("clf", "v2", "production", store=store)
+    await await_until(lambda: load.settled_on("two", "v2"), "both strategies moving to v2")
+    sk.models.rollback("clf", "production", store=store)
+    await await_until(lambda: load.settled_on("one", "v1"), "both strategies rolling back to v1")
+    assert await load.stop() == []
+    if served.backend != "ray":  # Ray Serve's status lists replicas, not what each one serves
+        status = (await async_client.get(url + "/-/status")).json()
+        for name in ("Rolling", "InPlace"):
+            models = [replica["model"] for replica in status["deployments"][name]["replicas"]]
+            assert [model["version"] for model in models] == ["v1", "v1"], models
+
+
+async def test_twenty_models_over_two_replicas_by_header(
+    served: Served, async_client: httpx.AsyncClient
+) -> None:
+    async def predict(model_id: str) -> httpx.Response:
+        headers = {"serve-multiplexed-model-id": model_id}
+        return await async_client.get(served.server.url + "/predict", headers=headers)
+
+    burst = await asyncio.gather(*(predict(model_id) for model_id in IDS for _ in range(2)))
+    assert [r.json()["model"] for r in burst] == [model_id.upper() for model_id in IDS for _ in range(2)]
+    assert {r.json()["overlapping_loads"] for r in burst} == {0}  # never one id loaded twice at once
+    missing = await predict("missing")
+    assert missing.status_code == 503
+    assert "model id 'missing' failed to load: FileNotFoundError" in missing.json()["error"]["message"]
+    assert (await predict("m1")).status_code == 200  # other models keep serving
 
 
 async def test_a_version_that_fails_to_load_leaves_the_old_one_serving_and_is_reported(
-    tmp_path: Path, wait_until: Callable[..., None]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wait_until: Callable[..., None]
 ) -> None:
+    monkeypatch.setenv("SERVEKIT_MODEL_CACHE", str(tmp_path / "cache"))
     store = _store(tmp_path, "one", "broken")
     with sk.run(model_apps.model_app(store)) as handle:
         sk.models.tag("clf", "v2", "production", store=store)

@@ -1,7 +1,6 @@
-"""Multiplexing: 20 model ids over 2 replicas holding at most 4 each, by HTTP header and by handle.
-
-Requests go to the replica that holds their model, so repeated ids hit; a replica never loads
-one id twice at once; a model id that fails to load fails only its own requests.
+"""Multiplexing on the local runtime in depth: 20 model ids over 2 replicas holding at most 4
+each, requests routed to the replica holding their model (so repeated ids hit), per-model
+counters in status. (test_behaviour_models checks multiplexing on every backend.)
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from typing import Any
 import httpx
 import model_apps
 import pytest
-from behaviour_support import Backend
 
 import servekit as sk
 
@@ -58,40 +56,5 @@ async def test_twenty_models_over_two_replicas_by_header(async_client: httpx.Asy
         _check_counters(status)
         held = next(stats for stats in _multiplexed(status) if "m7" in stats["models"])
         assert held["models"]["m7"]["hits"] >= 5
-    finally:
-        server.shutdown(grace_s=5)
-
-
-async def test_handle_options_route_to_worker_processes_holding_the_model() -> None:
-    with sk.run(model_apps.Adapters.bind(), isolation="process") as handle:
-        burst = await asyncio.gather(
-            *(handle.options(multiplexed_model_id=model_id)() for model_id in IDS for _ in range(2))
-        )
-        assert [answer["model"] for answer in burst] == [
-            model_id.upper() for model_id in IDS for _ in range(2)
-        ]
-        assert {answer["overlapping_loads"] for answer in burst} == {0}
-        first = await handle.options(multiplexed_model_id="m3")()
-        again = [await handle.options(multiplexed_model_id="m3")() for _ in range(4)]
-        assert {answer["replica"] for answer in again} == {first["replica"]}
-
-
-async def test_on_ray_multiplexing_is_ray_serves_own(
-    request: pytest.FixtureRequest, async_client: httpx.AsyncClient
-) -> None:
-    server = Backend("ray", request).serve(model_apps.AdapterApi.bind(model_apps.Adapters.bind()))
-    try:
-
-        async def predict(model_id: str) -> httpx.Response:
-            headers = {"serve-multiplexed-model-id": model_id}
-            return await async_client.get(server.url + "/predict", headers=headers)
-
-        burst = await asyncio.gather(*(predict(model_id) for model_id in IDS for _ in range(2)))
-        assert [r.json()["model"] for r in burst] == [model_id.upper() for model_id in IDS for _ in range(2)]
-        assert {r.json()["overlapping_loads"] for r in burst} == {0}
-        missing = await predict("missing")
-        assert missing.status_code == 503
-        assert "model id 'missing' failed to load" in missing.json()["error"]["message"]
-        assert (await predict("m1")).status_code == 200
     finally:
         server.shutdown(grace_s=5)
