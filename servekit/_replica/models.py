@@ -117,10 +117,14 @@ class ModelFollower:
         version = await asyncio.to_thread(current_version, ref)
         if version in (self.bound.info.version, self._failed):
             return
+        loaded: BoundModel | None = None
         try:
             path, info = await asyncio.to_thread(load_ref, ref.pin(version), None, self._pin)
+            loaded = BoundModel(ref.pin(version), info, path)
             await self._apply(str(path))
         except Exception as exc:
+            if loaded is not None:
+                unpin([loaded], self._pin)
             self._failed = version
             error = (
                 f"model {ref.name!r} version {version!r} ({ref.target}) failed to load, so "
@@ -132,5 +136,5 @@ class ModelFollower:
             return
         self._failed = None
         unpin([self.bound], self._pin)
-        self.bound = BoundModel(ref.pin(version), info, path)
+        self.bound = loaded
         self._on_swap(self.bound, None)
