@@ -7,9 +7,11 @@ Decorate classes as deployments, compose them with `.bind()`, then `run` them in
 from servekit import errors
 from servekit._http.app import deployment_instance
 from servekit._http.server import Server, serve
+from servekit._models import api as models
 from servekit._replica.autoscaling import MetricsSample, PolicyInput
 from servekit._replica.batching import batch
 from servekit._replica.context import ReplicaContext, replica_context
+from servekit._replica.multiplex import get_multiplexed_model_id, multiplexed
 from servekit._replica.request_context import RequestContext, current_request, record_outcome
 from servekit._replica.sync_calls import inline, threaded
 from servekit._runtime.app import AppHandle, run
@@ -24,6 +26,7 @@ from servekit._spec.canary import Canary
 from servekit._spec.config import Autoscaling, BatchOptions, DeploymentConfig, DeploymentOptions, Resources
 from servekit._spec.deployment import Application, Deployment, deployment
 from servekit._spec.endpoint import endpoint, idempotent, ingress
+from servekit._spec.models import ModelRef, model
 from servekit._spec.routing import Split, split
 from servekit._version import __version__
 from servekit.errors import DeploymentOptionError, GraphError, ServekitError
@@ -43,6 +46,7 @@ __all__ = [
     "DeploymentResponseGenerator",
     "GraphError",
     "MetricsSample",
+    "ModelRef",
     "PolicyInput",
     "ReplicaContext",
     "RequestContext",
@@ -59,9 +63,13 @@ __all__ = [
     "deployment_instance",
     "endpoint",
     "errors",
+    "get_multiplexed_model_id",
     "idempotent",
     "ingress",
     "inline",
+    "model",
+    "models",
+    "multiplexed",
     "record_outcome",
     "replica_context",
     "run",

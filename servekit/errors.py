@@ -5,6 +5,11 @@ ServekitError                      500  base of everything servekit raises
 ├── DeploymentOptionError          -    a bad option, raised at decoration time (also ValueError)
 ├── GraphError                     -    a graph that cannot be built (also ValueError)
 ├── BundleError                    -    a bundle cannot be built, verified or served
+├── ModelStoreError                -    a model store operation failed (names model, version, fix)
+│   ├── ModelNotFoundError         404  an unknown model, version or tag
+│   ├── ModelIntegrityError        -    a cached or stored version's sha256 does not match
+│   ├── ModelStoreUnavailableError 503  the store cannot be reached
+│   └── ModelLoadError             503  a model (or multiplexed model id) failed to load
 ├── DeploymentStartError           -    a replica's constructor failed while starting the app
 │   └── InsufficientResourcesError -    the replicas do not fit the GPUs / cluster at hand
 ├── RequestError                   4xx  the client's request is wrong
@@ -76,6 +81,39 @@ class BundleError(ServekitError):
     """A bundle cannot be built, verified or served; the message names the file and the fix."""
 
     error_type = "bundle_error"
+
+
+class ModelStoreError(ServekitError):
+    """A model store operation failed; the message names the model, the version and the fix."""
+
+    error_type = "model_store_error"
+
+
+class ModelNotFoundError(ModelStoreError):
+    """An unknown model, version or tag."""
+
+    status_code = 404
+    error_type = "model_not_found"
+
+
+class ModelIntegrityError(ModelStoreError):
+    """A version's content does not match its sha256 (a corrupted cache or store)."""
+
+    error_type = "model_integrity_error"
+
+
+class ModelStoreUnavailableError(ModelStoreError):
+    """The model store cannot be reached."""
+
+    status_code = 503
+    error_type = "model_store_unavailable"
+
+
+class ModelLoadError(ModelStoreError):
+    """A model version, or a multiplexed model id, failed to load; other models keep serving."""
+
+    status_code = 503
+    error_type = "model_load_error"
 
 
 class DeploymentStartError(ServekitError):
@@ -223,6 +261,11 @@ __all__ = [
     "GraphError",
     "InsufficientResourcesError",
     "MethodNotAllowedError",
+    "ModelIntegrityError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelStoreError",
+    "ModelStoreUnavailableError",
     "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",

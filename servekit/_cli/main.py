@@ -1,5 +1,5 @@
 """`servekit` command: `servekit serve TARGET|BUNDLE`, `servekit build`, `servekit bundles`,
-`servekit deploy`, `servekit status`, `servekit --version`."""
+`servekit deploy`, `servekit status`, `servekit models ...`, `servekit --version`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 
 from servekit._cli import rollout
 from servekit._cli.bundles import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_command
+from servekit._cli.models import add_model_commands, run_model_command
 from servekit._cli.target import TargetError, load_app
 from servekit._spec.deployment import Application
 from servekit._version import __version__
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status documents as JSON")
     rollout.add_parser(commands)
     add_bundle_commands(commands)
+    add_model_commands(commands)
     return parser
 
 
@@ -114,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args)
     if args.command == "rollout":
         return _rollout(args)
+    if args.command == "models":
+        return run_model_command(args)
     if args.command in BUNDLE_COMMANDS:
         return run_bundle_command(args)
     logging.basicConfig(

@@ -18,6 +18,7 @@ from servekit._http.openapi import openapi_document
 from servekit._http.responses import render, stream_response, wants_sse
 from servekit._http.routers import RequestContextMiddleware, context_sources, router_routes
 from servekit._http.routes import EndpointRoute, IngressRoutes, ingress_routes
+from servekit._replica.multiplex import MODEL_ID_HEADER, carrying_model_id
 from servekit._runtime.interface import ServingRuntime
 from servekit._version import __version__
 from servekit.errors import PayloadTooLargeError
@@ -83,7 +84,11 @@ def _endpoint_handler(runtime: ServingRuntime, deployment: str, route: EndpointR
 
     async def unary(request: Request) -> Response:
         try:
-            result = await call(deployment, method, (), await bind(request))
+            model_id = request.headers.get(MODEL_ID_HEADER)
+            if model_id:
+                result = await carrying_model_id(model_id, call(deployment, method, (), await bind(request)))
+            else:
+                result = await call(deployment, method, (), await bind(request))
         except Exception as exc:
             return error_response(exc, request)
         return render(result)
@@ -91,7 +96,8 @@ def _endpoint_handler(runtime: ServingRuntime, deployment: str, route: EndpointR
     async def streaming(request: Request) -> Response:
         try:
             chunks = runtime.stream(deployment, method, (), await bind(request))
-            first = await anext(chunks)
+            model_id = request.headers.get(MODEL_ID_HEADER)
+            first = await (carrying_model_id(model_id, anext(chunks)) if model_id else anext(chunks))
         except StopAsyncIteration:
             empty = "text/event-stream" if wants_sse(request) else "application/x-ndjson"
             return StreamingResponse(iter(()), media_type=empty)
@@ -105,7 +111,9 @@ def _endpoint_handler(runtime: ServingRuntime, deployment: str, route: EndpointR
 def _raw_handler(runtime: ServingRuntime, deployment: str) -> Handler:
     async def raw(request: Request) -> Response:
         try:
-            return render(await runtime.call(deployment, "__call__", (request,), {}))
+            called = runtime.call(deployment, "__call__", (request,), {})
+            model_id = request.headers.get(MODEL_ID_HEADER)
+            return render(await (carrying_model_id(model_id, called) if model_id else called))
         except Exception as exc:
             return error_response(exc, request)
 

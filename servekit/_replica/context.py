@@ -18,6 +18,9 @@ class ReplicaContext:
     """The torch device this replica should use: ``"cpu"`` or ``"cuda:N"``."""
     gpu_ids: tuple[int, ...] = field(default_factory=tuple)
     """GPU ids assigned to this replica (empty without GPUs)."""
+    model_version: str | None = None
+    """The version of the model bound with `servekit.model(...)` that this replica serves now
+    (the first one, when several are bound); None without one."""
 
 
 _current: ContextVar[ReplicaContext | None] = ContextVar("servekit_replica", default=None)

@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import dataclasses
 import enum
 import inspect
 import time
@@ -28,6 +29,15 @@ from typing import Any, NoReturn
 from servekit._replica.batching import END, BatchedFunction, batched_state, next_in_context, with_overrides
 from servekit._replica.context import ReplicaContext, enter_replica, exit_replica
 from servekit._replica.errors import attribute_to_deployment
+from servekit._replica.models import (
+    BoundModel,
+    ModelFollower,
+    has_models,
+    model_status,
+    resolve_models,
+    unpin,
+)
+from servekit._replica.multiplex import enter_call, exit_call, multiplexed_functions
 from servekit._replica.sync_calls import SyncCallPolicy, blocking_waits, sync_mode
 from servekit._spec.config import BatchOptions
 from servekit._spec.endpoint import is_idempotent
@@ -103,6 +113,10 @@ class Replica:
         self.abandoned_total = 0
         """Calls abandoned since the replica started."""
         self._abandoned_watchers: list[Callable[[], None]] = []
+        self.models: list[BoundModel] = []
+        """The model versions bound with `servekit.model(...)` that this replica serves now."""
+        self._model_error: str | None = None
+        self._followers: list[asyncio.Task[None]] = []
 
     @property
     def instance(self) -> Any:
@@ -124,6 +138,13 @@ class Replica:
             self._instance = self._target
             await self.configure_batching(self._batching)
             return
+        try:
+            args, kwargs = await self._load_models(args, kwargs)
+        except Exception as exc:
+            raise DeploymentStartError(
+                f"deployment {self.context.deployment!r}: replica {self.context.replica_id} "
+                f"failed to start: {exc}"
+            ) from exc
         token = enter_replica(self.context)
         try:
             context = contextvars.copy_context()
@@ -137,6 +158,51 @@ class Replica:
         finally:
             exit_replica(token)
         await self.configure_batching(self._batching)
+        self._follow_models()
+
+    async def _load_models(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Replace bound model references with local paths, and note the versions in the context."""
+        if not has_models(args, kwargs):
+            return args, kwargs
+        pin = self.context.replica_id
+        args, kwargs, self.models = await asyncio.to_thread(resolve_models, args, kwargs, pin)
+        if self.models:
+            self.context = dataclasses.replace(self.context, model_version=self.models[0].info.version)
+        return args, kwargs
+
+    def _follow_models(self) -> None:
+        """With a `reconfigure_model(path)` method, follow each bound tag and swap in place."""
+        if not callable(getattr(self._instance, "reconfigure_model", None)):
+            return
+        for bound in self.models:
+            if bound.ref.follows_tag:
+                pin = self.context.replica_id
+                follower = ModelFollower(bound, self._reconfigure_model, self._on_model_swap, pin)
+                self._followers.append(asyncio.get_running_loop().create_task(follower.run()))
+
+    async def _reconfigure_model(self, path: str) -> None:
+        await self.call("reconfigure_model", (path,), {})
+
+    def _on_model_swap(self, bound: BoundModel | None, error: str | None) -> None:
+        self._model_error = error
+        if bound is None:
+            return
+        self.models = [bound if model.ref.target == bound.ref.target else model for model in self.models]
+        self.context = dataclasses.replace(self.context, model_version=self.models[0].info.version)
+
+    def model_status(self) -> dict[str, Any] | None:
+        """For `/-/status`: the versions this replica serves, the last failed swap, and each
+        `@multiplexed` method's models with their counters (None: no models at all)."""
+        multiplexed = {
+            name: multiplexer.status()
+            for name, function in multiplexed_functions(self._target).items()
+            if (multiplexer := function.existing(self._instance)) is not None
+        }
+        if not self.models and not multiplexed:
+            return None
+        return {**model_status(self.models, self._model_error), "multiplexed": multiplexed}
 
     async def configure_batching(self, options: Mapping[str, BatchOptions]) -> None:
         """Run each batched method with the decorator's options overridden by `options[method]`.
@@ -164,15 +230,23 @@ class Replica:
         return targets
 
     async def call(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, hold_abandoned: bool = False
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        hold_abandoned: bool = False,
+        model_id: str | None = None,
     ) -> Any:
         """Call a unary method and return its result.
 
         With `hold_abandoned`, a sync call cancelled while its thread runs raises `CancelledError`
         only once the thread returns (for backends that count a request until its call returns).
+        `model_id` is the multiplexed model the request names (`get_multiplexed_model_id()`).
         """
         func, kind, policy = self._resolve(method)
         token = enter_replica(self.context)
+        model_tokens = enter_call(model_id)
         try:
             if kind is MethodKind.ASYNC:
                 return await func(*args, **kwargs)
@@ -184,12 +258,19 @@ class Replica:
         except Exception as exc:
             _reraise_attributed(exc, self.context.deployment)
         finally:
+            exit_call(model_tokens)
             exit_replica(token)
 
     async def stream(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, hold_abandoned: bool = False
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        hold_abandoned: bool = False,
+        model_id: str | None = None,
     ) -> AsyncIterator[Any]:
-        """Call a generator method and yield its chunks (`hold_abandoned` as for `call`)."""
+        """Call a generator method and yield its chunks (`hold_abandoned`, `model_id` as for `call`)."""
         func, kind, _ = self._resolve(method)
         if not kind.streaming:
             raise TypeError(f"method {method!r} is not a generator; await the call instead")
@@ -201,6 +282,7 @@ class Replica:
         try:
             while True:
                 token = enter_replica(self.context)  # per step: each step may run in another task
+                model_tokens = enter_call(model_id)
                 try:
                     chunk = await anext(chunks)
                 except StopAsyncIteration:
@@ -208,6 +290,7 @@ class Replica:
                 except Exception as exc:
                     _reraise_attributed(exc, self.context.deployment)
                 finally:
+                    exit_call(model_tokens)
                     exit_replica(token)
                 yield chunk
         finally:
@@ -234,6 +317,10 @@ class Replica:
 
     def stop(self) -> None:
         """Release the replica's batch queues; in-flight work must have drained already."""
+        for follower in self._followers:
+            follower.cancel()
+        if self.models:
+            unpin(self.models, self.context.replica_id)
         for _, state in self._batched_methods():
             state.discard(self._batch_owner(state))
 

@@ -16,6 +16,7 @@ from servekit._runtime.backends import make_runtime
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.interface import HttpIngress, Runtime
 from servekit._runtime.loop_thread import LoopThread
+from servekit._runtime.model_watch import ModelWatcher, pin_models
 from servekit._runtime.options import RunKeywords, RunOptions, run_options
 from servekit._runtime.routing import RouterControl
 from servekit._spec.deployment import Application
@@ -30,7 +31,12 @@ class RunningApp:
         self.runtime = runtime
         self.thread = thread
         self._lock = threading.Lock()
+        self._update_lock = threading.Lock()
         self._stopped = False
+        self.model_watcher = ModelWatcher.for_graph(lambda: runtime.graph, self.update_graph)
+        """Redeploys (rolling) when a model tag the app follows moves; None when it follows none."""
+        if self.model_watcher is not None:
+            self.model_watcher.start()
 
     @classmethod
     def start(cls, graph: AppGraph, options: RunOptions, http: HttpIngress | None = None) -> RunningApp:
@@ -60,13 +66,20 @@ class RunningApp:
         The ingress must keep its name. When a new replica cannot start, the app is left
         exactly as it was (old code, old options) and the start error is raised.
         """
-        graph = build_graph(app)
+        graph = pin_models(build_graph(app))
         current = self.runtime.graph.ingress
         if graph.ingress != current:
             raise GraphError(
                 f"a redeploy must keep the ingress {current!r}; the new app's ingress is {graph.ingress!r}"
             )
-        self.thread.run(self.runtime.update(graph))
+        self.update_graph(graph)
+
+    def update_graph(self, graph: AppGraph) -> None:
+        """Redeploy a built graph (one redeploy at a time); raises as `update` does."""
+        with self._update_lock:
+            if self._stopped:
+                return
+            self.thread.run(self.runtime.update(graph))
 
     def router(self, name: str) -> RouterControl:
         """Operate the app's router `name` (made by `servekit.split(..., name=name)`)."""
@@ -81,6 +94,8 @@ class RunningApp:
             if self._stopped:
                 return
             self._stopped = True
+        if self.model_watcher is not None:
+            self.model_watcher.stop()
         try:
             self.thread.run(self.runtime.shutdown(grace_s))
         finally:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from servekit._runtime.interface import HttpIngress, Runtime
+from servekit._runtime.model_watch import pin_models
 from servekit._runtime.options import BACKEND_NAMES, RunOptions
 from servekit._spec.graph import AppGraph
 
@@ -78,5 +79,5 @@ def get_backend(name: str) -> Backend:
 
 
 def make_runtime(graph: AppGraph, options: RunOptions, http: HttpIngress | None = None) -> Runtime:
-    """The runtime that runs `graph` as `options` say."""
-    return get_backend(options.backend).make(graph, options, http)
+    """The runtime that runs `graph` as `options` say, its bound model tags pinned to their versions now."""
+    return get_backend(options.backend).make(pin_models(graph), options, http)

@@ -18,6 +18,7 @@ import concurrent.futures
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator
 from typing import Any, Protocol
 
+from servekit._replica.multiplex import carrying_model_id
 from servekit._replica.request_context import RequestContext, current_request, request_id_from, set_request
 from servekit._replica.sync_calls import note_blocking_wait
 from servekit.errors import DeploymentUnavailableError
@@ -71,13 +72,18 @@ class DeploymentResponse:
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
+        model_id: str | None = None,
     ) -> None:
         loop = dispatcher.loop
         self._loop = loop
+        coro: Coroutine[Any, Any, Any]
         if _has_response(args, kwargs):
             coro = _resolved_call(dispatcher, deployment, method, args, kwargs)
         else:
             coro = dispatcher.call(deployment, method, args, kwargs)
+        if model_id is not None:
+            coro = carrying_model_id(model_id, coro)
         self._future: asyncio.Future[Any] | concurrent.futures.Future[Any] | None = None
         self._pending: Coroutine[Any, Any, Any] | None = None
         if _on_loop(loop):
@@ -245,9 +251,11 @@ class DeploymentResponseGenerator:
         method: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
+        model_id: str | None = None,
     ) -> None:
         self._loop = dispatcher.loop
-        self._chunks = _resolved_stream(dispatcher, deployment, method, args, kwargs)
+        self._chunks = _resolved_stream(dispatcher, deployment, method, args, kwargs, model_id=model_id)
 
     def __aiter__(self) -> DeploymentResponseGenerator:
         return self
@@ -291,10 +299,23 @@ class DeploymentResponseGenerator:
 
 
 async def _resolved_stream(
-    dispatcher: Dispatcher, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    dispatcher: Dispatcher,
+    deployment: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    model_id: str | None = None,
 ) -> AsyncGenerator[Any]:
     args, kwargs = await _resolve_args(args, kwargs)
-    async for chunk in dispatcher.stream(deployment, method, args, kwargs):
+    chunks = dispatcher.stream(deployment, method, args, kwargs)
+    if model_id is not None:  # the first step picks the replica: it runs carrying the model id
+        try:
+            first = await carrying_model_id(model_id, anext(chunks))
+        except StopAsyncIteration:
+            return
+        yield first
+    async for chunk in chunks:
         yield chunk
 
 
@@ -320,6 +341,18 @@ class DeploymentHandle:
         self._dispatcher = dispatcher
         self._deployment = deployment
         self._streaming: dict[str, bool] = {}
+        self._model_id: str | None = None
+
+    def options(self, *, multiplexed_model_id: str | None = None) -> DeploymentHandle:
+        """A copy of this handle whose calls carry `multiplexed_model_id`.
+
+        The call goes preferably to a replica that holds that model, and the replica's
+        `servekit.get_multiplexed_model_id()` returns it.
+        """
+        copy = DeploymentHandle(self._dispatcher, self._deployment)
+        copy._streaming = self._streaming
+        copy._model_id = multiplexed_model_id
+        return copy
 
     @property
     def deployment_name(self) -> str:
@@ -346,7 +379,7 @@ class DeploymentHandle:
             streaming = self._dispatcher.is_streaming(self._deployment, method)
             self._streaming[method] = streaming
         kind = DeploymentResponseGenerator if streaming else DeploymentResponse
-        return kind(self._dispatcher, self._deployment, method, args, kwargs)
+        return kind(self._dispatcher, self._deployment, method, args, kwargs, model_id=self._model_id)
 
     def __repr__(self) -> str:
         return f"DeploymentHandle(deployment={self._deployment!r})"

@@ -8,6 +8,10 @@ A request goes to the less loaded of two randomly chosen replicas that has room 
 A replica's load is its ongoing requests plus its abandoned calls: sync calls whose caller gave
 up (a timeout) while their thread runs on. Those keep their slot until the thread returns, so
 a replica never runs more than `max_ongoing_requests` calls at once.
+
+A request naming a multiplexed model (with `max_models` set) goes to a replica holding that
+model when one has room (`choose_replica`); each slot remembers the ids sent to it, least
+recently used first, as its replica's own LRU holds them.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from servekit._replica.drain import DrainRate
+from servekit._replica.multiplex import choose_replica
 from servekit.errors import DeploymentUnavailableError, OverloadedError, ServekitError
 
 
@@ -39,6 +44,8 @@ class ReplicaSlot:
     healthy: bool = True
     last_probe: float = 0.0
     probing: bool = False
+    models: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    """The multiplexed model ids sent to this replica, least recently used first."""
 
 
 class ReplicaSet:
@@ -65,6 +72,8 @@ class ReplicaSet:
         self.rejected = 0
         self.on_wait: Callable[[], None] | None = None
         """Called when a request starts waiting while no replica runs (to trigger a cold start)."""
+        self.max_models: int | None = None
+        """The deployment's `@multiplexed` max_models_per_replica (None: it multiplexes nothing)."""
 
     @property
     def slots(self) -> list[ReplicaSlot]:
@@ -121,11 +130,32 @@ class ReplicaSet:
         for slot in self._slots:
             self._hand_over(slot)
 
-    async def acquire(self) -> ReplicaSlot:
-        """A replica slot with room, waiting in the queue if none has room now."""
+    async def acquire(self, model_id: str | None = None) -> ReplicaSlot:
+        """A replica slot with room, waiting in the queue if none has room now.
+
+        With a multiplexed `model_id`, a replica holding that model is preferred.
+        """
+        slot = await self._acquire(model_id)
+        if model_id and self.max_models:
+            self._note_model(slot, model_id, self.max_models)
+        return slot
+
+    @staticmethod
+    def _note_model(slot: ReplicaSlot, model_id: str, max_models: int) -> None:
+        slot.models[model_id] = None
+        slot.models.move_to_end(model_id)
+        while len(slot.models) > max_models:
+            slot.models.popitem(last=False)
+
+    async def _acquire(self, model_id: str | None) -> ReplicaSlot:
         if self._closed:
             raise DeploymentUnavailableError(f"deployment {self.deployment!r} is shutting down")
-        slot = self._choose() if not self._waiters else None
+        if self._waiters:
+            slot = None
+        elif model_id and self.max_models:
+            slot = self._choose_for_model(model_id)
+        else:
+            slot = self._choose()
         if slot is not None:
             slot.ongoing += 1
             if self._drain.idle:
@@ -229,6 +259,7 @@ class ReplicaSet:
             "gpu_ids": list(context.gpu_ids),
             "pid": getattr(slot.replica, "pid", None),
             "batching": slot.replica.batch_stats(),
+            "model": slot.replica.model_status(),
         }
 
     def _choose(self) -> ReplicaSlot | None:
@@ -245,6 +276,16 @@ class ReplicaSet:
         if best.ongoing + best.abandoned < self._max_ongoing:
             return best
         return min(slots, key=lambda slot: slot.ongoing + slot.abandoned) if self._any_room() else None
+
+    def _choose_for_model(self, model_id: str) -> ReplicaSlot | None:
+        slots = self._slots
+        index = choose_replica(
+            [slot.ongoing + slot.abandoned for slot in slots],
+            [model_id in slot.models for slot in slots],
+            [len(slot.models) for slot in slots],
+            self._max_ongoing,
+        )
+        return None if index is None else slots[index]
 
     def _any_room(self) -> bool:
         return any(slot.ongoing + slot.abandoned < self._max_ongoing for slot in self._slots)

@@ -126,3 +126,20 @@ def test_routing_example_splits_switches_and_credits_outcomes() -> None:
     assert ast.literal_eval(out["back to"]) == {"v1": 50.0, "v2": 50.0}
     assert ast.literal_eval(out["outcome credited to"])["sentiment"] in {"v1", "v2"}
     assert out["shadow agreement"] == "True"
+
+
+def test_model_store_example_promotes_and_rolls_back_live(free_port: int) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES / "model_store" / "demo.py"), str(free_port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = dict(line.partition(": ")[::2] for line in completed.stdout.splitlines())
+    assert json.loads(lines["production=v1"]) == {"label": "neutral", "score": 0, "model_version": "v1"}
+    assert json.loads(lines["production=v2"]) == {"label": "negative", "score": -2, "model_version": "v2"}
+    assert json.loads(lines["production=v1 again"])["model_version"] == "v1"
+    assert lines["rollback"] == "sentiment:production -> v1 (rolled back)"

@@ -18,6 +18,7 @@ from typing import Any
 
 from servekit._replica.autoscaling import Autoscaler
 from servekit._replica.deadline import chunks_within_timeout, within_timeout
+from servekit._replica.multiplex import max_models_per_replica, outgoing_model_id
 from servekit._replica.replica import method_kind, method_table, user_method
 from servekit._runtime.fingerprint import fingerprint
 from servekit._runtime.gpus import GpuInventory, detect_gpus
@@ -202,9 +203,10 @@ class LocalRuntime:
         state: DeploymentState, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         replica_set = state.replicas
-        slot = await replica_set.acquire()
+        model_id = outgoing_model_id()
+        slot = await replica_set.acquire(model_id)
         try:
-            async for chunk in slot.replica.stream(method, args, kwargs):
+            async for chunk in slot.replica.stream(method, args, kwargs, model_id=model_id):
                 yield chunk
         finally:
             replica_set.release(slot)
@@ -378,9 +380,11 @@ class LocalRuntime:
     async def _start_deployment(self, node: DeploymentNode) -> None:
         config = node.deployment.config
         autoscaling = config.autoscaling
+        replicas = ReplicaSet(node.name, config.max_ongoing_requests, config.max_queued_requests)
+        replicas.max_models = max_models_per_replica(node.deployment.target)
         state = DeploymentState(
             node=node,
-            replicas=ReplicaSet(node.name, config.max_ongoing_requests, config.max_queued_requests),
+            replicas=replicas,
             target=config.start_replicas,
             isolation=self.isolation_of(node),
             fingerprint=fingerprint(node, ignore=IN_PLACE),
@@ -562,17 +566,18 @@ class LocalRuntime:
         state: DeploymentState, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         replica_set = state.replicas
-        slot = await replica_set.acquire()
+        model_id = outgoing_model_id()
+        slot = await replica_set.acquire(model_id)
         try:
-            return await slot.replica.call(method, args, kwargs)
+            return await slot.replica.call(method, args, kwargs, model_id=model_id)
         except ReplicaDiedError:
             if not state.idempotent(method):
                 raise
         finally:
             replica_set.release(slot)
-        slot = await replica_set.acquire()  # retry once, on another replica
+        slot = await replica_set.acquire(model_id)  # retry once, on another replica
         try:
-            return await slot.replica.call(method, args, kwargs)
+            return await slot.replica.call(method, args, kwargs, model_id=model_id)
         finally:
             replica_set.release(slot)
 

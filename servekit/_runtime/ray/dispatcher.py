@@ -24,6 +24,7 @@ from ray.serve.exceptions import DeploymentUnavailableError as RayDeploymentUnav
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from servekit._replica.deadline import next_within_timeout, within_timeout
+from servekit._replica.multiplex import outgoing_model_id
 from servekit._replica.request_context import current_request
 from servekit._runtime.ray.options import RETRY_AFTER_S
 from servekit.errors import (
@@ -79,6 +80,9 @@ class RayDispatcher:
     async def _call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         handle = self._unary.get(deployment) or self._options(deployment, stream=False)
         context = current_request()  # the request context travels as the replica call's 4th argument
+        model_id = outgoing_model_id()
+        if model_id:  # Ray Serve routes it to a replica holding the model
+            handle = handle.options(multiplexed_model_id=model_id)
         try:
             return await _translated(handle.remote(method, args, kwargs, context), deployment)
         except ReplicaDiedError:
@@ -91,6 +95,9 @@ class RayDispatcher:
     ) -> AsyncIterator[Any]:
         """Run a generator method on a replica of `deployment`; yield its chunks, each within its timeout."""
         handle = self._streams.get(deployment) or self._options(deployment, stream=True)
+        model_id = outgoing_model_id()
+        if model_id:
+            handle = handle.options(multiplexed_model_id=model_id)
         chunks = cast(
             DeploymentResponseGenerator[Any], handle.remote(method, args, kwargs, current_request())
         )

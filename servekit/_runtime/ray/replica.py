@@ -34,11 +34,13 @@ from servekit._replica.context import ReplicaContext
 from servekit._replica.deadline import chunks_within_timeout, within_timeout
 from servekit._replica.devices import cap_torch_memory
 from servekit._replica.latency import LatencyWindow
+from servekit._replica.multiplex import outgoing_model_id
 from servekit._replica.replica import Replica
 from servekit._replica.request_context import RequestContext, request_scope, set_request
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.ray.autoscaling import P95_LATENCY_METRIC
 from servekit._runtime.ray.dispatcher import RayDispatcher
+from servekit._runtime.ray.multiplex import use_ray_multiplexing
 from servekit._runtime.ray.options import batching_options
 from servekit._runtime.ray.routers import RayRouters
 from servekit._runtime.ray.ship import ReplicaSpec, restore_annotation_names, unpack
@@ -88,6 +90,7 @@ class RayReplica:
         await self.replica.start(
             with_handles(node.init_args, make_handle), with_handles(node.init_kwargs, make_handle)
         )
+        use_ray_multiplexing(self.replica.instance)
 
     async def call(
         self,
@@ -100,8 +103,9 @@ class RayReplica:
         caller's request `context`."""
         started = time.perf_counter()
         try:
+            model_id = serve.get_multiplexed_model_id() or None
             with request_scope(context):
-                call = self.replica.call(method, args, kwargs, hold_abandoned=True)
+                call = self.replica.call(method, args, kwargs, hold_abandoned=True, model_id=model_id)
                 return await within_timeout(call, self._timeout, self.name, method)
         finally:
             self._latencies.add(time.monotonic(), (time.perf_counter() - started) * 1000)
@@ -116,7 +120,8 @@ class RayReplica:
         """Run the user's generator `method`, yielding its chunks."""
         if context is not None:
             set_request(context)  # this generator's own context
-        chunks = self.replica.stream(method, args, kwargs, hold_abandoned=True)
+        model_id = serve.get_multiplexed_model_id() or None
+        chunks = self.replica.stream(method, args, kwargs, hold_abandoned=True, model_id=model_id)
         async with contextlib.aclosing(
             chunks_within_timeout(chunks, self._timeout, self.name, method)
         ) as timed:
@@ -140,6 +145,10 @@ class RayReplica:
     def batch_stats(self) -> dict[str, dict[str, Any]]:
         """Stats of each `@batch` method's queue on this replica."""
         return self.replica.batch_stats()
+
+    def model_status(self) -> dict[str, Any] | None:
+        """The model versions this replica serves (bound with `servekit.model`), for status."""
+        return self.replica.model_status()
 
     def abandoned(self) -> int:
         """Calls whose caller gave up while their sync code still runs here."""
@@ -187,7 +196,10 @@ class IngressReplica(RayReplica):
         try:
             started = time.perf_counter()
             try:
-                call = self.replica.call(method, args, kwargs, hold_abandoned=hold_abandoned)
+                model_id = outgoing_model_id() if not hold_abandoned else serve.get_multiplexed_model_id()
+                call = self.replica.call(
+                    method, args, kwargs, hold_abandoned=hold_abandoned, model_id=model_id or None
+                )
                 if hold_abandoned:  # called through Ray: bounded here too (see the module docstring)
                     return await within_timeout(call, self._timeout, self.name, method)
                 return await call
@@ -210,7 +222,10 @@ class IngressReplica(RayReplica):
             set_request(context)
         slot = await self.admission.acquire()
         try:
-            chunks = self.replica.stream(method, args, kwargs, hold_abandoned=hold_abandoned)
+            model_id = outgoing_model_id() if not hold_abandoned else serve.get_multiplexed_model_id()
+            chunks = self.replica.stream(
+                method, args, kwargs, hold_abandoned=hold_abandoned, model_id=model_id or None
+            )
             if hold_abandoned:  # called through Ray: bounded here too (see the module docstring)
                 chunks = chunks_within_timeout(chunks, self._timeout, self.name, method)
             async with contextlib.aclosing(chunks) as timed:  # type: ignore[type-var]
@@ -336,6 +351,7 @@ class IngressView:
         for replica in own.get("replicas", []):
             if replica["id"] == self._ingress.context.replica_id:  # the one replica seen from here
                 replica["batching"] = self._ingress.batch_stats()
+                replica["model"] = self._ingress.model_status()
         self._status = status
 
 

@@ -59,6 +59,8 @@ class Request(NamedTuple):
     stream: bool
     context: RequestContext | None = None
     """The request the call serves (its id and routing keys), current while the method runs."""
+    model_id: str | None = None
+    """The multiplexed model id the call carries."""
 
 
 class HandleRequest(NamedTuple):
@@ -72,6 +74,8 @@ class HandleRequest(NamedTuple):
     stream: bool
     context: RequestContext | None = None
     """The request the worker's code was serving when it made the call."""
+    model_id: str | None = None
+    """The multiplexed model id the call carries."""
 
 
 class RecordOutcomes(NamedTuple):
@@ -126,11 +130,12 @@ class Probe(NamedTuple):
 
 
 class ProbeResult(NamedTuple):
-    """Health (None when healthy, else the error) and each batched method's stats."""
+    """Health (None when healthy, else the error), each batched method's stats, the bound models."""
 
     id: int
     error: BaseException | None
     batch_stats: dict[str, dict[str, Any]]
+    models: dict[str, Any] | None = None
 
 
 class ConfigureBatching(NamedTuple):

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import cloudpickle
 
 from servekit._replica.context import ReplicaContext
+from servekit._replica.multiplex import route_by_model_id
 from servekit._replica.request_context import current_request, set_request
 from servekit._runtime.local.workers import codec
 from servekit._runtime.local.workers.calls import OutgoingCalls
@@ -97,6 +98,7 @@ class ProcessReplica:
         self._started: asyncio.Future[Started | StartFailed] | None = None
         self._log_tasks: list[asyncio.Task[None]] = []
         self._stats: dict[str, dict[str, Any]] = {}
+        self._models: dict[str, Any] | None = None
         self.death: asyncio.Future[str] | None = None
         """Resolves with a description when the worker process exits or the link breaks."""
         self.on_death: Callable[[ProcessReplica, str], None] | None = None
@@ -177,15 +179,21 @@ class ProcessReplica:
             f"start: the worker process {reason}"
         )
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run a unary method in the worker and return its result."""
+    async def call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], model_id: str | None = None
+    ) -> Any:
+        """Run a unary method in the worker (serving multiplexed `model_id`) and return its result."""
         context = current_request()
-        return await self._outgoing.call(lambda key: Request(key, method, args, kwargs, False, context))
+        return await self._outgoing.call(
+            lambda key: Request(key, method, args, kwargs, False, context, model_id)
+        )
 
-    def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+    def stream(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], model_id: str | None = None
+    ) -> AsyncIterator[Any]:
         """Run a generator method in the worker and yield its chunks."""
         context = current_request()
-        return self._outgoing.stream(lambda key: Request(key, method, args, kwargs, True, context))
+        return self._outgoing.stream(lambda key: Request(key, method, args, kwargs, True, context, model_id))
 
     def is_streaming(self, method: str) -> bool:
         """Whether `method` is a generator method."""
@@ -201,6 +209,10 @@ class ProcessReplica:
         """Batch stats as of the last probe."""
         return self._stats
 
+    def model_status(self) -> dict[str, Any] | None:
+        """The worker's bound models as of the last probe (None: none bound, or not probed yet)."""
+        return self._models
+
     async def configure_batching(self, options: Mapping[str, BatchOptions]) -> None:
         """Apply per-method batch option overrides in the worker, in place (see `Replica`)."""
         await self._outgoing.call(lambda key: ConfigureBatching(key, dict(options)))
@@ -214,6 +226,7 @@ class ProcessReplica:
         """Refresh batch stats, and with `health` run the health check."""
         result: ProbeResult = await self._outgoing.call(lambda key: Probe(key, health))
         self._stats = result.batch_stats
+        self._models = result.models
         if result.error is not None:
             raise result.error
 
@@ -336,6 +349,7 @@ class ProcessReplica:
         """Run a call that user code in the worker made through a handle, and send the answer."""
         if request.context is not None:
             set_request(request.context)  # this task's own context: the routers on its path see it
+        route_by_model_id(request.model_id)  # and the model id, for the runtime's routing
         try:
             if request.stream:
                 chunks = self._runtime.stream(

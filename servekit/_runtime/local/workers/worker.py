@@ -25,6 +25,7 @@ from typing import Any
 import cloudpickle
 
 from servekit._replica.context import ReplicaContext
+from servekit._replica.multiplex import outgoing_model_id
 from servekit._replica.replica import Replica
 from servekit._replica.request_context import current_request, set_request
 from servekit._runtime.handle import DeploymentHandle
@@ -156,14 +157,15 @@ class Worker:
         try:
             # A cancelled sync call holds its task until its thread returns: only then does the
             # server hear `Cancelled` and free the call's slot there.
+            call = (request.method, request.args, request.kwargs)
             if request.stream:
-                chunks = replica.stream(request.method, request.args, request.kwargs, hold_abandoned=True)
+                chunks = replica.stream(*call, hold_abandoned=True, model_id=request.model_id)
                 async for chunk in chunks:
                     self._send(Chunk(request.id, chunk))
                     await self.link.drain()
                 self._send(End(request.id))
             else:
-                result = await replica.call(request.method, request.args, request.kwargs, hold_abandoned=True)
+                result = await replica.call(*call, hold_abandoned=True, model_id=request.model_id)
                 self._send(Reply(request.id, True, result))
         except asyncio.CancelledError:
             return
@@ -184,7 +186,8 @@ class Worker:
             except Exception as exc:
                 error = exc
         stats = replica.batch_stats() if replica is not None else {}
-        self._send(ProbeResult(probe.id, error, stats))
+        models = replica.model_status() if replica is not None else None
+        self._send(ProbeResult(probe.id, error, stats, models))
 
     async def _configure_batching(self, message: ConfigureBatching) -> None:
         replica = self.replica
@@ -217,18 +220,18 @@ class Worker:
     # -- worker -> server: handle calls from user code ---------------------------------------
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a unary method of another deployment, through the server."""
-        context = current_request()
+        context, model_id = current_request(), outgoing_model_id()
         return await self._outgoing.call(
-            lambda key: HandleRequest(key, deployment, method, args, kwargs, False, context)
+            lambda key: HandleRequest(key, deployment, method, args, kwargs, False, context, model_id)
         )
 
     def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         """Run a generator method of another deployment, through the server."""
-        context = current_request()
+        context, model_id = current_request(), outgoing_model_id()
         return self._outgoing.stream(
-            lambda key: HandleRequest(key, deployment, method, args, kwargs, True, context)
+            lambda key: HandleRequest(key, deployment, method, args, kwargs, True, context, model_id)
         )
 
     def is_streaming(self, deployment: str, method: str) -> bool:
