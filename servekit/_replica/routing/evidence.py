@@ -161,6 +161,14 @@ class Evidence:
         """Every outcome name recorded on some arm."""
         return sorted({name for by_name in self._outcomes.values() for name in by_name})
 
+    def arm_stats(self, arm: str) -> ArmStats:
+        """The counters of primary arm `arm` (empty when it took no call)."""
+        return self._stats.get(arm) or ArmStats()
+
+    def outcomes_of(self, arm: str) -> dict[str, OutcomeValues]:
+        """The outcomes credited to `arm`, by name."""
+        return dict(self._outcomes.get(arm, {}))
+
     def arm_view(self, arm: str, shadow: bool = False) -> dict[str, Any]:
         """JSON-ready counters of `arm`, with its outcomes' counts and means."""
         stats = (self._shadow_stats if shadow else self._stats).get(arm) or ArmStats()

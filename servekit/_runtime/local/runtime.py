@@ -156,6 +156,7 @@ class LocalRuntime:
             raise
         self.state = "running"
         self._controller.start()
+        self.routers.start()
 
     def handle(self, deployment: str | None = None) -> DeploymentHandle:
         """A handle to `deployment` (the ingress by default)."""
