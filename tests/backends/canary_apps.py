@@ -21,7 +21,7 @@ ROLLBACK_BAKE_S = 120.0
 MIN_SAMPLES = 50
 
 
-@sk.deployment
+@sk.deployment(resources=sk.Resources(cpus=0.1))  # eleven deployments fit a small test cluster
 class Labeler:
     def __init__(self, label: str, fail_every: int = 0) -> None:
         self.label = label
@@ -40,7 +40,7 @@ def label_of(result: object) -> object:
     return result
 
 
-@sk.deployment
+@sk.deployment(resources=sk.Resources(cpus=0.1))
 class Api:
     def __init__(self, **routers: sk.DeploymentHandle) -> None:
         self.routers = routers
