@@ -126,3 +126,12 @@ def test_routing_example_splits_switches_and_credits_outcomes() -> None:
     assert ast.literal_eval(out["back to"]) == {"v1": 50.0, "v2": 50.0}
     assert ast.literal_eval(out["outcome credited to"])["sentiment"] in {"v1", "v2"}
     assert out["shadow agreement"] == "True"
+
+
+def test_canary_example_rolls_a_worse_v2_back_and_promotes_an_equal_one() -> None:
+    out = run_example("canary/app.py")
+    assert out["worse v2 (misses 'great' and 'fine')"] == "rolled_back"
+    assert out["equal v2"] == "completed"
+    readme = (EXAMPLES / "canary" / "README.md").read_text()
+    assert "canary v1 -> v2: rolled_back" in readme
+    assert "canary v1 -> v2: completed" in readme
