@@ -231,9 +231,33 @@ def _render_router(view: dict[str, Any]) -> str:
             f"  shadow drops: {view.get('shadow_drops', 0)} (fraction {view.get('shadow_fraction', 0):g})"
         )
     lines.extend(f"  note: {note}" for note in view.get("notes", []))
+    lines.extend(_render_ab(view.get("ab") or {}))
     if view.get("canary"):
         lines.append("  " + render_canary(str(view.get("name")), view["canary"]).replace("\n", "\n  "))
     return "\n".join(lines)
+
+
+def _render_ab(ab: dict[str, Any]) -> list[str]:
+    """One line per outcome: each arm's mean with its 95% interval, then Welch's test between arms."""
+    lines = []
+    for outcome, comparisons in ab.get("comparisons", {}).items():
+        means = []
+        for arm, figures in ab.get("arms", {}).items():
+            summary = figures.get("outcomes", {}).get(outcome)
+            if summary is not None:
+                interval = summary.get("ci95")
+                said = f"[{interval[0]:.3g}, {interval[1]:.3g}]" if interval else "[-]"
+                means.append(f"{arm} {summary['mean']:.3g} {said} n={summary['n']}")
+        lines.append(f"  outcome {outcome}: " + "; ".join(means))
+        for compared in comparisons:
+            p_value = compared.get("p_value")
+            shown = f"{p_value:.3g}" if isinstance(p_value, float) else str(p_value)
+            verdict = "significant" if compared.get("significant") else "not significant"
+            lines.append(
+                f"    {' vs '.join(compared.get('arms', []))}: p = {shown} ({verdict}), "
+                f"more samples per arm needed: {compared.get('more_samples_per_arm')}"
+            )
+    return lines
 
 
 def render_canary(router: str, canary: dict[str, Any]) -> str:

@@ -42,6 +42,17 @@ def rollouts(request: pytest.FixtureRequest) -> Iterator[sk.Server]:
     server.shutdown(grace_s=5)
 
 
+def _cli(rollouts: sk.Server, request: pytest.FixtureRequest, *args: str) -> subprocess.CompletedProcess[str]:
+    """`servekit rollout ARGS` against the server (`--url`), or on Ray the cluster (`--address`)."""
+    where = ["--url", rollouts.url]
+    if "Ray" in rollouts.location:
+        where = ["--address", request.getfixturevalue("ray_cluster").address, "--app", "Api"]
+    env = {**os.environ, "PYTHONPATH": str(Path(sk.__file__).parent.parent)}
+    env.pop("RAY_ADDRESS", None)
+    argv = [sys.executable, "-m", "servekit", "rollout", *args, *where]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
 async def _load_until(
     client: httpx.AsyncClient, base: str, paths: list[str], done: Callable[[], Awaitable[bool]]
 ) -> Counter[int]:
@@ -161,15 +172,9 @@ def test_the_rollout_cli_starts_and_operates_a_canary(
     rollouts: sk.Server, request: pytest.FixtureRequest
 ) -> None:
     """`servekit rollout canary|pause|resume|promote|abort` with `--url` (and `--address` on Ray)."""
-    where = ["--url", rollouts.url]
-    if "Ray" in rollouts.location:
-        where = ["--address", request.getfixturevalue("ray_cluster").address, "--app", "Api"]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PYTHONPATH": str(Path(sk.__file__).parent.parent)}
-        env.pop("RAY_ADDRESS", None)
-        argv = [sys.executable, "-m", "servekit", "rollout", *args, *where]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False)
+        return _cli(rollouts, request, *args)
 
     cli("abort", "manual")  # whatever an earlier test left
     started = cli("canary", "manual", "--candidate", "m2", "--steps", "20,100", "--bake-s", "600")
@@ -201,7 +206,7 @@ def test_python_operates_the_canary_too(rollouts: sk.Server) -> None:
 
 
 def test_the_ab_report_has_each_arms_figures_and_the_test_between_them(
-    rollouts: sk.Server, client: httpx.Client, wait_until: Callable[..., None]
+    rollouts: sk.Server, client: httpx.Client, wait_until: Callable[..., None], request: pytest.FixtureRequest
 ) -> None:
     for x in range(80):
         assert client.get(rollouts.url + f"/ab?x={x}").status_code == 200
@@ -230,3 +235,7 @@ def test_the_ab_report_has_each_arms_figures_and_the_test_between_them(
     assert "more_samples_per_arm" in compared
     status = client.get(rollouts.url + "/-/status").json()["routers"]["ab"]
     assert status["ab"]["arms"]["x"]["calls"] >= 40
+    shown = _cli(rollouts, request, "status", "ab")
+    assert shown.returncode == 0, shown.stderr
+    assert "outcome converted: x 0." in shown.stdout
+    assert "x vs y: p = " in shown.stdout
