@@ -216,17 +216,14 @@ def ab_state(evidence: Evidence, arms: list[str]) -> dict[str, Any]:
     """What one process's router knows for an A/B report, in a form reports can merge.
 
     Per arm: exact calls and errors, the newest `STATE_LATENCIES` latencies, and per outcome
-    the count, mean and sum of squared deviations of its kept values.
+    the count, mean and sum of squared deviations of all its values (kept as running sums).
     """
     state: dict[str, Any] = {}
     for arm in arms:
         stats = evidence.arm_stats(arm)
-        outcomes = {}
-        for name, values in evidence.outcomes_of(arm).items():
-            running = _Running()
-            for value in values.values:
-                running.add(value)
-            outcomes[name] = [running.n, running.mean, running.m2]
+        outcomes = {
+            name: [values.count, values.mean, values.m2] for name, values in evidence.outcomes_of(arm).items()
+        }
         latencies = list(stats.latencies_s)[-STATE_LATENCIES:]
         state[arm] = {
             "calls": stats.calls,

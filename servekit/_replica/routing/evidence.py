@@ -61,12 +61,18 @@ class OutcomeValues:
     count: int = 0
     total: float = 0.0
     values: deque[float] = field(default_factory=lambda: deque(maxlen=OUTCOME_CAPACITY))
+    mean: float = 0.0
+    m2: float = 0.0
+    """Sum of squared deviations from the mean, over every value (Welford's method)."""
 
     def add(self, value: float) -> None:
         """Count `value`."""
         self.count += 1
         self.total += value
         self.values.append(value)
+        delta = value - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (value - self.mean)
 
 
 _Row = tuple[str, bool, float, float, object, "str | None", bool]
