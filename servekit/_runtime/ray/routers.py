@@ -456,9 +456,6 @@ def cluster_routers(
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     try:
         app_name = app if app is not None else _only_app_with_routers(address)
-        if operation == "rollouts":
-            actor = ray.get_actor(actor_name(app_name), namespace=NAMESPACE)
-            return {"rollouts": ray.get(actor.rollouts.remote())}
         if operation == "status":
             found = router_status(app_name)
             if name is None:
