@@ -65,6 +65,14 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
+def no_canary(router: str) -> NotFoundError:
+    """The 404 for a canary action on `router`, which has none: it says how to start one."""
+    return NotFoundError(
+        f"router {router!r} has no canary; start one with sk.split(..., canary=sk.Canary(...)), "
+        f"`servekit rollout canary {router} --candidate ARM` or POST /-/rollouts/{router}/canary"
+    )
+
+
 class Rollouts:
     """Each router's canary controller (at most one, the latest), its feed position and its log."""
 
@@ -164,10 +172,7 @@ class Rollouts:
         """Router `name`'s canary; `NotFoundError` naming how to start one when it has none."""
         controller = self._controllers.get(name)
         if controller is None:
-            raise NotFoundError(
-                f"router {name!r} has no canary; start one with sk.split(..., canary=sk.Canary(...)), "
-                f"`servekit rollout canary {name} --candidate ARM` or POST /-/rollouts/{name}/canary"
-            )
+            raise no_canary(name)
         return controller
 
     def view(self, name: str, now: float) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ import ray
 
 from servekit._replica.routing.ab import ab_report
 from servekit._replica.routing.evidence import merge_views
-from servekit._replica.routing.rollouts import TICK_S, Rollouts, canary_from_body
+from servekit._replica.routing.rollouts import TICK_S, Rollouts, canary_from_body, no_canary
 from servekit._replica.routing.router import ArmCall, ArmStream, Router
 from servekit._replica.routing.samples import ArmSample
 from servekit._replica.routing.state import RouterState, RouterTable
@@ -400,8 +400,8 @@ class RayRouters:
         self._known(name)
         found: dict[str, Any] | None = await self._remote("rollout", name)
         if found is None:
-            Rollouts().controller(name)  # raises the NotFoundError that says how to start one
-        return dict(found or {})
+            raise no_canary(name)
+        return dict(found)
 
     async def start_canary(self, name: str, canary: Canary | Mapping[str, Any]) -> dict[str, Any]:
         """Start a canary on router `name` on the actor; its status."""
