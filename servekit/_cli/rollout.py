@@ -1,8 +1,11 @@
-"""`servekit rollout`: see and change an app's traffic-split routers over its admin API.
+"""`servekit rollout`: see and change an app's traffic-split routers and canaries.
 
 ``status [ROUTER]``, ``weights ROUTER ARM=WEIGHT ...``, ``switch ROUTER ARM [--bake-s S]
-[--warmup-method M --warmup-arg JSON ...]``, ``switch-back ROUTER``, each with ``--url`` (a
-servekit server; the requests go to its `/-/routers` API).
+[--warmup-method M --warmup-arg JSON ...]``, ``switch-back ROUTER``, ``canary ROUTER
+--candidate ARM [--baseline ARM --steps 1,5,25,100 --bake-s S --min-samples N ...]``,
+``pause|resume|abort ROUTER``, ``promote ROUTER [--full]``, each with ``--url`` (a servekit
+server; the requests go to its `/-/routers` and `/-/rollouts` API) or ``--address`` (a Ray
+cluster, through the app's router state actor).
 """
 
 from __future__ import annotations
@@ -38,7 +41,31 @@ def add_parser(commands: Any) -> None:
     )
     back = actions.add_parser("switch-back", help="undo a router's last switch at once")
     back.add_argument("router")
-    for parser in (status, weights, switch, back):
+    canary = actions.add_parser("canary", help="start a canary between two arms of a running router")
+    canary.add_argument("router")
+    canary.add_argument("--candidate", required=True, help="the arm rolled out")
+    canary.add_argument(
+        "--baseline", default=None, help="the arm rolled back to (default: the heaviest other)"
+    )
+    canary.add_argument("--steps", default=None, help="candidate percents, like 1,5,25,50,100")
+    canary.add_argument("--bake-s", type=float, default=None, help="seconds each step runs at least")
+    canary.add_argument("--min-samples", type=int, default=None, help="calls per arm before a check passes")
+    canary.add_argument("--max-error-rate-increase", type=float, default=None)
+    canary.add_argument("--max-p95-ratio", type=float, default=None)
+    canary.add_argument("--confidence", type=float, default=None)
+    operated = [canary]
+    for action, said in (
+        ("pause", "hold a canary's step (a failing check still rolls back)"),
+        ("resume", "let a paused canary promote again"),
+        ("promote", "move a canary to its next step now (--full: to 100%)"),
+        ("abort", "roll a canary back to 100% baseline now"),
+    ):
+        parser = actions.add_parser(action, help=said)
+        parser.add_argument("router")
+        if action == "promote":
+            parser.add_argument("--full", action="store_true", help="all the way to 100%")
+        operated.append(parser)
+    for parser in (status, weights, switch, back, *operated):
         where = parser.add_mutually_exclusive_group(required=True)
         where.add_argument("--url", help="a servekit server, like http://127.0.0.1:8000 (its /-/routers API)")
         where.add_argument("--address", help="a Ray cluster (auto, host:port, ray://host:10001)")
@@ -53,8 +80,35 @@ def run(args: argparse.Namespace) -> str:
     answer = _on_cluster(args) if args.address is not None else _over_http(args)
     if args.json:
         return json.dumps(answer, indent=2)
+    if args.action in CANARY_ACTIONS:
+        return render_canary(args.router, answer)
     routers = answer["routers"] if "routers" in answer else {answer["name"]: answer}
     return render_routers(routers)
+
+
+CANARY_ACTIONS = ("canary", "pause", "resume", "promote", "abort")
+
+
+def canary_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The `/-/rollouts/{router}/canary` body of `rollout canary`'s options (unset ones left out)."""
+    body: dict[str, Any] = {"candidate": args.candidate}
+    if args.steps is not None:
+        try:
+            body["steps"] = [float(step) for step in args.steps.split(",")]
+        except ValueError:
+            raise RolloutError(f"--steps are percents like 1,5,25,50,100; got {args.steps!r}") from None
+    for option in (
+        "baseline",
+        "bake_s",
+        "min_samples",
+        "max_error_rate_increase",
+        "max_p95_ratio",
+        "confidence",
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            body[option] = value
+    return body
 
 
 def _on_cluster(args: argparse.Namespace) -> dict[str, Any]:
@@ -64,18 +118,30 @@ def _on_cluster(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.action == "switch" and args.warmup_method is not None:
         raise RolloutError("--warmup-method needs --url (the server makes the warm-up call)")
-    operation, extra = {
-        "status": ("status", ()),
-        "weights": ("set_weights", (parse_weights(getattr(args, "weights", None) or []),)),
-        "switch": ("switch", (getattr(args, "arm", None), getattr(args, "bake_s", 60.0))),
-        "switch-back": ("switch_back", ()),
-    }[args.action]
+    extra: tuple[Any, ...]
+    if args.action == "canary":
+        operation, extra = "start_canary", (canary_body(args),)
+    elif args.action in CANARY_ACTIONS:
+        operation, extra = "canary_action", (args.action, bool(getattr(args, "full", False)))
+    else:
+        operation, extra = _CLUSTER_OPERATIONS[args.action](args)
     try:
-        return cluster_backend().cluster_router_operation(
+        answer = cluster_backend().cluster_router_operation(
             args.address, args.app, operation, args.router, *extra
         )
     except (ServekitError, ImportError) as exc:
         raise RolloutError(str(exc)) from None
+    if args.action in CANARY_ACTIONS:
+        return dict(answer.get("canary") or {})
+    return answer
+
+
+_CLUSTER_OPERATIONS: dict[str, Any] = {
+    "status": lambda args: ("status", ()),
+    "weights": lambda args: ("set_weights", (parse_weights(args.weights),)),
+    "switch": lambda args: ("switch", (args.arm, args.bake_s)),
+    "switch-back": lambda args: ("switch_back", ()),
+}
 
 
 def _over_http(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,6 +151,11 @@ def _over_http(args: argparse.Namespace) -> dict[str, Any]:
         raise RolloutError(
             f"--url must start with http:// or https://, like http://127.0.0.1:8000; got {args.url!r}"
         )
+    if args.action == "canary":
+        return _request("POST", f"{base}/-/rollouts/{args.router}/canary", canary_body(args))
+    if args.action in CANARY_ACTIONS:
+        full: dict[str, Any] | None = {"full": True} if getattr(args, "full", False) else None
+        return _request("POST", f"{base}/-/rollouts/{args.router}/{args.action}", full)
     if args.action == "status":
         path = "/-/routers" if args.router is None else f"/-/routers/{args.router}"
         answer = _request("GET", base + path)
@@ -160,6 +231,53 @@ def _render_router(view: dict[str, Any]) -> str:
             f"  shadow drops: {view.get('shadow_drops', 0)} (fraction {view.get('shadow_fraction', 0):g})"
         )
     lines.extend(f"  note: {note}" for note in view.get("notes", []))
+    lines.extend(_render_ab(view.get("ab") or {}))
+    if view.get("canary"):
+        lines.append("  " + render_canary(str(view.get("name")), view["canary"]).replace("\n", "\n  "))
+    return "\n".join(lines)
+
+
+def _render_ab(ab: dict[str, Any]) -> list[str]:
+    """One line per outcome: each arm's mean with its 95% interval, then Welch's test between arms."""
+    lines = []
+    for outcome, comparisons in ab.get("comparisons", {}).items():
+        means = []
+        for arm, figures in ab.get("arms", {}).items():
+            summary = figures.get("outcomes", {}).get(outcome)
+            if summary is not None:
+                interval = summary.get("ci95")
+                said = f"[{interval[0]:.3g}, {interval[1]:.3g}]" if interval else "[-]"
+                means.append(f"{arm} {summary['mean']:.3g} {said} n={summary['n']}")
+        lines.append(f"  outcome {outcome}: " + "; ".join(means))
+        for compared in comparisons:
+            p_value = compared.get("p_value")
+            shown = f"{p_value:.3g}" if isinstance(p_value, float) else str(p_value)
+            verdict = "significant" if compared.get("significant") else "not significant"
+            lines.append(
+                f"    {' vs '.join(compared.get('arms', []))}: p = {shown} ({verdict}), "
+                f"more samples per arm needed: {compared.get('more_samples_per_arm')}"
+            )
+    return lines
+
+
+def render_canary(router: str, canary: dict[str, Any]) -> str:
+    """A canary as a few lines: its state and step, the checks of its window, its latest events."""
+    if not canary:
+        return f"router {router}: no canary"
+    steps = canary.get("steps", [])
+    percent = canary.get("candidate_percent", 0)
+    lines = [
+        f"canary {canary.get('baseline')} -> {canary.get('candidate')}: {canary.get('state')}, "
+        f"step {canary.get('step', 0) + 1}/{len(steps)} ({percent:g}% candidate), "
+        f"steps {'/'.join(f'{step:g}' for step in steps)}, bake {canary.get('bake_s', 0):g} s"
+    ]
+    lines.extend(
+        f"  check {check['name']:<12} {check['verdict']:<5} {check['reason']}"
+        for check in canary.get("checks", [])
+    )
+    for event in canary.get("events", [])[-5:]:
+        weights = " ".join(f"{arm}={weight:g}" for arm, weight in event.get("weights", {}).items())
+        lines.append(f"  event {event['kind']:<9} by {event['by']:<8} [{weights}] {event['reason']}")
     return "\n".join(lines)
 
 

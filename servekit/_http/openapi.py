@@ -233,12 +233,15 @@ def _builtin_paths(max_body_bytes: int) -> dict[str, Any]:
 
 _ROUTER_ERRORS = {
     "400": _error("A bad body or weight map (negative, all zero, unknown arm); the router is unchanged"),
-    "404": _error("No router of that name"),
+    "404": _error("No router of that name, or (under /-/rollouts) the router has no canary"),
+    "409": _error("A canary action its state does not allow (it ended), or a canary already runs"),
 }
 _ROUTER_BODIES = {
     "weights": {"weights": {"v1": 90, "v2": 10}},
     "switch": {"to": "green", "bake_s": 60, "warmup": {"method": "__call__", "args": [1]}},
     "outcomes": {"request_id": "4f0c...", "name": "clicked", "value": 1},
+    "canary": {"candidate": "v2", "baseline": "v1", "steps": [10, 50, 100], "bake_s": 60, "min_samples": 200},
+    "promote": {"full": False},
 }
 
 
@@ -292,6 +295,25 @@ def router_paths(max_body_bytes: int) -> dict[str, Any]:
                 **operation("outcomes", "Credit an outcome to the arm that served a request", "outcomes"),
                 "parameters": name,
             }
+        },
+        "/-/rollouts": {"get": operation("rollouts", "Every router's canary: state, step, checks, events")},
+        "/-/rollouts/{name}": {"get": {**operation("rollout", "One router's canary"), "parameters": name}},
+        "/-/rollouts/{name}/canary": {
+            "post": {
+                **operation("start_canary", "Start a canary between two arms", "canary"),
+                "parameters": name,
+            }
+        },
+        **{
+            f"/-/rollouts/{{name}}/{action}": {
+                "post": {**operation(f"canary_{action}", summary, body), "parameters": name}
+            }
+            for action, summary, body in (
+                ("pause", "Hold the canary's step (409 once it ended)", None),
+                ("resume", "Let the canary promote again", None),
+                ("promote", "Promote now: the next step, or 100% with full", "promote"),
+                ("abort", "Roll back to 100% baseline now", None),
+            )
         },
     }
 

@@ -13,6 +13,14 @@ router, and the router left as it was):
 - ``POST /-/routers/{name}/switch`` with ``{"to": "green", "bake_s": 60, "warmup": {...}}``.
 - ``POST /-/routers/{name}/switch-back``.
 - ``POST /-/routers/{name}/outcomes`` with ``{"request_id": "...", "name": "clicked", "value": 1}``.
+
+Rollout routes (404 for an unknown router or one without a canary, 400 for a canary whose
+baseline or candidate is not an arm, 409 for an action on a canary that has ended):
+
+- ``GET /-/rollouts``, ``GET /-/rollouts/{name}``: each canary's state, step, checks and events.
+- ``POST /-/rollouts/{name}/canary`` with ``{"candidate": "v2", "steps": [10, 50, 100], ...}``.
+- ``POST /-/rollouts/{name}/pause|resume|abort``, ``POST /-/rollouts/{name}/promote`` (with
+  ``{"full": true}`` for 100% at once).
 """
 
 from __future__ import annotations
@@ -163,6 +171,44 @@ def router_routes(routers: RouterOperations) -> list[BaseRoute]:
         Route("/-/routers/{name}/switch", guarded(switch), methods=["POST"]),
         Route("/-/routers/{name}/switch-back", guarded(switch_back), methods=["POST"]),
         Route("/-/routers/{name}/outcomes", guarded(outcomes), methods=["POST"]),
+        *rollout_routes(routers, guarded),
+    ]
+
+
+def rollout_routes(
+    routers: RouterOperations,
+    guarded: Callable[[Callable[[Request], Awaitable[Any]]], Callable[[Request], Awaitable[Response]]],
+) -> list[BaseRoute]:
+    """The `/-/rollouts` admin routes (canaries) over `routers`."""
+
+    async def list_all(request: Request) -> Any:
+        return await routers.rollout_view()
+
+    async def one(request: Request) -> Any:
+        return await routers.rollout_view(request.path_params["name"])
+
+    async def start(request: Request) -> Any:
+        body = await _body(request, "candidate", '{"candidate": "v2", "steps": [10, 50, 100], "bake_s": 60}')
+        return await routers.start_canary(request.path_params["name"], body)
+
+    def action(name: str) -> Callable[[Request], Awaitable[Any]]:
+        async def act(request: Request) -> Any:
+            full = False
+            if name == "promote" and await request.body():
+                body = await _body(request, "full", '{"full": true}')
+                full = body["full"] is True
+            return await routers.canary_action(request.path_params["name"], name, full)
+
+        return act
+
+    return [
+        Route("/-/rollouts", guarded(list_all), methods=["GET"]),
+        Route("/-/rollouts/{name}", guarded(one), methods=["GET"]),
+        Route("/-/rollouts/{name}/canary", guarded(start), methods=["POST"]),
+        *(
+            Route(f"/-/rollouts/{{name}}/{name}", guarded(action(name)), methods=["POST"])
+            for name in ("pause", "resume", "promote", "abort")
+        ),
     ]
 
 

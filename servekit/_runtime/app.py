@@ -131,7 +131,9 @@ class AppHandle(DeploymentHandle):
         self._running.update(app)
 
     def router(self, name: str) -> RouterControl:
-        """Operate router `name`: `status()`, `set_weights({...})`, `switch(arm)`, `switch_back()`."""
+        """Operate router `name`: `status()`, `set_weights({...})`, `switch(arm)`, `switch_back()`,
+        `start_canary(sk.Canary(...))` and its `canary` (`status()`, `pause()`, `resume()`, `promote()`,
+        `abort()`)."""
         return self._running.router(name)
 
     def get_handle(self, deployment: str) -> DeploymentHandle:

@@ -44,8 +44,9 @@ class ClusterBackend(Backend, Protocol):
     def cluster_router_operation(
         self, address: str, app: str | None, operation: str, name: str | None, *args: Any
     ) -> dict[str, Any]:
-        """Run router `operation` ("status", "set_weights", "switch", "switch_back") of router
-        `name` (all routers for "status" with None) of `app` on the cluster; returns the routers' state."""
+        """Run router `operation` ("status", "set_weights", "switch", "switch_back", "start_canary",
+        "canary_action") of router `name` (all routers for "status" with None) of `app` on the
+        cluster; returns the routers' state."""
         ...
 
     def serve_options(self, graph: AppGraph) -> dict[str, dict[str, Any]]:

@@ -10,18 +10,24 @@ outcomes, status. `RouterControl` is the handle users get from `app.router(name)
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from servekit._replica.request_context import RequestContext, request_scope
+from servekit._replica.routing.ab import ab_report
 from servekit._replica.routing.evidence import Evidence
+from servekit._replica.routing.rollouts import TICK_S, Rollouts, canary_from_body
 from servekit._replica.routing.router import ArmCall, ArmStream, Available, Router
 from servekit._replica.routing.state import RouterState, RouterTable
 from servekit._runtime.handle import Dispatcher
+from servekit._spec.canary import Canary
 from servekit._spec.graph import AppGraph
 from servekit._spec.routing import RouterNode
 from servekit.errors import BadRequestError, DeploymentUnavailableError, NotFoundError
+
+logger = logging.getLogger("servekit.rollouts")
 
 READY_WAIT_S = 30.0
 """How long a switch waits for the target arm to have a running replica."""
@@ -58,6 +64,18 @@ class RouterOperations(Protocol):
         """Credit an outcome to the arm(s) that served `request_id` (of router `name`, or any)."""
         ...
 
+    async def rollout_view(self, name: str | None = None) -> dict[str, Any]:
+        """Router `name`'s canary status (`NotFoundError` without one), or ``{"rollouts": {...}}``."""
+        ...
+
+    async def start_canary(self, name: str, canary: Canary | Mapping[str, Any]) -> dict[str, Any]:
+        """Start a canary on router `name` (a `Canary`, or the admin API's JSON); its status."""
+        ...
+
+    async def canary_action(self, name: str, action: str, full: bool = False) -> dict[str, Any]:
+        """'pause', 'resume', 'promote' (to 100% with `full`) or 'abort' router `name`'s canary."""
+        ...
+
 
 class AppRouters:
     """The routers of one app whose state this process owns (the local runtime)."""
@@ -68,6 +86,9 @@ class AppRouters:
         self._available = available
         self.states: dict[str, RouterState] = {}
         self.routers: dict[str, Router] = {}
+        self.rollouts = Rollouts()
+        """The routers' canaries, fed from their `Evidence` and ticked every `TICK_S` by `start`."""
+        self._ticker: asyncio.Task[None] | None = None
 
     def load(self, graph: AppGraph) -> None:
         """Route by `graph`'s splits; a router whose arms are unchanged keeps its live weights."""
@@ -86,10 +107,42 @@ class AppRouters:
         for name, router in self.routers.items():
             if routers.get(name) is not router:
                 router.close()
+        kept = [name for name, state in states.items() if self.states.get(name) is state]
+        self.rollouts.keep(kept)
         self.states, self.routers = states, routers
+        now = time.perf_counter()  # the clock of the routers' samples
+        for name, node in graph.routers.items():
+            if node.canary is not None and not self.rollouts.has(name):
+                self.rollouts.start(states[name], node.canary, now)
+
+    def start(self) -> None:
+        """Tick the canaries about once a second (call on the runtime's event loop)."""
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.tick_rollouts(time.perf_counter())
+            except Exception:  # a bug in one tick must not stop the next
+                logger.exception("ticking the canaries failed")
+
+    def tick_rollouts(self, now: float) -> None:
+        """Feed each active canary its router's calls since the last feed, then run its rules."""
+        for name in self.rollouts.wanted():
+            router = self.routers.get(name)
+            if router is not None:
+                since = self.rollouts.fed_until(name)
+                fresh = [s for s in router.evidence.samples(since=since, shadow=False) if s.at > since]
+                self.rollouts.observe(name, fresh)
+        self.rollouts.tick(self.states, now)
 
     def close(self) -> None:
-        """Stop mirrored calls in flight."""
+        """Stop ticking and the mirrored calls in flight."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         for router in self.routers.values():
             router.close()
 
@@ -118,7 +171,31 @@ class AppRouters:
     def view(self, name: str) -> dict[str, Any]:
         """Router `name`: live weights, mode, arms with counters, shadows and their comparison."""
         table = self.state(name).tick(time.monotonic())
-        return {**self.routers[name].view(table), "applied_everywhere": True}
+        view = {**self.routers[name].view(table), "applied_everywhere": True}
+        view["canary"] = self.rollouts.view(name, time.perf_counter())
+        return finish_view(view)
+
+    async def rollout_view(self, name: str | None = None) -> dict[str, Any]:
+        """Router `name`'s canary status, or every canary's."""
+        now = time.perf_counter()
+        if name is None:
+            return {"rollouts": self.rollouts.views(now)}
+        self.state(name)
+        return self.rollouts.controller(name).status(now)
+
+    async def start_canary(self, name: str, canary: Canary | Mapping[str, Any]) -> dict[str, Any]:
+        """Start a canary on router `name` now; its status."""
+        state = self.state(name)
+        config = canary if isinstance(canary, Canary) else canary_from_body(canary, state)
+        self.tick_rollouts(time.perf_counter())  # the old canary's last evidence, before it is replaced
+        self.rollouts.start(state, config, time.perf_counter())
+        return await self.rollout_view(name)
+
+    async def canary_action(self, name: str, action: str, full: bool = False) -> dict[str, Any]:
+        """An operator's action on router `name`'s canary; its status after it."""
+        state = self.state(name)
+        self.tick_rollouts(time.perf_counter())
+        return self.rollouts.act(state, action, time.perf_counter(), full=full)
 
     async def set_weights(self, name: str, weights: object) -> dict[str, Any]:
         """Validate and apply `weights` (a 400 naming the problem leaves the router as it was)."""
@@ -200,6 +277,14 @@ async def warm_up(call: ArmCall, node: RouterNode, arm: str, warmup: Mapping[str
         ) from exc
 
 
+def finish_view(view: dict[str, Any]) -> dict[str, Any]:
+    """A router's status view with its A/B report made from the mergeable `ab_state` it carries."""
+    state = view.pop("ab_state", None)
+    if state is not None:
+        view["ab"] = ab_report(list(view.get("arms", {})), [state])
+    return view
+
+
 def check_outcome(request_id: object, outcome: object, value: object) -> None:
     """Raise `BadRequestError` naming the problem with a posted outcome."""
     if not isinstance(request_id, str) or not request_id:
@@ -245,8 +330,58 @@ class RouterControl:
         """Undo the last switch at once."""
         return dict(self._run(self._operations.switch_back(self.name)))
 
+    @property
+    def canary(self) -> CanaryControl:
+        """The router's canary: `status()`, `pause()`, `resume()`, `promote()`, `abort()`."""
+        return CanaryControl(self._operations, self.name, self._run)
+
+    def start_canary(self, canary: Canary) -> dict[str, Any]:
+        """Start `canary` (an `sk.Canary` between two of the router's arms) now; its status."""
+        return dict(self._run(self._operations.start_canary(self.name, canary)))
+
     def __repr__(self) -> str:
         return f"RouterControl(name={self.name!r})"
+
+
+class CanaryControl:
+    """Operates one router's canary from Python: `app.router("clf").canary.pause()`.
+
+    Each method returns the canary's status; on a canary that has ended, `pause`, `resume`,
+    `promote` and `abort` raise `RolloutStateError`, and on a router without one `NotFoundError`.
+    """
+
+    def __init__(
+        self, operations: RouterOperations, name: str, run: Callable[[Coroutine[Any, Any, Any]], Any]
+    ) -> None:
+        self._operations = operations
+        self.name = name
+        self._run = run
+
+    def status(self) -> dict[str, Any]:
+        """State, step, weights, the step's window, the last checks and every event with its figures."""
+        return dict(self._run(self._operations.rollout_view(self.name)))
+
+    def pause(self) -> dict[str, Any]:
+        """Hold the current step (a conclusive failure still rolls back) until `resume()`."""
+        return self._act("pause")
+
+    def resume(self) -> dict[str, Any]:
+        """Let the canary promote again after `pause()`."""
+        return self._act("resume")
+
+    def promote(self, *, full: bool = False) -> dict[str, Any]:
+        """Move to the next step now (to 100% with `full`), without waiting for the checks."""
+        return self._act("promote", full)
+
+    def abort(self) -> dict[str, Any]:
+        """Roll back to 100% baseline now."""
+        return self._act("abort")
+
+    def _act(self, action: str, full: bool = False) -> dict[str, Any]:
+        return dict(self._run(self._operations.canary_action(self.name, action, full)))
+
+    def __repr__(self) -> str:
+        return f"CanaryControl(router={self.name!r})"
 
 
 def routed_method_table(

@@ -128,6 +128,7 @@ class _GraphBuilder:
                 split.shadow_fraction,
                 split.on_unavailable,
                 split.output,
+                split.canary,
             )
         found.extend(self.routers[name].all_arms.values())
         return name

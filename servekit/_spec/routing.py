@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from servekit._spec.canary import Canary
 from servekit._spec.deployment import Application, Deployment
 from servekit.errors import BadRequestError, GraphError
 
@@ -36,6 +37,7 @@ class Split:
     shadow_fraction: float = 0.0
     on_unavailable: OnUnavailable = "redistribute"
     output: Callable[[Any], Any] | None = None
+    canary: Canary | None = None
 
     def __repr__(self) -> str:
         return f"Split(name={self.name!r}, arms={sorted(self.arms)})"
@@ -55,6 +57,8 @@ class RouterNode:
     on_unavailable: OnUnavailable = "redistribute"
     output: Callable[[Any], Any] | None = None
     """Extracts the compared output (a label or number) from a result; None: scalars as they are."""
+    canary: Canary | None = None
+    """The progressive rollout the router starts with, if any."""
 
     @property
     def all_arms(self) -> dict[str, str]:
@@ -72,6 +76,7 @@ def split(
     shadow_fraction: float = 0.0,
     on_unavailable: OnUnavailable = "redistribute",
     output: Callable[[Any], Any] | None = None,
+    canary: Canary | None = None,
 ) -> Split:
     """A traffic-split router between `arms`, to bind as an argument anywhere in a graph.
 
@@ -90,7 +95,11 @@ def split(
     whose results are dropped. With `on_unavailable="redistribute"` (default) an arm without a
     running replica has its share sent to the others; ``"fail"`` fails those calls instead.
     `output` extracts the label or number that shadow comparisons use (default: the result, when
-    it is a plain scalar). A bad argument raises `GraphError` naming it.
+    it is a plain scalar). With `canary` (an `sk.Canary` between two arms) the router starts a
+    progressive rollout when the app starts: the candidate gets `canary.steps[0]` percent at
+    once (the `weights` given are replaced), and the canary's `output` (when `output` is not
+    given) declares what its output check and shadow comparisons read. A bad argument raises
+    `GraphError` naming it.
     """
     where = f"split {name!r}" if name else "split()"
     checked_arms = _check_arms(arms, where, "arms")
@@ -116,6 +125,14 @@ def split(
     check_sticky(sticky, where)
     if output is not None and not callable(output):
         raise GraphError(f"{where}: output must be a function of a result; got {output!r}")
+    if canary is not None:
+        if not isinstance(canary, Canary):
+            raise GraphError(f"{where}: canary must be a servekit.Canary(...); got {type(canary).__name__}")
+        canary.validate_arms(checked_arms)
+        first = canary.steps[0]
+        checked_weights = dict.fromkeys(checked_arms, 0.0)
+        checked_weights.update({canary.baseline: 100.0 - first, canary.candidate: first})
+        output = output if output is not None else canary.output
     if name is not None and (not isinstance(name, str) or not name or "/" in name):
         raise GraphError(f"split name must be a non-empty string without '/', like 'clf'; got {name!r}")
     return Split(
@@ -127,6 +144,7 @@ def split(
         float(shadow_fraction),
         on_unavailable,
         output,
+        canary,
     )
 
 

@@ -143,3 +143,12 @@ def test_model_store_example_promotes_and_rolls_back_live(free_port: int) -> Non
     assert json.loads(lines["production=v2"]) == {"label": "negative", "score": -2, "model_version": "v2"}
     assert json.loads(lines["production=v1 again"])["model_version"] == "v1"
     assert lines["rollback"] == "sentiment:production -> v1 (rolled back)"
+
+
+def test_canary_example_rolls_a_worse_v2_back_and_promotes_an_equal_one() -> None:
+    out = run_example("canary/app.py")
+    assert out["worse v2 (misses 'great' and 'fine')"] == "rolled_back"
+    assert out["equal v2"] == "completed"
+    readme = (EXAMPLES / "canary" / "README.md").read_text()
+    assert "canary v1 -> v2: rolled_back" in readme
+    assert "canary v1 -> v2: completed" in readme

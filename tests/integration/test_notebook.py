@@ -26,3 +26,5 @@ def test_quickstart_notebook_executes_cleanly() -> None:
     )
     assert "label=" in text  # the classify cells printed responses
     assert "422" in text  # the bad HTTP request was refused with a validation error
+    assert "90/10: {'v1': 90, 'v2': 10}" in text  # the split's weights are exact over 100 calls
+    assert "50/50: {'v1': 50, 'v2': 50}" in text

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from servekit._replica.routing.analysis import normal_ppf, percentile, student_t_cdf, student_t_ppf
+from servekit._replica.routing.evidence import Evidence
 from servekit._replica.routing.samples import ArmSample
 
 ALPHA = 0.05
@@ -27,6 +28,8 @@ POWER = 0.8
 LATENCY_WINDOW = 10_000
 """Latency percentiles cover each arm's latest calls, at most this many."""
 NOT_COMPUTABLE = "not computable"
+STATE_LATENCIES = 512
+"""Latencies per arm an `ab_state` carries (the newest), for the merged percentiles."""
 
 
 @dataclass
@@ -207,3 +210,51 @@ def samples_per_arm(
         return None
     z = normal_ppf(1 - alpha / 2) + normal_ppf(power)
     return math.ceil(z * z * spread / (difference * difference))
+
+
+def ab_state(evidence: Evidence, arms: list[str]) -> dict[str, Any]:
+    """What one process's router knows for an A/B report, in a form reports can merge.
+
+    Per arm: exact calls and errors, the newest `STATE_LATENCIES` latencies, and per outcome
+    the count, mean and sum of squared deviations of all its values (kept as running sums).
+    """
+    state: dict[str, Any] = {}
+    for arm in arms:
+        stats = evidence.arm_stats(arm)
+        outcomes = {
+            name: [values.count, values.mean, values.m2] for name, values in evidence.outcomes_of(arm).items()
+        }
+        latencies = list(stats.latencies_s)[-STATE_LATENCIES:]
+        state[arm] = {
+            "calls": stats.calls,
+            "errors": stats.errors,
+            "latencies": latencies,
+            "outcomes": outcomes,
+        }
+    return state
+
+
+def ab_report(arms: list[str], states: list[dict[str, Any]]) -> dict[str, Any]:
+    """`ABTest.report()` over the `ab_state`s of every process routing through a split."""
+    test = ABTest(arms)
+    for state in states:
+        for arm, part in state.items():
+            stats = test._arm(arm)
+            stats.calls += part["calls"]
+            stats.errors += part["errors"]
+            stats.latencies.extend(part["latencies"])
+            for name, (n, mean, m2) in part["outcomes"].items():
+                into = stats.outcomes.setdefault(name, _Running())
+                _merge_running(into, _Running(n, mean, m2))
+    return test.report()
+
+
+def _merge_running(into: _Running, other: _Running) -> None:
+    """Fold `other` into `into` (Chan et al.'s parallel form of Welford's method)."""
+    if other.n == 0:
+        return
+    total = into.n + other.n
+    delta = other.mean - into.mean
+    into.m2 += other.m2 + delta * delta * into.n * other.n / total
+    into.mean += delta * other.n / total
+    into.n = total

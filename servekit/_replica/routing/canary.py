@@ -183,6 +183,7 @@ class CanaryController:
         self._checks: tuple[CheckResult, ...] = ()
         self._last_hold: str | None = None
         self._events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self._recorded = 0
         self._event(start, "start", f"candidate {config.candidate!r} starts at {_pct(self._percent)}")
 
     @property
@@ -199,6 +200,16 @@ class CanaryController:
     def weights(self) -> dict[str, float]:
         """The percentages of traffic the router should send to the baseline and the candidate now."""
         return {self._config.baseline: 100.0 - self._percent, self._config.candidate: self._percent}
+
+    @property
+    def events_recorded(self) -> int:
+        """How many events were recorded so far (more than `status()` keeps, beyond `MAX_EVENTS`)."""
+        return self._recorded
+
+    def recent_events(self, count: int) -> list[dict[str, Any]]:
+        """The newest `count` events (at most `MAX_EVENTS`), oldest first."""
+        events = list(self._events)
+        return events[-count:] if count > 0 else []
 
     def observe(self, sample: ArmSample) -> None:
         """Record one finished call; other arms, shadows and calls that ended before the step are ignored."""
@@ -307,19 +318,23 @@ class CanaryController:
         headline = ",".join(check.name for check in self._checks if check.verdict == "wait")
         if headline != self._last_hold:  # one event per kind of hold, not one per tick
             self._last_hold = headline
-            self._events.append(decision.to_dict())
+            self._record(decision.to_dict())
         return decision
 
     def _decided(self, decision: CanaryDecision) -> CanaryDecision:
-        self._events.append(decision.to_dict())
+        self._record(decision.to_dict())
         return decision
+
+    def _record(self, event: dict[str, Any]) -> None:
+        self._events.append(event)
+        self._recorded += 1
 
     def _event(self, now: float, kind: str, reason: str) -> None:
         event = {"kind": kind, "at": now, "by": "operator", "step": self._step}
         event.update(candidate_percent=self._percent, weights=self.weights, reason=reason, checks=[])
         if kind == "start":
             event["by"] = "analysis"
-        self._events.append(event)
+        self._record(event)
 
     def _require_active(self, action: str) -> None:
         if self._state in _ENDED:

@@ -61,12 +61,18 @@ class OutcomeValues:
     count: int = 0
     total: float = 0.0
     values: deque[float] = field(default_factory=lambda: deque(maxlen=OUTCOME_CAPACITY))
+    mean: float = 0.0
+    m2: float = 0.0
+    """Sum of squared deviations from the mean, over every value (Welford's method)."""
 
     def add(self, value: float) -> None:
         """Count `value`."""
         self.count += 1
         self.total += value
         self.values.append(value)
+        delta = value - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (value - self.mean)
 
 
 _Row = tuple[str, bool, float, float, object, "str | None", bool]
@@ -160,6 +166,14 @@ class Evidence:
     def outcome_names(self) -> list[str]:
         """Every outcome name recorded on some arm."""
         return sorted({name for by_name in self._outcomes.values() for name in by_name})
+
+    def arm_stats(self, arm: str) -> ArmStats:
+        """The counters of primary arm `arm` (empty when it took no call)."""
+        return self._stats.get(arm) or ArmStats()
+
+    def outcomes_of(self, arm: str) -> dict[str, OutcomeValues]:
+        """The outcomes credited to `arm`, by name."""
+        return dict(self._outcomes.get(arm, {}))
 
     def arm_view(self, arm: str, shadow: bool = False) -> dict[str, Any]:
         """JSON-ready counters of `arm`, with its outcomes' counts and means."""

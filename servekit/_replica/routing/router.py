@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from servekit._replica.request_context import RequestContext, current_request, request_scope
+from servekit._replica.routing.ab import ab_state
 from servekit._replica.routing.analysis import ShadowComparison
 from servekit._replica.routing.evidence import Evidence
 from servekit._replica.routing.state import RouterTable
@@ -321,4 +322,5 @@ class Router:
             "unavailable_redirects": self.unavailable_redirects,
             "unmatched_outcomes": self.evidence.unmatched_outcomes,
             "notes": notes,
+            "ab_state": ab_state(self.evidence, list(self.node.arms)),
         }

@@ -157,6 +157,7 @@ class LocalRuntime:
             raise
         self.state = "running"
         self._controller.start()
+        self.routers.start()
 
     def handle(self, deployment: str | None = None) -> DeploymentHandle:
         """A handle to `deployment` (the ingress by default)."""

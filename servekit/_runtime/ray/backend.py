@@ -31,8 +31,9 @@ class RayBackend:
     def cluster_router_operation(
         self, address: str, app: str | None, operation: str, name: str | None, *args: Any
     ) -> dict[str, Any]:
-        """Run a router `operation` ("status", "set_weights", "switch", "switch_back") on the cluster
-        at `address`, for app `app` (default: the only Serve app with routers)."""
+        """Run a router `operation` ("status", "set_weights", "switch", "switch_back", "start_canary",
+        "canary_action") on the cluster at `address`, for app `app` (default: the only Serve app with
+        routers)."""
         load_ray_runtime()
         from servekit._runtime.ray.routers import cluster_routers  # noqa: PLC0415
 

@@ -22,11 +22,15 @@ from typing import Any, cast
 
 import ray
 
+from servekit._replica.routing.ab import ab_report
 from servekit._replica.routing.evidence import merge_views
+from servekit._replica.routing.rollouts import TICK_S, Rollouts, canary_from_body, no_canary
 from servekit._replica.routing.router import ArmCall, ArmStream, Router
+from servekit._replica.routing.samples import ArmSample
 from servekit._replica.routing.state import RouterState, RouterTable
 from servekit._runtime.ray.dispatcher import translate
 from servekit._runtime.routing import check_outcome, warm_up
+from servekit._spec.canary import Canary
 from servekit._spec.routing import RouterNode
 from servekit.errors import BadRequestError, NotFoundError
 
@@ -38,6 +42,14 @@ POLL_S = 0.5
 OUTCOME_LOG = 10_000
 VIEW_TTL_S = 10.0
 """A process's pushed status view counts for this long after its last poll."""
+PUSH_SAMPLES = 5_000
+"""Calls per router a process pushes per poll for a canary at most (beyond: an evenly spaced share)."""
+
+Plan = dict[str, tuple[tuple[str, ...], dict[str, float], Canary | None]]
+"""Each router's arm names, starting weights and declared canary."""
+SampleRow = tuple[str, bool, float, float, object]
+"""A pushed call: arm, ok, latency (s), age (s before the push), declared output. An age, not a
+time: the processes' clocks differ, so the actor dates each call by its own clock."""
 
 
 def actor_name(app_name: str) -> str:
@@ -48,32 +60,75 @@ def actor_name(app_name: str) -> str:
 class RouterStateActor:
     """Holds an app's router states; every routing process polls it (runs as a Ray actor)."""
 
-    def __init__(self, routers: dict[str, tuple[tuple[str, ...], dict[str, float]]]) -> None:
-        self._states = {name: RouterState(name, arms, weights) for name, (arms, weights) in routers.items()}
+    def __init__(self, routers: Plan) -> None:
+        self._states: dict[str, RouterState] = {}
         self._views: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
         self._outcomes: deque[tuple[int, str | None, str, str, float]] = deque(maxlen=OUTCOME_LOG)
         self._seq = 0
+        self._rollouts = Rollouts()
+        self._ticked = time.monotonic()
+        self.load(routers)
 
-    def load(self, routers: dict[str, tuple[tuple[str, ...], dict[str, float]]]) -> None:
-        """Take a redeployed app's routers; those whose arms are unchanged keep their live weights."""
+    def load(self, routers: Plan) -> None:
+        """Take a redeployed app's routers; those whose arms are unchanged keep their live weights
+        (and their canary); a declared canary starts on a new router."""
         states = {}
-        for name, (arms, weights) in routers.items():
+        for name, (arms, weights, _) in routers.items():
             old = self._states.get(name)
             states[name] = old if old is not None and old.arms == arms else RouterState(name, arms, weights)
+        self._rollouts.keep([name for name, state in states.items() if self._states.get(name) is state])
         self._states = states
+        now = time.monotonic()
+        for name, (_, _, canary) in routers.items():
+            if canary is not None and not self._rollouts.has(name):
+                self._rollouts.start(states[name], canary, now)
 
     def sync(
-        self, process: str, views: dict[str, dict[str, Any]], seen: int
-    ) -> tuple[dict[str, RouterTable], list[tuple[str | None, str, str, float]], int]:
-        """A process's poll: keep its views; return the tables and the outcomes posted after `seen`."""
+        self,
+        process: str,
+        views: dict[str, dict[str, Any]],
+        seen: int,
+        samples: dict[str, list[SampleRow]] | None = None,
+    ) -> tuple[dict[str, RouterTable], list[tuple[str | None, str, str, float]], int, list[str]]:
+        """A process's poll: keep its views, feed its calls to the canaries (tick them about once a
+        second); return the tables, the outcomes posted after `seen`, and the routers whose canary
+        wants calls."""
         now = time.monotonic()
         if views:
             self._views[process] = (now, views)
+        for name, rows in (samples or {}).items():
+            fresh = (ArmSample(arm, ok, latency, now - age, output) for arm, ok, latency, age, output in rows)
+            self._rollouts.observe(name, fresh)
+        if now - self._ticked >= TICK_S:
+            self._ticked = now
+            self._rollouts.tick(self._states, now)
         tables = {name: state.tick(now) for name, state in self._states.items()}
         outcomes = [
             (router, rid, name, value) for seq, router, rid, name, value in self._outcomes if seq > seen
         ]
-        return tables, outcomes, self._seq
+        return tables, outcomes, self._seq, self._rollouts.wanted()
+
+    def rollout(self, name: str) -> dict[str, Any] | None:
+        """Router `name`'s canary status (None without one)."""
+        self._state(name)
+        return self._rollouts.view(name, time.monotonic())
+
+    def rollouts(self) -> dict[str, dict[str, Any]]:
+        """Every canary's status, by router."""
+        return self._rollouts.views(time.monotonic())
+
+    def start_canary(self, name: str, canary: Canary | dict[str, Any]) -> RouterTable:
+        """Start a canary on router `name` (a `Canary` or the admin API's JSON)."""
+        state = self._state(name)
+        config = canary if isinstance(canary, Canary) else canary_from_body(canary, state)
+        self._rollouts.start(state, config, time.monotonic())
+        return state.table
+
+    def canary_action(self, name: str, action: str, full: bool = False) -> RouterTable:
+        """An operator's action on router `name`'s canary."""
+        state = self._state(name)
+        self._rollouts.act(state, action, time.monotonic(), full=full)
+        return state.table
 
     def tables(self) -> dict[str, RouterTable]:
         """Every router's current table."""
@@ -117,9 +172,9 @@ class RouterStateActor:
         return state
 
 
-def router_plan(routers: Mapping[str, RouterNode]) -> dict[str, tuple[tuple[str, ...], dict[str, float]]]:
-    """What the actor needs of each router: its arm names and starting weights."""
-    return {name: (tuple(node.arms), dict(node.weights)) for name, node in routers.items()}
+def router_plan(routers: Mapping[str, RouterNode]) -> Plan:
+    """What the actor needs of each router: its arm names, starting weights and canary."""
+    return {name: (tuple(node.arms), dict(node.weights), node.canary) for name, node in routers.items()}
 
 
 def ensure_actor(app_name: str, routers: Mapping[str, RouterNode]) -> Any:
@@ -169,14 +224,19 @@ def router_status(app_name: str, routers: Mapping[str, RouterNode] | None = None
     try:
         names = list(routers) if routers is not None else cast(list[str], ray.get(actor.names.remote()))
         tables = cast(dict[str, RouterTable], ray.get(actor.tables.remote()))
-        return {name: _merged(name, tables[name], ray.get(actor.views.remote(name))) for name in names}
+        rollouts = cast(dict[str, dict[str, Any]], ray.get(actor.rollouts.remote()))
+        return {
+            name: _merged(name, tables[name], ray.get(actor.views.remote(name)), rollouts.get(name))
+            for name in names
+        }
     except Exception as exc:  # the actor is restarting or gone
         return {name: {"name": name, "error": f"router state unavailable: {exc}"} for name in routers or {}}
 
 
 def cluster_operation(app_name: str, operation: str, name: str, *args: Any) -> dict[str, Any]:
-    """Run `operation` ("set_weights", "switch", "switch_back") on router `name` of app `app_name`
-    through its state actor, and return the router's state (a blocking call)."""
+    """Run `operation` ("set_weights", "switch", "switch_back", "start_canary", "canary_action")
+    on router `name` of app `app_name` through its state actor, and return the router's state
+    (a blocking call)."""
     try:
         actor = ray.get_actor(actor_name(app_name), namespace=NAMESPACE)
     except ValueError:
@@ -185,11 +245,17 @@ def cluster_operation(app_name: str, operation: str, name: str, *args: Any) -> d
         table = ray.get(getattr(actor, operation).remote(name, *args))
     except Exception as exc:
         raise translate(exc, f"routers of {app_name}") from None
-    return _merged(name, table, ray.get(actor.views.remote(name)))
+    canary = cast(dict[str, Any] | None, ray.get(actor.rollout.remote(name)))
+    return _merged(name, table, ray.get(actor.views.remote(name)), canary)
 
 
-def _merged(name: str, table: RouterTable, views: list[dict[str, Any]]) -> dict[str, Any]:
+def _merged(
+    name: str, table: RouterTable, views: list[dict[str, Any]], canary: dict[str, Any] | None
+) -> dict[str, Any]:
     merged: dict[str, Any] = merge_views(views) if views else {"name": name, "arms": {}}
+    merged.pop("ab_state", None)
+    merged["ab"] = ab_report(list(merged["arms"]), [view["ab_state"] for view in views if "ab_state" in view])
+    merged["canary"] = canary
     merged.update(table.view())
     merged["applied_everywhere"] = all(view.get("version") == table.version for view in views)
     for arm, info in merged.get("arms", {}).items():
@@ -223,6 +289,8 @@ class RayRouters:
         }
         self._process = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._seen = 0
+        self._wanted: list[str] = []
+        self._pushed: dict[str, float] = {}
         self._actor: Any = None
         self._poller: asyncio.Task[None] | None = None
 
@@ -252,13 +320,31 @@ class RayRouters:
     async def poll(self) -> None:
         """Read the tables, push this process's views, credit outcomes posted since the last poll."""
         views = {name: router.view(self._tables[name]) for name, router in self.routers.items()}
-        tables, outcomes, seen = await self._remote("sync", self._process, views, self._seen)
+        samples = self._samples_to_push()
+        tables, outcomes, seen, wanted = await self._remote("sync", self._process, views, self._seen, samples)
         self._tables.update(tables)
         self._seen = seen
+        self._wanted = wanted
         for router_name, request_id, outcome, value in outcomes:
             for name, router in self.routers.items():
                 if router_name in (None, name) and router.evidence.arm_of(request_id) is not None:
                     router.evidence.record_outcome(request_id, outcome, value)
+
+    def _samples_to_push(self) -> dict[str, list[SampleRow]]:
+        """The calls each router with a canary finished since the last push (at most `PUSH_SAMPLES`)."""
+        now = time.perf_counter()  # the clock of the routers' samples
+        pushed: dict[str, list[SampleRow]] = {}
+        for name in self._wanted:
+            router = self.routers.get(name)
+            if router is None:
+                continue
+            since = self._pushed.get(name, now)
+            fresh = [s for s in router.evidence.samples(since=since, shadow=False) if s.at > since]
+            self._pushed[name] = max((s.at for s in fresh), default=since)
+            if len(fresh) > PUSH_SAMPLES:
+                fresh = fresh[:: -(-len(fresh) // PUSH_SAMPLES)]
+            pushed[name] = [(s.arm, s.ok, s.latency_s, now - s.at, s.output) for s in fresh]
+        return pushed
 
     # -- RouterOperations -------------------------------------------------------------------
     def router_names(self) -> list[str]:
@@ -307,13 +393,36 @@ class RayRouters:
         await self._remote("post_outcome", name, request_id, outcome, float(value))
         return {"request_id": request_id, "outcome": outcome, "credited": "queued"}
 
+    async def rollout_view(self, name: str | None = None) -> dict[str, Any]:
+        """Router `name`'s canary status (`NotFoundError` without one), or every canary's."""
+        if name is None:
+            return {"rollouts": await self._remote("rollouts")}
+        self._known(name)
+        found: dict[str, Any] | None = await self._remote("rollout", name)
+        if found is None:
+            raise no_canary(name)
+        return dict(found)
+
+    async def start_canary(self, name: str, canary: Canary | Mapping[str, Any]) -> dict[str, Any]:
+        """Start a canary on router `name` on the actor; its status."""
+        self._known(name)
+        body = canary if isinstance(canary, Canary) else dict(canary)
+        self._tables[name] = await self._remote("start_canary", name, body)
+        return await self.rollout_view(name)
+
+    async def canary_action(self, name: str, action: str, full: bool = False) -> dict[str, Any]:
+        """An operator's action on router `name`'s canary, on the actor; its status."""
+        self._known(name)
+        self._tables[name] = await self._remote("canary_action", name, action, full)
+        return await self.rollout_view(name)
+
     async def _view(self, name: str) -> dict[str, Any]:
         self._known(name)
         table = (await self._remote("tables"))[name]
         self._tables[name] = table
         views = await self._remote("views", name)
         local = [self.routers[name].view(table)] if name in self.routers else []
-        return _merged(name, table, views or local)
+        return _merged(name, table, views or local, await self._remote("rollout", name))
 
     def _known(self, name: str) -> RouterNode:
         node = self._nodes.get(name)
