@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator
 from typing import Any, Protocol
 
 from servekit._replica.sync_calls import note_blocking_wait
@@ -287,6 +287,10 @@ async def _resolved_stream(
         yield chunk
 
 
+Submitter = Callable[[tuple[str, str, tuple[Any, ...], dict[str, Any]]], Any]
+"""Stores a call (deployment, method, args, kwargs) as an async job and returns its `Job`."""
+
+
 class _MethodCaller:
     __slots__ = ("_handle", "_method")
 
@@ -297,6 +301,10 @@ class _MethodCaller:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._handle._invoke(self._method, args, kwargs)
 
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the call as a durable async job; returns a `Job` (`job.status()`, `await job`)."""
+        return self._handle._submit(self._method, args, kwargs)
+
 
 class DeploymentHandle:
     """Calls one deployment of a running app: `handle.method(x)`, or `handle(x)` for `__call__`.
@@ -305,10 +313,11 @@ class DeploymentHandle:
     `DeploymentResponse`, or a `DeploymentResponseGenerator` for generator methods.
     """
 
-    def __init__(self, dispatcher: Dispatcher, deployment: str) -> None:
+    def __init__(self, dispatcher: Dispatcher, deployment: str, submitter: Submitter | None = None) -> None:
         self._dispatcher = dispatcher
         self._deployment = deployment
         self._streaming: dict[str, bool] = {}
+        self._submitter = submitter
 
     @property
     def deployment_name(self) -> str:
@@ -336,6 +345,14 @@ class DeploymentHandle:
             self._streaming[method] = streaming
         kind = DeploymentResponseGenerator if streaming else DeploymentResponse
         return kind(self._dispatcher, self._deployment, method, args, kwargs)
+
+    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._submitter is None:
+            raise RuntimeError(
+                "submit() works on the handles servekit.run() and servekit.serve() return "
+                "(and their get_handle()), whose app keeps the job store"
+            )
+        return self._submitter((self._deployment, method, args, kwargs))
 
     def __repr__(self) -> str:
         return f"DeploymentHandle(deployment={self._deployment!r})"
