@@ -10,6 +10,7 @@ from servekit._http.server import Server, serve
 from servekit._replica.autoscaling import MetricsSample, PolicyInput
 from servekit._replica.batching import batch
 from servekit._replica.context import ReplicaContext, replica_context
+from servekit._replica.jobs.context import JobContext, job_context
 from servekit._replica.sync_calls import inline, threaded
 from servekit._runtime.app import AppHandle, run
 from servekit._runtime.handle import (
@@ -17,11 +18,13 @@ from servekit._runtime.handle import (
     DeploymentResponse,
     DeploymentResponseGenerator,
 )
+from servekit._runtime.jobs import Job
 from servekit._runtime.options import RunOptions
 from servekit._spec.canary import Canary
 from servekit._spec.config import Autoscaling, BatchOptions, DeploymentConfig, DeploymentOptions, Resources
 from servekit._spec.deployment import Application, Deployment, deployment
 from servekit._spec.endpoint import endpoint, idempotent, ingress
+from servekit._spec.jobs import JobOptions
 from servekit._version import __version__
 from servekit.errors import DeploymentOptionError, GraphError, ServekitError
 
@@ -39,6 +42,9 @@ __all__ = [
     "DeploymentResponse",
     "DeploymentResponseGenerator",
     "GraphError",
+    "Job",
+    "JobContext",
+    "JobOptions",
     "MetricsSample",
     "PolicyInput",
     "ReplicaContext",
@@ -55,6 +61,7 @@ __all__ = [
     "idempotent",
     "ingress",
     "inline",
+    "job_context",
     "replica_context",
     "run",
     "serve",

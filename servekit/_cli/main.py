@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate request bodies strictly (no coercion of '1' or false into numbers) by default",
     )
+    serve.add_argument(
+        "--data-dir",
+        default=None,
+        help="where async jobs are kept: a directory (SQLite) or a postgresql:// URL (default: memory)",
+    )
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="413 above this")
     serve.add_argument(
         "--grace-period",
@@ -136,6 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
             start_timeout_s=args.start_timeout,
             wait_for_nodes=args.wait_for_nodes,
             loop=args.loop,
+            data_dir=args.data_dir,
         )
     except ServekitError as exc:
         print(f"servekit: error: {exc}", file=sys.stderr)
@@ -169,7 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
     for methods, path in server.routes:
         print(f"  {methods:<8} {server.url}{path}", file=sys.stderr)
     print(
-        "  built-in: /healthz /readyz /-/status /openapi.json  (Ctrl-C to stop)",
+        "  built-in: /healthz /readyz /-/status /-/jobs /openapi.json  (Ctrl-C to stop)",
         file=sys.stderr,
         flush=True,
     )
