@@ -109,7 +109,7 @@ def postgres_server() -> Iterator[str]:
 @pytest.fixture
 def postgres_url(postgres_server: str) -> str:
     """The URL of a new, empty database on the test PostgreSQL server."""
-    import psycopg  # noqa: PLC0415 (the postgres extra)
+    import psycopg
 
     name = f"t{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_server, autocommit=True) as connection:

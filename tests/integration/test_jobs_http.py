@@ -37,8 +37,7 @@ class Gated:
         STARTED.append(name)
         sk.job_context().progress(0.25)
         try:
-            while not GATE.is_set():
-                await asyncio.sleep(0.01)
+            await asyncio.to_thread(GATE.wait, 30)
         except asyncio.CancelledError:
             CANCELLED.append(name)
             raise
@@ -106,7 +105,8 @@ def test_async_endpoint_answers_202_then_status_progress_and_result(
     status = client.get(gated.url + location).json()
     assert status["state"] == "succeeded"
     assert status["attempts"] == 1
-    assert status["started_at"] and status["finished_at"]
+    assert status["started_at"] is not None
+    assert status["finished_at"] is not None
     assert client.get(gated.url + location + "/result").json() == {"name": "a", "attempt": 1}
     assert client.get(gated.url + "/-/jobs/no-such-job").status_code == 404
     assert client.get(gated.url + "/-/jobs/no-such-job/result").status_code == 404
@@ -225,7 +225,7 @@ def test_idempotency_key_and_paginated_listing(
 class _Receiver(http.server.BaseHTTPRequestHandler):
     """Fails the first delivery with 500, accepts the rest; keeps what it got."""
 
-    received: list[tuple[dict[str, str], bytes]] = []  # noqa: RUF012
+    received: list[tuple[dict[str, str], bytes]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
@@ -280,16 +280,22 @@ class Worker:
 
 
 async def test_python_submit_and_http_jobs_run_on_process_replicas(
-    serve_app: Callable[..., sk.Server], client: httpx.Client, await_until: Callable[..., Any]
+    serve_app: Callable[..., sk.Server],
+    async_client: httpx.AsyncClient,
+    client: httpx.Client,
+    await_until: Callable[..., Any],
 ) -> None:
     server = serve_app(Worker.bind())
     job = server.handle.double.submit(21)
     assert await job == 42
-    assert job.status()["state"] == "succeeded"
-    location = client.post(server.url + "/double", params={"x": 4}).headers["location"]
+    location = (await async_client.post(server.url + "/double", params={"x": 4})).headers["location"]
+    status = await async_client.get(server.url + f"/-/jobs/{job.id}")
+    assert status.json()["state"] == "succeeded"
+    assert (await async_client.get(server.url + f"/-/jobs/{job.id}/result")).json() == 42
+    waited = server.handle.double_endpoint.submit(4)  # the endpoint's method, from Python
+    assert await waited == {"double": 8}
     await await_until(lambda: _state(client, server, location) == "succeeded", "the HTTP job")
-    assert client.get(server.url + location + "/result").json() == {"double": 8}
-    assert client.get(server.url + f"/-/jobs/{job.id}/result").json() == 42
+    assert (await async_client.get(server.url + location + "/result")).json() == {"double": 8}
 
 
 def test_a_data_dir_that_cannot_be_made_is_reported_at_start(tmp_path: Path) -> None:

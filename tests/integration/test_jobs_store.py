@@ -103,7 +103,7 @@ def test_a_full_queue_refuses_and_stores_nothing(store: JobStore) -> None:
 
 
 def test_an_idempotency_key_gives_back_the_same_job(store: JobStore) -> None:
-    first, created = store.submit(job("x", idempotency_key="k"), now=1.0)
+    _, created = store.submit(job("x", idempotency_key="k"), now=1.0)
     again, created_again = store.submit(job("y", idempotency_key="k"), now=2.0)
     assert (again.id, created, created_again) == ("x", True, False)
 
