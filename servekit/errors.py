@@ -20,6 +20,7 @@ ServekitError                      500  base of everything servekit raises
 │   └── JobQueueFullError          503  an endpoint's async job queue is full; nothing was stored
 ├── JobStoreError                  -    the job store cannot be used (read-only, disk full, bad URL)
 ├── JobFailedError                 -    an awaited job failed (carries its error object) or was cancelled
+├── BatchAbortedError              -    batch scoring stopped: more failed rows than max_failures
 ├── DeploymentUnavailableError     503  no replica can take the request (stopped, not started)
 │   └── ReplicaDiedError           503  the replica serving the request died (crash, kill -9)
 └── RequestTimeoutError            504  request_timeout_s elapsed; the work was cancelled
@@ -236,6 +237,12 @@ class JobFailedError(ServekitError):
         return {**super().to_dict(), "job_error": self.error}
 
 
+class BatchAbortedError(ServekitError):
+    """Batch scoring stopped because more rows failed than `max_failures`; finished chunks are kept."""
+
+    error_type = "batch_aborted"
+
+
 class DeploymentUnavailableError(ServekitError):
     """The deployment has no replica that can take the request (stopped or shutting down)."""
 
@@ -261,6 +268,7 @@ class RequestTimeoutError(ServekitError, TimeoutError):
 
 __all__ = [
     "BadRequestError",
+    "BatchAbortedError",
     "DeploymentOptionError",
     "DeploymentStartError",
     "DeploymentUnavailableError",
