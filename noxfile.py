@@ -14,7 +14,7 @@ TORCH = "torch==2.13.0"  # the CPU build; any other spec may pull a multi-GB CUD
 def tests(session: nox.Session) -> None:
     """Unit and integration tests with a coverage gate (the PostgreSQL ones run in `postgres`)."""
     session.install(TORCH)
-    session.install("-e", ".[test,fast,ray]")
+    session.install("-e", ".[test,fast,ray,batch,ray-data]")
     session.run("python", "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3")
     session.run("coverage", "run", "-m", "pytest", "-m", "not postgres", *session.posargs)
     session.run("coverage", "combine", success_codes=[0, 1])
@@ -39,7 +39,7 @@ def smoke(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) on everything, mypy --strict on the package, the docs build."""
-    session.install("-e", ".[lint,docs,ray]")  # Ray's types: the Ray backend is checked against them
+    session.install("-e", ".[lint,docs,ray,batch,postgres]")  # Ray's types: the Ray backend is checked against them
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")

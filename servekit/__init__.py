@@ -13,6 +13,7 @@ from servekit._replica.context import ReplicaContext, replica_context
 from servekit._replica.jobs.context import JobContext, job_context
 from servekit._replica.sync_calls import inline, threaded
 from servekit._runtime.app import AppHandle, run
+from servekit._runtime.batch.runner import BatchReport, batch_score
 from servekit._runtime.handle import (
     DeploymentHandle,
     DeploymentResponse,
@@ -33,6 +34,7 @@ __all__ = [
     "Application",
     "Autoscaling",
     "BatchOptions",
+    "BatchReport",
     "Canary",
     "Deployment",
     "DeploymentConfig",
@@ -54,6 +56,7 @@ __all__ = [
     "Server",
     "__version__",
     "batch",
+    "batch_score",
     "deployment",
     "deployment_instance",
     "endpoint",

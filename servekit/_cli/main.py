@@ -1,4 +1,4 @@
-"""`servekit` command: `servekit serve TARGET`, `servekit status`, `servekit --version`."""
+"""`servekit` command: `servekit serve TARGET`, `servekit batch TARGET`, `servekit status`, `--version`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
+from servekit._cli import batch as batch_command
 from servekit._cli.target import TargetError, load_app
 from servekit._version import __version__
 from servekit.errors import ServekitError
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    batch_command.add_parser(commands)
     status = commands.add_parser("status", help="show an app's deployments and replicas")
     where = status.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a servekit server, like http://127.0.0.1:8000 (reads /-/status)")
@@ -109,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "status":
         return _status(args)
+    if args.command == "batch":
+        logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return batch_command.run(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

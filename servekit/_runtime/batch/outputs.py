@@ -79,7 +79,10 @@ class Checkpoint:
     def failures(self, chunk: int) -> int:
         """How many rows of finished chunk `chunk` failed."""
         path = self._errors(chunk)
-        return sum(1 for _ in path.open("rb")) if path.exists() else 0
+        if not path.exists():
+            return 0
+        with path.open("rb") as lines:
+            return sum(1 for _ in lines)
 
     def write(self, chunk: int, rows: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
         """Record chunk `chunk`: its errors first, then its rows (which mark it done)."""
