@@ -63,7 +63,9 @@ def test_a_model_parameter_takes_the_columns_and_csv_in_jsonl_out(tmp_path: Path
 
 def test_bad_settings_are_refused_before_any_work(tmp_path: Path) -> None:
     source = write_parquet(tmp_path / "in.parquet", 3)
-    with pytest.raises(sk.DeploymentOptionError, match=r"needs \['text', 'stars'\], which no input column gives"):
+    with pytest.raises(
+        sk.DeploymentOptionError, match=r"needs \['text', 'stars'\], which no input column gives"
+    ):
         sk.batch_score(app, source, tmp_path / "out.jsonl", endpoint="/review", progress=False)
     with pytest.raises(sk.DeploymentOptionError, match=r"--map names input columns \['nope'\]"):
         sk.batch_score(app, source, tmp_path / "out.jsonl", endpoint="/score", mapping={"nope": "x"})

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
+from ray import cloudpickle as ray_cloudpickle
 
 from servekit._replica.context import ReplicaContext
 from servekit._replica.replica import Replica
@@ -22,7 +23,8 @@ from servekit._runtime.batch.calls import CallPlan, output_row
 from servekit._runtime.batch.inputs import input_format
 from servekit._runtime.batch.outputs import output_format
 from servekit._runtime.loop_thread import LoopThread
-from servekit._spec.graph import AppGraph
+from servekit._runtime.ray.ship import by_value, user_modules
+from servekit._spec.graph import AppGraph, DeploymentNode
 from servekit.errors import DeploymentOptionError
 
 if TYPE_CHECKING:
@@ -32,9 +34,8 @@ if TYPE_CHECKING:
 class RowScorer:
     """One Ray Data actor: a replica of the ingress class scoring whole batches of rows."""
 
-    def __init__(self, node_blob: bytes, plan: CallPlan, gpus: float) -> None:
-        node = cloudpickle.loads(node_blob)
-        self.plan = plan
+    def __init__(self, blob: bytes, gpus: float) -> None:
+        node, self.plan = cloudpickle.loads(blob)
         self.thread = LoopThread(f"servekit-batch-{node.name}")
         context = ReplicaContext(node.name, f"{node.name}#batch", "cuda:0" if gpus > 0 else "cpu")
         config = node.deployment.config
@@ -88,7 +89,7 @@ def score_dataset(graph: AppGraph, job: BatchJob, address: str | None) -> BatchR
         pool = job.replicas if job.replicas > 1 else _pool_size(config)
         scored = dataset.map_batches(
             RowScorer,
-            fn_constructor_args=(cloudpickle.dumps(node), job.plan, config.resources.gpus),
+            fn_constructor_args=(_pack(node, job.plan), config.resources.gpus),
             batch_size=job.batch_size,
             batch_format="pandas",
             concurrency=pool,
@@ -102,6 +103,13 @@ def score_dataset(graph: AppGraph, job: BatchJob, address: str | None) -> BatchR
         if own_ray:
             ray.shutdown()
     return BatchReport(str(job.output), "(the error column)", rows, rows, 0, 0, time.monotonic() - started)
+
+
+def _pack(node: DeploymentNode, plan: CallPlan) -> bytes:
+    """The ingress node and the call plan, with the user's modules pickled by value (as for Serve)."""
+    with by_value(ray_cloudpickle, user_modules([node])):
+        blob: bytes = ray_cloudpickle.dumps((node, plan))  # type: ignore[no-untyped-call]
+    return blob
 
 
 def _pool_size(config: Any) -> int:
