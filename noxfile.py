@@ -39,7 +39,8 @@ def smoke(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) on everything, mypy --strict on the package, the docs build."""
-    session.install("-e", ".[lint,docs,ray,batch,postgres]")  # Ray's types: the Ray backend is checked against them
+    # Ray's and psycopg's types: the Ray backend and the PostgreSQL store are checked against them
+    session.install("-e", ".[lint,docs,ray,batch,postgres]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
