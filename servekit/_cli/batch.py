@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     except (TargetError, ServekitError, OSError, ImportError) as exc:
         print(f"servekit: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\nservekit: interrupted; finished chunks are kept: run again with --resume", file=sys.stderr)
+        return 130
     resumed = f", {report.chunks_skipped} chunks already done" if report.chunks_skipped else ""
     print(
         f"servekit: scored {report.rows} rows in {report.seconds:.1f} s: {report.succeeded} to "

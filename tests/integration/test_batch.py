@@ -145,3 +145,21 @@ def test_an_interrupted_run_resumes_to_the_same_output_as_an_uninterrupted_one(
     assert f"{len(done_before)} chunks already done" in log
     assert pq.read_table(tmp_path / "resumed.parquet").equals(pq.read_table(tmp_path / "whole.parquet"))
     assert (tmp_path / "resumed.errors.jsonl").read_bytes() == (tmp_path / "whole.errors.jsonl").read_bytes()
+
+
+def test_the_batch_example_scores_with_the_classifier_and_resumes(tmp_path: Path) -> None:
+    root = SOURCE_TREE
+    done = subprocess.run(
+        [sys.executable, "examples/batch/run.py", "--rows", "4000", "--workdir", str(tmp_path)],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(SOURCE_TREE)}, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "interrupted (exit code 130); resuming:" in done.stdout
+    assert "chunks already done" in done.stderr
+    assert "row/s" in done.stderr  # the progress bar
+    counts = dict(
+        line.split(": ") for line in done.stdout.splitlines() if ": " in line and "exit" not in line
+    )
+    assert set(counts) == {"statement", "question", "exclamation"}
+    assert sum(int(n) for n in counts.values()) == 4000

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -174,13 +175,25 @@ def _score_locally(graph: AppGraph, job: BatchJob, resume: bool, gpus: str | Non
             for name in graph.nodes:
                 running.thread.run(running.runtime.scale(name, job.replicas))
         scorer = _Scorer(running, job, checkpoint)
-        chunks = running.thread.run(scorer.run())
+        chunks = _run_to_end(running, scorer)
     finally:
         running.stop(5)
     checkpoint.merge(chunks)
     rows = scorer.succeeded + scorer.failed
     return BatchReport(str(job.output), str(errors_path(job.output)), rows, scorer.succeeded, scorer.failed,
                        scorer.skipped, time.monotonic() - started)  # fmt: skip
+
+
+def _run_to_end(running: RunningApp, scorer: _Scorer) -> int:
+    """Run `scorer` on the app's loop; interrupted (Ctrl-C), it stops before the app does, so no
+    chunk is written with the errors of calls cut short by the shutdown."""
+    future = asyncio.run_coroutine_threadsafe(scorer.run(), running.thread.loop)
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()
+        scorer.stopped.wait(30)
+        raise
 
 
 class _Scorer:
@@ -194,6 +207,7 @@ class _Scorer:
         self.failed = 0
         self.skipped = 0
         self.bar: Any = None
+        self.stopped = threading.Event()
 
     async def run(self) -> int:
         from tqdm import tqdm  # noqa: PLC0415
@@ -223,6 +237,7 @@ class _Scorer:
                 pending.cancel()
             await asyncio.gather(*(pending for _, pending in window), return_exceptions=True)
             self.bar.close()
+            self.stopped.set()
         return index
 
     def _skip(self, index: int, rows: int) -> None:
