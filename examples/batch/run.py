@@ -51,7 +51,9 @@ def interrupt_at_half(source: Path, output: Path, rows: int) -> None:
     half = max(1, rows // CHUNK_ROWS // 2)
     process = subprocess.Popen(batch_command(source, output, "--overwrite"), cwd=ROOT)
     deadline = time.monotonic() + 300
-    while len(list(parts.glob("*.parquet"))) < half and process.poll() is None and time.monotonic() < deadline:
+    while len(list(parts.glob("*.parquet"))) < half and process.poll() is None:
+        if time.monotonic() > deadline:
+            break
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     print(f"\ninterrupted (exit code {process.wait(timeout=60)}); resuming:", flush=True)
