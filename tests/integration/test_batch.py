@@ -90,6 +90,15 @@ def test_too_many_failures_stop_the_run_and_resume_finishes_it(tmp_path: Path) -
     assert len(output.read_text().splitlines()) == 30
 
 
+def test_a_batched_method_gets_whole_batches_and_a_failing_item_fails_alone(tmp_path: Path) -> None:
+    source = write_parquet(tmp_path / "in.parquet", 100)
+    report = sk.batch_score(app, source, tmp_path / "out.jsonl", method="double", mapping={"x": "xs"},
+                            batch_size=16, progress=False)  # fmt: skip
+    assert (report.succeeded, report.failed) == (100, 0)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows == [{"row": i, "y": 2.0 * i} for i in range(100)]
+
+
 def test_process_replicas_score_a_parquet_file(tmp_path: Path) -> None:
     source = write_parquet(tmp_path / "in.parquet", 500)
     report = sk.batch_score(
@@ -104,16 +113,7 @@ def test_process_replicas_score_a_parquet_file(tmp_path: Path) -> None:
 def _cli(*args: str, tmp_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(SOURCE_TREE)}
     log = (tmp_path / "cli.log").open("ab")
-    command = [
-        sys.executable,
-        "-m",
-        "servekit",
-        "batch",
-        "apps/scoring_app.py:app",
-        "--endpoint",
-        "/score",
-        *args,
-    ]
+    command = [sys.executable, "-m", "servekit", "batch", "apps/scoring_app.py:app", *args]
     process = subprocess.Popen(
         command, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -125,7 +125,8 @@ def test_an_interrupted_run_resumes_to_the_same_output_as_an_uninterrupted_one(
     tmp_path: Path, wait_until: Callable[..., None]
 ) -> None:
     source = write_parquet(tmp_path / "in.parquet", 100_000)
-    common = ("--input", str(source), "--chunk-rows", "5000", "--no-progress")
+    common = ("--input", str(source), "--method", "double", "--map", "x=xs", "--batch-size", "8",
+              "--chunk-rows", "5000", "--no-progress")  # fmt: skip
     whole = _cli(*common, "--output", str(tmp_path / "whole.parquet"), tmp_path=tmp_path)
     assert whole.wait(timeout=120) == 0, (tmp_path / "cli.log").read_text()
     interrupted = _cli(*common, "--output", str(tmp_path / "resumed.parquet"), tmp_path=tmp_path)

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -23,6 +23,7 @@ from servekit._runtime.backends import get_backend
 from servekit._runtime.batch.calls import CallPlan, output_row, plan_calls
 from servekit._runtime.batch.inputs import Malformed, Row, columns, count_rows, input_format, read_chunks
 from servekit._runtime.batch.outputs import Checkpoint, errors_path, output_format, parts_dir
+from servekit._runtime.batch.whole_batches import SCORE_ROWS, batched_method, with_whole_batches
 from servekit._runtime.options import run_options
 from servekit._spec.deployment import Application
 from servekit._spec.graph import AppGraph, build_graph
@@ -169,12 +170,13 @@ def _score_locally(graph: AppGraph, job: BatchJob, resume: bool, gpus: str | Non
     checkpoint = Checkpoint(job.output, manifest)
     checkpoint.start(resume)
     options = run_options(isolation="process" if job.replicas > 1 else None, gpus=gpus)
-    running = RunningApp.start(graph, options)
+    whole = batched_method(graph, job.plan.method) and job.plan.model is None and len(job.plan.fields) == 1
+    running = RunningApp.start(with_whole_batches(graph, job.plan.method) if whole else graph, options)
     try:
         if job.replicas > 1:
             for name in graph.nodes:
                 running.thread.run(running.runtime.scale(name, job.replicas))
-        scorer = _Scorer(running, job, checkpoint)
+        scorer = _Scorer(running, job, checkpoint, whole)
         chunks = _run_to_end(running, scorer)
     finally:
         running.stop(5)
@@ -199,10 +201,12 @@ def _run_to_end(running: RunningApp, scorer: _Scorer) -> int:
 class _Scorer:
     """Scores chunks on the app's loop, two in flight, writing each in order as it completes."""
 
-    def __init__(self, running: RunningApp, job: BatchJob, checkpoint: Checkpoint) -> None:
+    def __init__(self, running: RunningApp, job: BatchJob, checkpoint: Checkpoint, whole: bool) -> None:
         self.job = job
         self.checkpoint = checkpoint
-        self.caller = running.runtime.handle().method(job.plan.method)
+        self.whole = whole
+        """Whether rows go `batch_size` at a time to `SCORE_ROWS` (an `@sk.batch` method's function)."""
+        self.caller = running.runtime.handle().method(SCORE_ROWS if whole else job.plan.method)
         self.succeeded = 0
         self.failed = 0
         self.skipped = 0
@@ -215,7 +219,8 @@ class _Scorer:
         total = await asyncio.to_thread(count_rows, self.job.input)
         self.bar = tqdm(total=total, unit="row", disable=not self.job.progress, file=sys.stderr,
                         desc=self.job.output.name, smoothing=0.05, dynamic_ncols=True)  # fmt: skip
-        self.limit = asyncio.Semaphore(self.job.replicas * self.job.batch_size * 2)
+        in_flight = self.job.replicas * 2 if self.whole else self.job.replicas * self.job.batch_size * 2
+        self.limit = asyncio.Semaphore(in_flight)
         window: deque[tuple[int, asyncio.Future[list[Any]]]] = deque()
         chunks = read_chunks(self.job.input, self.job.chunk_rows)
         index = 0
@@ -224,9 +229,7 @@ class _Scorer:
                 if self.checkpoint.done(index):
                     self._skip(index, len(rows))
                 else:
-                    first = index * self.job.chunk_rows
-                    calls = (self._one(first + k, row) for k, row in enumerate(rows))
-                    window.append((index, asyncio.gather(*calls)))
+                    window.append((index, self._chunk(index * self.job.chunk_rows, rows)))
                 index += 1
                 while len(window) >= 2:
                     await self._write(*window.popleft())
@@ -247,6 +250,45 @@ class _Scorer:
         self.succeeded += rows - failed
         self.bar.update(rows)
 
+    def _chunk(self, first: int, rows: list[Row]) -> asyncio.Future[list[Any]]:
+        """The outcomes of a chunk's rows, in order: one call per row, or per group of rows."""
+        if not self.whole:
+            return asyncio.gather(*(self._one(first + k, row) for k, row in enumerate(rows)))
+        size = self.job.batch_size
+        groups = [
+            self._group(first + start, rows[start : start + size]) for start in range(0, len(rows), size)
+        ]
+        return asyncio.ensure_future(_flattened(asyncio.gather(*groups)))
+
+    async def _group(
+        self, first: int, rows: list[Row]
+    ) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        outcomes: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = [(None, None)] * len(rows)
+        items, places = [], []
+        for k, row in enumerate(rows):
+            if isinstance(row, Malformed):
+                outcomes[k] = (None, {"row": first + k, "error": "malformed_row", "message": row.reason})
+                continue
+            try:
+                items.append(next(iter(self.job.plan.arguments(row).values())))
+            except Exception as exc:
+                outcomes[k] = (None, _error(first + k, exc))
+                continue
+            places.append(k)
+        if items:
+            async with self.limit:
+                try:
+                    results = await self.caller(items)
+                except Exception as exc:
+                    results = [exc] * len(items)
+            for k, result in zip(places, results, strict=True):
+                failed = isinstance(result, Exception)
+                outcomes[k] = (
+                    (None, _error(first + k, result)) if failed else (output_row(first + k, result), None)
+                )
+        self.bar.update(len(rows))
+        return outcomes
+
     async def _one(self, index: int, row: Row) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         if isinstance(row, Malformed):
             self.bar.update(1)
@@ -256,7 +298,7 @@ class _Scorer:
                 result = await self.caller(**self.job.plan.arguments(row))
             except Exception as exc:
                 self.bar.update(1)
-                return None, {"row": index, "error": type(exc).__name__, "message": str(exc)}
+                return None, _error(index, exc)
         self.bar.update(1)
         return output_row(index, result), None
 
@@ -272,3 +314,11 @@ class _Scorer:
                 f"{self.failed} rows failed, more than max_failures={self.job.max_failures}; see "
                 f"{str(self.checkpoint.folder)!r} for the finished chunks' errors, fix the cause and --resume"
             )
+
+
+def _error(index: int, exc: BaseException) -> dict[str, Any]:
+    return {"row": index, "error": type(exc).__name__, "message": str(exc)}
+
+
+async def _flattened(groups: Awaitable[list[list[Any]]]) -> list[Any]:
+    return [outcome for group in await groups for outcome in group]
