@@ -106,6 +106,7 @@ def job_overhead(requests: int, data_dir: str | None) -> dict[str, float]:
 
 def render(results: dict[str, Any]) -> str:
     machine, batch, jobs = results["machine"], results["batch"], results["jobs"]
+    ratios = batch["rounds"]["ratio"]
     lines = [
         f"# Serving modes: batch scoring and async jobs ({machine['date']})",
         "",
@@ -121,8 +122,10 @@ def render(results: dict[str, Any]) -> str:
         f"| {batch['run']['rows_per_s']:.0f} |",
         f"| ratio (goal >= 0.9) | **{batch['ratio']:.2f}** |",
         "",
-        "Best of alternated rounds. `@sk.batch` methods get whole batches of `--batch-size` rows per "
-        "call (see docs/batch-scoring.md); a method that is not batched is called once per row.",
+        "The median round's figures; each round's capacity is the mean of measurements just before and "
+        f"after its batch run. Every round's ratio: {', '.join(f'{r:.2f}' for r in ratios)}. "
+        "`@sk.batch` methods get whole batches of `--batch-size` rows per call (see docs/batch-scoring.md); "
+        "a method that is not batched is called once per row.",
         "",
         "## Async-job submission overhead (median ms, sequential requests)",
         "",
@@ -146,12 +149,15 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or RESULTS / f"{time.strftime('%Y-%m-%d')}-{host_tag()}-jobs"
     with tempfile.TemporaryDirectory() as folder:
-        capacities, runs = [], []
-        for _ in range(args.rounds):  # alternated, best of each: the machine may be shared
-            capacities.append(model_capacity(args.capacity_seconds))
+        capacities, runs, ratios = [], [], []
+        for _ in range(args.rounds):  # each run between two capacity measurements: the machine may be shared
+            before = model_capacity(args.capacity_seconds)
             runs.append(batch_throughput(args.rows, Path(folder)))
-        capacity = max(capacities)
-        run = max(runs, key=lambda r: r["rows_per_s"])
+            after = model_capacity(args.capacity_seconds)
+            capacities.append((before + after) / 2)
+            ratios.append(runs[-1]["rows_per_s"] / capacities[-1])
+        middle = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
+        capacity, run = capacities[middle], runs[middle]
         jobs = {
             "memory": job_overhead(args.requests, None),
             "sqlite (--data-dir)": job_overhead(args.requests, str(Path(folder) / "data")),
@@ -163,7 +169,11 @@ def main() -> None:
             "model_capacity_rows_per_s": capacity,
             "run": run,
             "ratio": run["rows_per_s"] / capacity,
-            "rounds": {"capacity": capacities, "batch_score": [r["rows_per_s"] for r in runs]},
+            "rounds": {
+                "capacity": capacities,
+                "batch_score": [r["rows_per_s"] for r in runs],
+                "ratio": ratios,
+            },
         },
         "jobs": jobs,
     }
