@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -23,10 +25,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def postgres(session: nox.Session) -> None:
-    """The tests marked `postgres`, against a PostgreSQL server their fixture starts from Debian's
-    package (installed with apt-get when missing; as root the server runs as the postgres user)."""
+    """The tests marked `postgres` (the job store's, in tests/integration/test_jobs_*.py), against a
+    PostgreSQL server their fixture starts from Debian's package (installed with apt-get when
+    missing; as root the server runs as the postgres user)."""
     session.install("-e", ".[test,postgres]")
-    session.run("pytest", "-m", "postgres", *session.posargs)
+    files = sorted(str(path) for path in Path("tests/integration").glob("test_jobs_*.py"))
+    session.run("pytest", "-m", "postgres", *files, *session.posargs)
 
 
 @nox.session(python="3.11")
