@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     except (TargetError, ServekitError, OSError, ImportError) as exc:
         print(f"servekit: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # an unreadable input (pyarrow's errors), say: one line, no traceback
+        print(f"servekit: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nservekit: interrupted; finished chunks are kept: run again with --resume", file=sys.stderr)
         return 130

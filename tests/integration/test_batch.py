@@ -54,11 +54,18 @@ def test_scores_in_input_order_with_failed_and_malformed_rows_in_the_errors_file
 
 def test_a_model_parameter_takes_the_columns_and_csv_in_jsonl_out(tmp_path: Path) -> None:
     source = tmp_path / "reviews.csv"
-    source.write_text("body,stars\nlovely,5\nmeh,2\n")
-    sk.batch_score(app, source, tmp_path / "out.jsonl", endpoint="/review", mapping={"body": "text"},
-                   progress=False)  # fmt: skip
+    source.write_text("body,stars\nlovely,5\nmeh,2\ntoo,many,fields\n")
+    report = sk.batch_score(app, source, tmp_path / "out.jsonl", endpoint="/review", mapping={"body": "text"},
+                            progress=False)  # fmt: skip
+    assert (report.succeeded, report.failed) == (2, 1)
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert rows == [{"row": 0, "length": 6, "good": True}, {"row": 1, "length": 3, "good": False}]
+    assert rows == [{"row": 1, "length": 6, "good": True}, {"row": 2, "length": 3, "good": False}]
+    (error,) = [json.loads(line) for line in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+    assert error == {
+        "row": 0,
+        "error": "malformed_row",
+        "message": "a line has 3 fields, not 2: 'too,many,fields'",
+    }
 
 
 def test_bad_settings_are_refused_before_any_work(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Read an input file as fixed-size chunks of rows (dicts), streaming: JSONL, CSV or Parquet.
 
-A JSONL line that is not a JSON object becomes a `Malformed` row (an errors-file entry), not a
-failure of the run. Chunk `i` always holds rows `i * chunk_rows` up to the next chunk, so a
-resumed run meets the same chunks.
+A JSONL line that is not a JSON object, or a CSV line with the wrong number of fields, becomes
+a `Malformed` row (an errors-file entry), not a failure of the run (a CSV one takes the place
+of the first row of the block pyarrow read it in). Chunk `i` always holds rows from
+`i * chunk_rows` up to the next chunk, so a resumed run meets the same chunks.
 """
 
 from __future__ import annotations
@@ -71,9 +72,7 @@ def columns(path: Path) -> list[str]:
 
         return list(pq.ParquetFile(path).schema_arrow.names)
     if kind == "csv":
-        import pyarrow.csv as pcsv  # noqa: PLC0415
-
-        return list(pcsv.open_csv(path).schema.names)
+        return list(_open_csv(path, lambda row: "skip").schema.names)
     for row in _jsonl_rows(path):
         return list(row) if isinstance(row, dict) else []
     return []
@@ -109,10 +108,25 @@ def _row_blocks(path: Path, block_rows: int) -> Iterator[list[Row]]:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=block_rows):
             yield list(batch.to_pylist())
         return
+    skipped: list[Row] = []
+
+    def skip(row: Any) -> str:
+        line = f"line {row.number}" if row.number is not None and row.number > 0 else "a line"
+        fields = f"{row.actual_columns} fields, not {row.expected_columns}"
+        skipped.append(Malformed(f"{line} has {fields}: {row.text!r}"))
+        return "skip"
+
+    for batch in _open_csv(path, skip):
+        rows: list[Row] = [*skipped, *batch.to_pylist()]  # a malformed line goes first in its block
+        skipped.clear()
+        yield rows
+    yield list(skipped)
+
+
+def _open_csv(path: Path, on_invalid: Any) -> Any:
     import pyarrow.csv as pcsv  # noqa: PLC0415
 
-    for batch in pcsv.open_csv(path):
-        yield list(batch.to_pylist())
+    return pcsv.open_csv(path, parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid))
 
 
 def _jsonl_rows(path: Path) -> Iterator[Row]:
