@@ -127,6 +127,12 @@ def _check(
 ) -> CallPlan:
     """The call plan, once the paths, sizes and columns are valid; raises naming the problem."""
     (source, target), (endpoint, method) = paths, chosen
+    try:
+        import pyarrow  # noqa: F401, PLC0415
+    except ImportError:
+        raise ImportError(
+            "batch scoring reads and writes files with pyarrow: pip install 'servekit[batch]'"
+        ) from None
     input_format(source)
     output_format(target)
     for name, value in sizes.items():
