@@ -1,25 +1,37 @@
-"""Quality gates: `nox -s lint smoke tests` (what CI runs), `nox -s docs`, `nox -s bundle_image`
+"""Quality gates: `nox -s lint smoke tests postgres` (what CI runs), `nox -s docs`, `nox -s bundle_image`
 (where a container engine is installed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["lint", "smoke", "tests"]
+nox.options.sessions = ["lint", "smoke", "tests", "postgres"]
 
 TORCH = "torch==2.13.0"  # the CPU build; any other spec may pull a multi-GB CUDA build
 
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """Unit and integration tests with a coverage gate."""
+    """Unit and integration tests with a coverage gate (the PostgreSQL ones run in `postgres`)."""
     session.install(TORCH)
-    session.install("-e", ".[test,fast,ray,build]")
+    session.install("-e", ".[test,fast,ray,build,batch,ray-data]")
     session.run("python", "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3")
-    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "run", "-m", "pytest", "-m", "not postgres", *session.posargs)
     session.run("coverage", "combine", success_codes=[0, 1])
     session.run("coverage", "report")
+
+
+@nox.session(python="3.11")
+def postgres(session: nox.Session) -> None:
+    """The tests marked `postgres` (the job store's, in tests/integration/test_jobs_*.py), against a
+    PostgreSQL server their fixture starts from Debian's package (installed with apt-get when
+    missing; as root the server runs as the postgres user)."""
+    session.install("-e", ".[test,postgres]")
+    files = sorted(str(path) for path in Path("tests/integration").glob("test_jobs_*.py"))
+    session.run("pytest", "-m", "postgres", *files, *session.posargs)
 
 
 @nox.session(python="3.11")
@@ -32,7 +44,8 @@ def smoke(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) on everything, mypy --strict on the package, the docs build."""
-    session.install("-e", ".[lint,docs,ray]")  # Ray's types: the Ray backend is checked against them
+    # Ray's and psycopg's types: the Ray backend and the PostgreSQL store are checked against them
+    session.install("-e", ".[lint,docs,ray,batch,postgres]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")

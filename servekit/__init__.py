@@ -11,21 +11,25 @@ from servekit._models import api as models
 from servekit._replica.autoscaling import MetricsSample, PolicyInput
 from servekit._replica.batching import batch
 from servekit._replica.context import ReplicaContext, replica_context
+from servekit._replica.jobs.context import JobContext, job_context
 from servekit._replica.multiplex import get_multiplexed_model_id, multiplexed
 from servekit._replica.request_context import RequestContext, current_request, record_outcome
 from servekit._replica.sync_calls import inline, threaded
 from servekit._runtime.app import AppHandle, run
+from servekit._runtime.batch.runner import BatchReport, batch_score
 from servekit._runtime.handle import (
     DeploymentHandle,
     DeploymentResponse,
     DeploymentResponseGenerator,
 )
+from servekit._runtime.jobs import Job
 from servekit._runtime.options import RunOptions
 from servekit._runtime.routing import RouterControl
 from servekit._spec.canary import Canary
 from servekit._spec.config import Autoscaling, BatchOptions, DeploymentConfig, DeploymentOptions, Resources
 from servekit._spec.deployment import Application, Deployment, deployment
 from servekit._spec.endpoint import endpoint, idempotent, ingress
+from servekit._spec.jobs import JobOptions
 from servekit._spec.models import ModelRef, model
 from servekit._spec.routing import Split, split
 from servekit._version import __version__
@@ -36,6 +40,7 @@ __all__ = [
     "Application",
     "Autoscaling",
     "BatchOptions",
+    "BatchReport",
     "Canary",
     "Deployment",
     "DeploymentConfig",
@@ -45,6 +50,9 @@ __all__ = [
     "DeploymentResponse",
     "DeploymentResponseGenerator",
     "GraphError",
+    "Job",
+    "JobContext",
+    "JobOptions",
     "MetricsSample",
     "ModelRef",
     "PolicyInput",
@@ -58,6 +66,7 @@ __all__ = [
     "Split",
     "__version__",
     "batch",
+    "batch_score",
     "current_request",
     "deployment",
     "deployment_instance",
@@ -67,6 +76,7 @@ __all__ = [
     "idempotent",
     "ingress",
     "inline",
+    "job_context",
     "model",
     "models",
     "multiplexed",

@@ -18,9 +18,15 @@ ServekitError                      500  base of everything servekit raises
 │   ├── MethodNotAllowedError      405  route exists, method does not
 │   ├── PayloadTooLargeError       413  body over the configured limit
 │   ├── RolloutStateError          409  a rollout action its state does not allow (promote a finished canary)
+│   ├── JobNotFoundError           404  no async job has that id (never existed, or expired)
+│   ├── JobNotReadyError           409  a job's result asked for before it succeeded (carries its state)
 │   └── RequestValidationError     422  body/query/path do not match the schema
 ├── UserCodeError                  500  user code raised; see `servekit.errors.UserCodeError`
 ├── OverloadedError                503  replicas busy and the queue full (carries retry_after_s)
+│   └── JobQueueFullError          503  an endpoint's async job queue is full; nothing was stored
+├── JobStoreError                  -    the job store cannot be used (read-only, disk full, bad URL)
+├── JobFailedError                 -    an awaited job failed (carries its error object) or was cancelled
+├── BatchAbortedError              -    batch scoring stopped: more failed rows than max_failures
 ├── DeploymentUnavailableError     503  no replica can take the request (stopped, not started)
 │   └── ReplicaDiedError           503  the replica serving the request died (crash, kill -9)
 └── RequestTimeoutError            504  request_timeout_s elapsed; the work was cancelled
@@ -184,6 +190,27 @@ class RolloutStateError(RequestError):
     error_type = "rollout_state_conflict"
 
 
+class JobNotFoundError(RequestError):
+    """No async job has the id asked for (it never existed, or its result expired)."""
+
+    status_code = 404
+    error_type = "job_not_found"
+
+
+class JobNotReadyError(RequestError):
+    """A job's result was asked for before the job succeeded; `state` is where it is now."""
+
+    status_code = 409
+    error_type = "job_not_ready"
+
+    def __init__(self, message: str, state: str) -> None:
+        super().__init__(message)
+        self.state = state
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "state": self.state}
+
+
 class RequestValidationError(RequestError):
     """The request does not match the endpoint's schema; `errors` is pydantic's list."""
 
@@ -230,6 +257,37 @@ class OverloadedError(ServekitError):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
+class JobQueueFullError(OverloadedError):
+    """An endpoint's async job queue holds its limit of unfinished jobs; the job was not stored."""
+
+    error_type = "job_queue_full"
+
+
+class JobStoreError(ServekitError):
+    """The job store cannot be used: a read-only or full data directory, or an unreachable database."""
+
+    error_type = "job_store_error"
+
+
+class JobFailedError(ServekitError):
+    """An awaited async job failed after its last attempt, or was cancelled; `error` says why."""
+
+    error_type = "job_failed"
+
+    def __init__(self, message: str, error: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "job_error": self.error}
+
+
+class BatchAbortedError(ServekitError):
+    """Batch scoring stopped because more rows failed than `max_failures`; finished chunks are kept."""
+
+    error_type = "batch_aborted"
+
+
 class DeploymentUnavailableError(ServekitError):
     """The deployment has no replica that can take the request (stopped or shutting down)."""
 
@@ -255,11 +313,17 @@ class RequestTimeoutError(ServekitError, TimeoutError):
 
 __all__ = [
     "BadRequestError",
+    "BatchAbortedError",
     "DeploymentOptionError",
     "DeploymentStartError",
     "DeploymentUnavailableError",
     "GraphError",
     "InsufficientResourcesError",
+    "JobFailedError",
+    "JobNotFoundError",
+    "JobNotReadyError",
+    "JobQueueFullError",
+    "JobStoreError",
     "MethodNotAllowedError",
     "ModelIntegrityError",
     "ModelLoadError",

@@ -25,6 +25,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "Autoscaling": sk.Autoscaling,
     "Canary": sk.Canary,
     "RunOptions": sk.RunOptions,
+    "JobOptions": sk.JobOptions,
 }
 
 

@@ -1,5 +1,6 @@
-"""`servekit` command: `servekit serve TARGET|BUNDLE`, `servekit build`, `servekit bundles`,
-`servekit deploy`, `servekit status`, `servekit models ...`, `servekit --version`."""
+"""`servekit` command: `servekit serve TARGET|BUNDLE`, `servekit batch TARGET`, `servekit build`,
+`servekit bundles`, `servekit deploy`, `servekit status`, `servekit rollout ...`,
+`servekit models ...`, `servekit --version`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
+from servekit._cli import batch as batch_command
 from servekit._cli import rollout
 from servekit._cli.bundles import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_command
 from servekit._cli.models import add_model_commands, run_model_command
@@ -87,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate request bodies strictly (no coercion of '1' or false into numbers) by default",
     )
+    serve.add_argument(
+        "--data-dir",
+        default=None,
+        help="where async jobs are kept: a directory (SQLite) or a postgresql:// URL (default: memory)",
+    )
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="413 above this")
     serve.add_argument(
         "--grace-period",
@@ -96,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    batch_command.add_parser(commands)
     status = commands.add_parser("status", help="show an app's deployments and replicas")
     where = status.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a servekit server, like http://127.0.0.1:8000 (reads /-/status)")
@@ -120,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_model_command(args)
     if args.command in BUNDLE_COMMANDS:
         return run_bundle_command(args)
+    if args.command == "batch":
+        logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return batch_command.run(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -161,6 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
             start_timeout_s=args.start_timeout,
             wait_for_nodes=args.wait_for_nodes,
             loop=args.loop,
+            data_dir=args.data_dir,
         )
     except ServekitError as exc:
         print(f"servekit: error: {exc}", file=sys.stderr)
@@ -194,7 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
     for methods, path in server.routes:
         print(f"  {methods:<8} {server.url}{path}", file=sys.stderr)
     print(
-        "  built-in: /healthz /readyz /-/status /openapi.json  (Ctrl-C to stop)",
+        "  built-in: /healthz /readyz /-/status /-/jobs /openapi.json  (Ctrl-C to stop)",
         file=sys.stderr,
         flush=True,
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -14,10 +15,12 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servekit._http.errors import error_response, router_error
+from servekit._http.jobs import HTTP_KIND, http_executor, job_routes, submit_request, wants_async
 from servekit._http.openapi import openapi_document
 from servekit._http.responses import render, stream_response, wants_sse
 from servekit._http.routers import RequestContextMiddleware, context_sources, router_routes
 from servekit._http.routes import EndpointRoute, IngressRoutes, ingress_routes
+from servekit._replica.jobs.service import JobSlot
 from servekit._replica.multiplex import MODEL_ID_HEADER, carrying_model_id
 from servekit._runtime.interface import ServingRuntime
 from servekit._version import __version__
@@ -30,20 +33,30 @@ ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def build_asgi_app(
-    runtime: ServingRuntime, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, *, strict: bool = False
+    runtime: ServingRuntime,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    *,
+    strict: bool = False,
+    jobs: JobSlot | None = None,
+    data_dir: str | None = None,
 ) -> Starlette:
     """The ASGI app serving `runtime`'s ingress deployment over HTTP.
 
     `strict` is the default validation mode of endpoints that do not set `@endpoint(strict=...)`.
+    `jobs` holds the app's async jobs (the local server passes the app's own); without it the app
+    keeps its own, in `data_dir` (a directory or a `postgresql://` URL), started and stopped
+    with the ASGI lifespan (as where Ray Serve runs the ingress).
     """
     ingress = runtime.graph.ingress_node
     found = ingress_routes(ingress.deployment, strict)
-    routes: list[BaseRoute] = _builtin_routes(runtime, found, max_body_bytes)
+    slot = jobs if jobs is not None else JobSlot(data_dir)
+    slot.register(HTTP_KIND, http_executor(runtime, ingress.name, found.endpoints))
+    routes: list[BaseRoute] = _builtin_routes(runtime, found, max_body_bytes) + job_routes(slot)
     operations = runtime.routers
     if operations is not None:
         routes += router_routes(operations)
     routes += [
-        Route(r.path, _endpoint_handler(runtime, ingress.name, r), methods=list(r.methods))
+        Route(r.path, _endpoint_handler(runtime, ingress.name, r, slot), methods=list(r.methods))
         for r in found.endpoints
     ]
     if found.raw_call:
@@ -60,6 +73,7 @@ def build_asgi_app(
             Middleware(BodyLimit, max_body_bytes=max_body_bytes),
         ],
         exception_handlers={HTTPException: router_error, Exception: router_error},
+        lifespan=None if jobs is not None else _jobs_lifespan(slot),
     )
     if found.asgi_app is not None:
         app.router.default = _IngressASGI(runtime, ingress.name, found.asgi_app)
@@ -77,12 +91,32 @@ def describe_routes(found: IngressRoutes) -> list[tuple[str, str]]:
     return described
 
 
-def _endpoint_handler(runtime: ServingRuntime, deployment: str, route: EndpointRoute) -> Handler:
+def _jobs_lifespan(slot: JobSlot) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """Open the job store (and run queued jobs) at start-up when it is durable; close it at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        if slot.location is not None:
+            await slot.service()
+        try:
+            yield
+        finally:
+            await slot.close()
+
+    return lifespan
+
+
+def _endpoint_handler(
+    runtime: ServingRuntime, deployment: str, route: EndpointRoute, jobs: JobSlot
+) -> Handler:
     bind = route.params.bind
     method = route.method_name
     call = runtime.call
+    always_async = route.mode == "async"
 
     async def unary(request: Request) -> Response:
+        if always_async or wants_async(request):
+            return await submit_request(jobs, route, request)
         try:
             model_id = request.headers.get(MODEL_ID_HEADER)
             if model_id:

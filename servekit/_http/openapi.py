@@ -91,6 +91,37 @@ _BUILTIN_SCHEMAS: dict[str, Any] = {
     },
 }
 
+_JOB_SCHEMA: dict[str, Any] = {
+    "title": "Job",
+    "description": "An async job's status (served at /-/jobs/{job_id}).",
+    "type": "object",
+    "required": ["id", "state", "target", "attempts", "max_attempts", "created_at", "links"],
+    "properties": {
+        "id": {"type": "string"},
+        "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+        "target": {"type": "string", "description": "What the job calls, like 'POST /summarize'."},
+        "attempts": {"type": "integer", "description": "Attempts started so far (at-least-once)."},
+        "max_attempts": {"type": "integer"},
+        "priority": {"type": "integer"},
+        "progress": {"type": ["number", "null"], "description": "What user code reported, 0 to 1."},
+        "created_at": {"type": "string", "format": "date-time"},
+        "started_at": {"type": ["string", "null"], "format": "date-time"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        "error": {"type": ["object", "null"], "description": "The last failed attempt's error."},
+        "links": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+_BUILTIN_SCHEMAS["Job"] = _JOB_SCHEMA
+_BUILTIN_SCHEMAS["JobList"] = {
+    "title": "JobList",
+    "type": "object",
+    "required": ["jobs", "next_cursor"],
+    "properties": {
+        "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+        "next_cursor": {"type": ["string", "null"], "description": "Pass as cursor for the next page."},
+    },
+}
+
 _ALLOW = {"description": "The methods the path accepts.", "schema": {"type": "string"}}
 _INTERNAL_ERROR = "Internal error (user code raised); the traceback is in the server log under error_id."
 _RETRY_AFTER = {
@@ -149,6 +180,8 @@ def _operation(
 def _responses(route: EndpointRoute, schemas: dict[str, Any], max_body_bytes: int) -> dict[str, Any]:
     params = route.params
     responses: dict[str, Any] = {"200": _success(route, schemas)}
+    if route.mode == "async":
+        responses = {"202": _accepted()}
     if params.body_adapter is not None:
         responses["400"] = _error("The body is not valid JSON.")
     if params.path_params:
@@ -173,6 +206,14 @@ def _success(route: EndpointRoute, schemas: dict[str, Any]) -> dict[str, Any]:
         return {"description": "Successful response"}
     content = {"application/json": {"schema": _schema(TypeAdapter(returned), schemas)}}
     return {"description": "Successful response", "content": content}
+
+
+def _accepted() -> dict[str, Any]:
+    location = {"description": "The job: /-/jobs/{job_id}.", "schema": {"type": "string"}}
+    return {
+        **_json_response("Accepted as an async job; poll Location", "Job"),
+        "headers": {"Location": location},
+    }
 
 
 def _common_errors(max_body_bytes: int) -> dict[str, Any]:
@@ -211,6 +252,7 @@ def _builtin_paths(max_body_bytes: int) -> dict[str, Any]:
         }
 
     return {
+        **_jobs_paths(max_body_bytes),
         "/healthz": operation("healthz", "Liveness", {"200": _json_response("The server runs", "Health")}),
         "/readyz": operation(
             "readyz",
@@ -313,6 +355,71 @@ def router_paths(max_body_bytes: int) -> dict[str, Any]:
                 ("resume", "Let the canary promote again", None),
                 ("promote", "Promote now: the next step, or 100% with full", "promote"),
                 ("abort", "Roll back to 100% baseline now", None),
+            )
+        },
+    }
+
+
+def _jobs_paths(max_body_bytes: int) -> dict[str, Any]:
+    def operation(name: str, summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        errors = {**_common_errors(max_body_bytes), "500": _error(_INTERNAL_ERROR)}
+        errors["503"] = _error("The job store cannot be reached.", {"Retry-After": _RETRY_AFTER})
+        return {
+            "operationId": f"servekit_{name}",
+            "summary": summary,
+            "tags": ["servekit", "jobs"],
+            "responses": dict(sorted({**errors, **responses}.items())),
+            **extra,
+        }
+
+    job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    not_found = _error("No job has this id (it never existed, or its result expired).")
+    listing = [
+        {"name": "state", "in": "query", "required": False, "schema": _JOB_SCHEMA["properties"]["state"]},
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+        },
+        {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+    ]
+    return {
+        "/-/jobs": {
+            "get": operation(
+                "list_jobs",
+                "Async jobs, oldest first, a page at a time",
+                {
+                    "200": _json_response("A page of jobs", "JobList"),
+                    "400": _error("A bad state, limit or cursor."),
+                },
+                parameters=listing,
+            )
+        },
+        "/-/jobs/{job_id}": {
+            "get": operation(
+                "job_status",
+                "An async job's status",
+                {"200": _json_response("The job", "Job"), "404": not_found},
+                parameters=job_id,
+            ),
+            "delete": operation(
+                "cancel_job",
+                "Cancel a queued or running job (a finished one is left as it is)",
+                {"200": _json_response("The job, cancelled", "Job"), "404": not_found},
+                parameters=job_id,
+            ),
+        },
+        "/-/jobs/{job_id}/result": {
+            "get": operation(
+                "job_result",
+                "A finished job's result, as the endpoint renders it (a failed job's error response)",
+                {
+                    "200": {"description": "The endpoint's response (a failed job: its error status)"},
+                    "404": not_found,
+                    "409": _error("The job has no result (yet): the error's state says where it is."),
+                },
+                parameters=job_id,
             )
         },
     }

@@ -5,13 +5,15 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from servekit._http.params import EndpointParams, analyse
 from servekit._replica.replica import method_kind
 from servekit._spec.deployment import Deployment
-from servekit._spec.endpoint import EndpointSpec, asgi_app_of, endpoint_spec
+from servekit._spec.endpoint import EndpointMode, EndpointSpec, asgi_app_of, endpoint_spec
+from servekit._spec.jobs import JobOptions
+from servekit.errors import DeploymentOptionError
 
 _DEFAULT = EndpointSpec("/", ("POST",))
 
@@ -26,6 +28,13 @@ class EndpointRoute:
     func: Callable[..., Any]
     params: EndpointParams
     streaming: bool
+    mode: EndpointMode = "sync"
+    jobs: JobOptions = field(default_factory=JobOptions)
+
+    @property
+    def job_target(self) -> str:
+        """The route as an async job's target, like "POST /summarize"."""
+        return f"{self.methods[0]} {self.path}"
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,12 @@ def _route(
     strict = app_strict if spec.strict is None else spec.strict
     params = analyse(func, spec.path, owner, strict=strict)
     streaming = method_kind(func).streaming
-    return EndpointRoute(spec.path, spec.methods, method_name, func, params, streaming)
+    if streaming and spec.mode == "async":
+        raise DeploymentOptionError(
+            f"{owner}.{method_name}: a streaming (generator) endpoint cannot be mode='async'; "
+            "return the whole result instead, or use mode='sync'"
+        )
+    return EndpointRoute(spec.path, spec.methods, method_name, func, params, streaming, spec.mode, spec.jobs)
 
 
 def _own_call(cls: type) -> Callable[..., Any] | None:

@@ -21,6 +21,7 @@ import uvicorn
 
 from servekit._http.app import DEFAULT_MAX_BODY_BYTES, build_asgi_app, describe_routes
 from servekit._http.routes import ingress_routes
+from servekit._replica.jobs.service import JobSlot
 from servekit._runtime.app import AppHandle, RunningApp
 from servekit._runtime.backends import get_backend, make_runtime
 from servekit._runtime.interface import HttpIngress, ProxiedRuntime, ServingRuntime
@@ -157,8 +158,9 @@ def serve(
     and serves the same routes from Ray Serve's proxy at `host`:`port` (when Serve already
     runs on that cluster, its proxy keeps the address it has).
     """
-    front_options = _FrontOptions(max_body_bytes, graceful_shutdown_s, access_log, strict, http)
-    server = _start(build_graph(app), host, port, front_options, run_options(**options))
+    run = run_options(**options)
+    front_options = _FrontOptions(max_body_bytes, graceful_shutdown_s, access_log, strict, http, run.data_dir)
+    server = _start(build_graph(app), host, port, front_options, run)
     if blocking:
         serve_until_signal(server)
     return server
@@ -171,14 +173,18 @@ class _FrontOptions:
     access_log: bool
     strict: bool
     http: HttpImpl
+    data_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.http not in HTTP_IMPLS:
             choices = ", ".join(map(repr, HTTP_IMPLS))
             raise DeploymentOptionError(f"http={self.http!r} is unknown; use one of {choices}")
 
-    def build_app(self, serving: ServingRuntime) -> Any:
-        return build_asgi_app(serving, self.max_body_bytes, strict=self.strict)
+    def build_app(self, serving: ServingRuntime, jobs: JobSlot | None = None) -> Any:
+        """The ingress app; without `jobs` (on Ray, in the ingress replica) it keeps its own store."""
+        return build_asgi_app(
+            serving, self.max_body_bytes, strict=self.strict, jobs=jobs, data_dir=self.data_dir
+        )
 
 
 def _start(graph: AppGraph, host: str, port: int, front: _FrontOptions, options: RunOptions) -> Server:
@@ -217,7 +223,7 @@ class UvicornFront:
         self._serving = serving
         self._options = options
         self.grace_s = options.grace_s
-        self._asgi = SwappableApp(options.build_app(serving))
+        self._asgi = SwappableApp(options.build_app(serving, running.jobs))
         config = uvicorn.Config(
             self._asgi,
             http=options.http,
@@ -234,7 +240,7 @@ class UvicornFront:
 
     def refresh(self) -> None:
         """Serve the redeployed ingress's routes from now on."""
-        self._asgi.app = self._options.build_app(self._serving)
+        self._asgi.app = self._options.build_app(self._serving, self._running.jobs)
         self.routes = self._asgi.app.state.servekit_routes
 
     def stop(self, grace_s: float) -> None:

@@ -12,9 +12,11 @@ import threading
 from types import TracebackType
 from typing import Any, Unpack
 
+from servekit._replica.jobs.service import JobSlot
 from servekit._runtime.backends import make_runtime
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.interface import HttpIngress, Runtime
+from servekit._runtime.jobs import Job, register_python_jobs, submit_call
 from servekit._runtime.loop_thread import LoopThread
 from servekit._runtime.model_watch import ModelWatcher, pin_models
 from servekit._runtime.options import RunKeywords, RunOptions, run_options
@@ -27,9 +29,11 @@ from servekit.errors import GraphError, NotFoundError
 class RunningApp:
     """An app's runtime, driven from its own event-loop thread. Use `RunningApp.start`."""
 
-    def __init__(self, runtime: Runtime, thread: LoopThread) -> None:
+    def __init__(self, runtime: Runtime, thread: LoopThread, jobs: JobSlot | None = None) -> None:
         self.runtime = runtime
         self.thread = thread
+        self.jobs = jobs or JobSlot(None, register_python_jobs(runtime))
+        """The app's async jobs (their store opens at start with a data_dir, else on first use)."""
         self._lock = threading.Lock()
         self._update_lock = threading.Lock()
         self._stopped = False
@@ -47,13 +51,21 @@ class RunningApp:
     def launch(cls, runtime: Runtime, options: RunOptions) -> RunningApp:
         """Start `runtime` (made by `make_runtime`) on a new event-loop thread of the kind `options` name."""
         thread = LoopThread(f"servekit-{runtime.graph.ingress}", options.loop)
+        jobs = JobSlot(options.data_dir, register_python_jobs(runtime))
         try:
+            if options.data_dir is not None:  # a read-only or full data dir fails the start
+                thread.run(jobs.service())
             thread.run(runtime.start())
         except BaseException:
+            thread.run(jobs.close())
             thread.stop()
             raise
         gc.freeze()  # models and state built at start-up stay out of every later GC pass
-        return cls(runtime, thread)
+        return cls(runtime, thread, jobs)
+
+    def submit(self, call: tuple[str, str, tuple[Any, ...], dict[str, Any]]) -> Job:
+        """Store `call` (deployment, method, args, kwargs) as an async job."""
+        return submit_call(self.jobs, self.runtime.graph, self.thread.loop, call)
 
     @property
     def stopped(self) -> bool:
@@ -97,6 +109,7 @@ class RunningApp:
         if self.model_watcher is not None:
             self.model_watcher.stop()
         try:
+            self.thread.run(self.jobs.close())
             self.thread.run(self.runtime.shutdown(grace_s))
         finally:
             self.thread.stop()
@@ -109,7 +122,7 @@ class AppHandle(DeploymentHandle):
     """
 
     def __init__(self, running: RunningApp) -> None:
-        super().__init__(running.runtime, running.runtime.graph.ingress)
+        super().__init__(running.runtime, running.runtime.graph.ingress, running.submit)
         self._running = running
 
     def shutdown(self, grace_s: float | None = None) -> None:
@@ -138,7 +151,7 @@ class AppHandle(DeploymentHandle):
 
     def get_handle(self, deployment: str) -> DeploymentHandle:
         """A handle to another deployment of the app, by its name in the graph."""
-        return self._running.runtime.handle(deployment)
+        return DeploymentHandle(self._running.runtime, deployment, self._running.submit)
 
     def __enter__(self) -> AppHandle:
         return self

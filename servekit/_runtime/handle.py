@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator
 from typing import Any, Protocol
 
 from servekit._replica.multiplex import carrying_model_id
@@ -319,6 +319,10 @@ async def _resolved_stream(
         yield chunk
 
 
+Submitter = Callable[[tuple[str, str, tuple[Any, ...], dict[str, Any]]], Any]
+"""Stores a call (deployment, method, args, kwargs) as an async job and returns its `Job`."""
+
+
 class _MethodCaller:
     __slots__ = ("_handle", "_method")
 
@@ -329,6 +333,10 @@ class _MethodCaller:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._handle._invoke(self._method, args, kwargs)
 
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the call as a durable async job; returns a `Job` (`job.status()`, `await job`)."""
+        return self._handle._submit(self._method, args, kwargs)
+
 
 class DeploymentHandle:
     """Calls one deployment of a running app: `handle.method(x)`, or `handle(x)` for `__call__`.
@@ -337,11 +345,12 @@ class DeploymentHandle:
     `DeploymentResponse`, or a `DeploymentResponseGenerator` for generator methods.
     """
 
-    def __init__(self, dispatcher: Dispatcher, deployment: str) -> None:
+    def __init__(self, dispatcher: Dispatcher, deployment: str, submitter: Submitter | None = None) -> None:
         self._dispatcher = dispatcher
         self._deployment = deployment
         self._streaming: dict[str, bool] = {}
         self._model_id: str | None = None
+        self._submitter = submitter
 
     def options(self, *, multiplexed_model_id: str | None = None) -> DeploymentHandle:
         """A copy of this handle whose calls carry `multiplexed_model_id`.
@@ -349,7 +358,7 @@ class DeploymentHandle:
         The call goes preferably to a replica that holds that model, and the replica's
         `servekit.get_multiplexed_model_id()` returns it.
         """
-        copy = DeploymentHandle(self._dispatcher, self._deployment)
+        copy = DeploymentHandle(self._dispatcher, self._deployment, self._submitter)
         copy._streaming = self._streaming
         copy._model_id = multiplexed_model_id
         return copy
@@ -380,6 +389,14 @@ class DeploymentHandle:
             self._streaming[method] = streaming
         kind = DeploymentResponseGenerator if streaming else DeploymentResponse
         return kind(self._dispatcher, self._deployment, method, args, kwargs, model_id=self._model_id)
+
+    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._submitter is None:
+            raise RuntimeError(
+                "submit() works on the handles servekit.run() and servekit.serve() return "
+                "(and their get_handle()), whose app keeps the job store"
+            )
+        return self._submitter((self._deployment, method, args, kwargs))
 
     def __repr__(self) -> str:
         return f"DeploymentHandle(deployment={self._deployment!r})"

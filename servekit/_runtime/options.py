@@ -58,6 +58,13 @@ class RunOptions(BaseModel):
     loop: LoopKind = Field(
         "auto", description="The app's event loop: 'uvloop' when installed ('auto'), or 'asyncio'."
     )
+    data_dir: str | None = Field(
+        None,
+        description=(
+            "Where async jobs are kept: a directory (SQLite in WAL mode, large results as files; "
+            "checked writable at start) or a 'postgresql://' URL. None keeps them in memory."
+        ),
+    )
 
     @field_validator("backend")
     @classmethod
@@ -86,6 +93,7 @@ class RunKeywords(TypedDict, total=False):
     start_timeout_s: float | None
     wait_for_nodes: bool
     loop: LoopKind
+    data_dir: str | None
 
 
 def run_options(**keywords: object) -> RunOptions:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
+from servekit._spec.jobs import JobOptions
 from servekit.errors import DeploymentOptionError
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=type)
 
+EndpointMode = Literal["sync", "async"]
 _HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 ENDPOINT_ATTR = "__servekit_endpoint__"
 ASGI_ATTR = "__servekit_asgi_app__"
@@ -24,10 +26,20 @@ class EndpointSpec:
     methods: tuple[str, ...]
     strict: bool | None = None
     """Validate without lax coercions; None: the app's default (`build_asgi_app(strict=...)`)."""
+    mode: EndpointMode = "sync"
+    """"async": every request becomes a job (202 + Location); "sync" answers in the response,
+    unless the request says `Prefer: respond-async`."""
+    jobs: JobOptions = field(default_factory=JobOptions)
+    """How this endpoint's jobs are queued, retried and kept."""
 
 
 def endpoint(
-    path: str, methods: Sequence[str] = ("POST",), *, strict: bool | None = None
+    path: str,
+    methods: Sequence[str] = ("POST",),
+    *,
+    strict: bool | None = None,
+    mode: EndpointMode = "sync",
+    jobs: JobOptions | None = None,
 ) -> Callable[[F], F]:
     """Serve an ingress deployment's method at `path` for the given HTTP `methods`.
 
@@ -50,8 +62,15 @@ def endpoint(
             f"use some of {sorted(_HTTP_METHODS)}"
         )
 
+    if mode not in ("sync", "async"):
+        raise DeploymentOptionError(f"endpoint {path!r}: mode must be 'sync' or 'async'; got {mode!r}")
+    if jobs is not None and not isinstance(jobs, JobOptions):
+        raise DeploymentOptionError(
+            f"endpoint {path!r}: jobs takes servekit.JobOptions(...), got {type(jobs).__name__}"
+        )
+
     def mark(func: F) -> F:
-        setattr(func, ENDPOINT_ATTR, EndpointSpec(path, upper, strict))
+        setattr(func, ENDPOINT_ATTR, EndpointSpec(path, upper, strict, mode, jobs or JobOptions()))
         return func
 
     return mark

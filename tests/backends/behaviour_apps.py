@@ -231,6 +231,12 @@ class Shop:
         async for chunk in self.sleeper.drip(count):
             yield chunk
 
+    @sk.endpoint("/report", mode="async")
+    async def report(self, item: Item) -> Receipt:
+        """Price an item as an async job."""
+        sk.job_context().progress(1.0)
+        return Receipt(name=item.name, quantity=item.quantity, total_cents=item.quantity * 250)
+
     @sk.endpoint("/plain", methods=["GET"])
     async def plain(self) -> PlainTextResponse:
         return PlainTextResponse("plain ✓", headers={"x-served-by": "shop"})

@@ -22,6 +22,13 @@ async def test_await_a_call_through_the_ingress(front: sk.AppHandle) -> None:
     assert await front.chain(5) == 11
 
 
+async def test_a_call_submitted_as_an_async_job(front: sk.AppHandle) -> None:
+    job = front.chain.submit(5)
+    assert await job == 11
+    status = job.status()
+    assert (status["state"], status["attempts"], status["target"]) == ("succeeded", 1, "Front.chain")
+
+
 def test_result_from_sync_code_and_from_a_sync_method(front: sk.AppHandle) -> None:
     assert front.chain(2).result(timeout=30) == 5
     assert front.sync_chain(4).result(timeout=30) == 9

@@ -37,6 +37,27 @@ def test_pydantic_body_in_model_out(shop: ServedShop, client: httpx.Client) -> N
     assert response.json() == {"name": "bolt", "quantity": 4, "total_cents": 1000}
 
 
+def test_an_async_job_is_accepted_polled_and_rendered_like_the_endpoint(
+    shop: ServedShop, client: httpx.Client, wait_until: Any
+) -> None:
+    response = client.post(shop.url + "/report", json={"name": "nut", "quantity": 2})
+    assert response.status_code == 202, response.text
+    location = response.headers["location"]
+
+    def finished() -> bool:
+        return client.get(shop.url + location).json()["state"] in ("succeeded", "failed")
+
+    wait_until(finished, "the job to finish")
+    status = client.get(shop.url + location).json()
+    assert (status["state"], status["attempts"], status["progress"]) == ("succeeded", 1, 1.0)
+    assert client.get(shop.url + location + "/result").json() == {
+        "name": "nut",
+        "quantity": 2,
+        "total_cents": 500,
+    }
+    assert_error_body(client.get(shop.url + "/-/jobs/unknown"), 404, "job_not_found")
+
+
 def test_path_and_query_parameters_are_typed(shop: ServedShop, client: httpx.Client) -> None:
     response = client.get(shop.url + "/items/7", params={"verbose": "true"})
     assert response.json() == {"item_id": 7, "verbose": True}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from servekit._runtime.interface import HttpIngress, ProxiedRuntime
 from servekit._runtime.options import RunOptions
 from servekit._runtime.ray import load_ray_runtime
 from servekit._spec.graph import AppGraph
+
+if TYPE_CHECKING:
+    from servekit._runtime.batch.runner import BatchJob, BatchReport
 
 
 class RayBackend:
@@ -65,6 +68,13 @@ class RayBackend:
         from servekit._runtime.ray.deploy import deploy_bundle  # noqa: PLC0415
 
         return deploy_bundle(address, folder, app, http, timeout_s)
+
+    def score_dataset(self, graph: AppGraph, job: BatchJob, address: str | None) -> BatchReport:
+        """Score a file on Ray Data (`servekit batch --backend ray`)."""
+        load_ray_runtime()  # says what to install when Ray is missing
+        from servekit._runtime.ray.batch import score_dataset  # noqa: PLC0415
+
+        return score_dataset(graph, job, address)
 
 
 BACKEND = RayBackend()

@@ -58,7 +58,7 @@ def pack(spec: ReplicaSpec, modules: list[ModuleType]) -> bytes:
     Ray's own cloudpickle does it, so a class sent by value and sent back (a user exception
     raised in a replica, say) is the caller's class again, not a copy.
     """
-    with _by_value(ray_cloudpickle, modules):
+    with by_value(ray_cloudpickle, modules):
         blob: bytes = ray_cloudpickle.dumps(spec)  # type: ignore[no-untyped-call]
     return blob
 
@@ -67,7 +67,7 @@ class UserCode:
     """Ray's pickler sends `modules` by value from this process until `close()`."""
 
     def __init__(self, modules: list[ModuleType]) -> None:
-        self._registration = _by_value(ray_cloudpickle, modules)
+        self._registration = by_value(ray_cloudpickle, modules)
         self._registration.__enter__()
 
     def close(self) -> None:
@@ -84,7 +84,7 @@ def unpack(blob: bytes) -> ReplicaSpec:
 
 
 @contextlib.contextmanager
-def _by_value(pickler: Any, modules: list[ModuleType]) -> Iterator[None]:
+def by_value(pickler: Any, modules: list[ModuleType]) -> Iterator[None]:
     registered = []
     for module in modules:
         if module.__name__ in pickler.list_registry_pickle_by_value():
