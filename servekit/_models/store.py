@@ -28,8 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fsspec
-
 from servekit._spec.models import NAME
 from servekit.errors import (
     ModelIntegrityError,
@@ -141,6 +139,8 @@ class ModelStore:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_store_url()
         try:
+            import fsspec  # noqa: PLC0415  # only apps that use a model store pay for its import
+
             self.fs, root = fsspec.core.url_to_fs(os.path.expanduser(self.url))
         except (ImportError, ValueError) as exc:
             raise ModelStoreUnavailableError(

@@ -17,14 +17,14 @@ are built from these:
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
+import statistics
 from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-
-import numpy as np
 
 from servekit._replica.routing.samples import ArmSample
 
@@ -173,22 +173,26 @@ def output_kind(values: Iterable[object]) -> OutputKind:
 
 def _shares(
     baseline: Mapping[Hashable, float], candidate: Mapping[Hashable, float], smoothing: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[list[float], list[float]]:
     if smoothing < 0:
         raise ValueError(f"smoothing must be >= 0, got {smoothing}")
     categories = sorted(set(baseline) | set(candidate), key=repr)
-    p = np.array([baseline.get(c, 0.0) for c in categories], dtype=float) + smoothing
-    q = np.array([candidate.get(c, 0.0) for c in categories], dtype=float) + smoothing
-    if p.sum() <= 0 or q.sum() <= 0:
+    p = [float(baseline.get(c, 0.0)) + smoothing for c in categories]
+    q = [float(candidate.get(c, 0.0)) + smoothing for c in categories]
+    p_total, q_total = sum(p), sum(q)
+    if p_total <= 0 or q_total <= 0:
         raise ValueError("a divergence needs at least one count on each side")
-    return p / p.sum(), q / q.sum()
+    return [x / p_total for x in p], [x / q_total for x in q]
 
 
-def _kl_bits(p: np.ndarray, q: np.ndarray) -> float:
-    support = p > 0
-    if np.any(q[support] == 0):
-        return math.inf
-    return float(np.sum(p[support] * np.log2(p[support] / q[support])))
+def _kl_bits(p: Sequence[float], q: Sequence[float]) -> float:
+    total = 0.0
+    for p_i, q_i in zip(p, q, strict=True):
+        if p_i > 0:
+            if q_i == 0:
+                return math.inf
+            total += p_i * math.log2(p_i / q_i)
+    return total
 
 
 def kl_divergence(
@@ -215,7 +219,7 @@ def js_divergence(
     Symmetric and bounded: 0 for equal distributions, 1 for ones with no category in common.
     """
     p, q = _shares(baseline, candidate, smoothing)
-    middle = (p + q) / 2.0
+    middle = [(p_i + q_i) / 2.0 for p_i, q_i in zip(p, q, strict=True)]
     value = 0.5 * _kl_bits(p, middle) + 0.5 * _kl_bits(q, middle)
     return min(max(value, 0.0), 1.0)
 
@@ -234,13 +238,27 @@ def psi(
         raise ValueError("psi needs at least one value on each side")
     if bins < 1:
         raise ValueError(f"psi needs bins >= 1, got {bins}")
-    base = np.asarray(baseline, dtype=float)
-    cand = np.asarray(candidate, dtype=float)
-    edges = np.unique(np.quantile(base, np.arange(1, bins) / bins))
-    b = np.bincount(np.searchsorted(edges, base, side="left"), minlength=len(edges) + 1) / len(base)
-    c = np.bincount(np.searchsorted(edges, cand, side="left"), minlength=len(edges) + 1) / len(cand)
-    b, c = np.maximum(b, floor), np.maximum(c, floor)
-    return float(np.sum((c - b) * np.log(c / b)))
+    ordered = sorted(float(x) for x in baseline)
+    edges = sorted({_quantile(ordered, k / bins) for k in range(1, bins)})
+    b = [max(share, floor) for share in _bin_shares(edges, baseline)]
+    c = [max(share, floor) for share in _bin_shares(edges, candidate)]
+    return sum((c_i - b_i) * math.log(c_i / b_i) for b_i, c_i in zip(b, c, strict=True))
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    """The `q`-quantile of sorted values, interpolating linearly between the closest ranks."""
+    position = (len(ordered) - 1) * q
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+
+def _bin_shares(edges: Sequence[float], values: Sequence[float]) -> list[float]:
+    """The share of `values` in each bin the sorted `edges` cut (a value on an edge: the lower bin)."""
+    counts = [0] * (len(edges) + 1)
+    for value in values:
+        counts[bisect.bisect_left(edges, float(value))] += 1
+    return [count / len(values) for count in counts]
 
 
 # --- latency and errors ----------------------------------------------------------------------
@@ -427,7 +445,7 @@ class ShadowComparison:
             agreement = agreeing / len(answered)
             interval = wilson_interval(agreeing, len(answered))
         elif kind == "numeric":
-            mad = float(np.mean([abs(float(p.output) - float(s.output)) for p, s in answered]))  # type: ignore[arg-type]
+            mad = statistics.fmean(abs(float(p.output) - float(s.output)) for p, s in answered)  # type: ignore[arg-type]
         primary = [p.latency_s for p, _ in pairs]
         shadow = [s.latency_s for _, s in pairs]
         return ShadowReport(
