@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from servekit._bundle.manifest import Manifest, ModelEntry
+from servekit._bundle.manifest import ModelEntry
 from servekit._models.pinned import PinnedModel, pin_refs, write_pinned_store
 from servekit._spec.deployment import Application
 from servekit._spec.graph import AppGraph, map_model_refs
@@ -70,14 +71,14 @@ def model_entries(pinned: list[PinnedModel]) -> list[ModelEntry]:
     return sorted(entries, key=lambda entry: (entry.name, entry.tag or "", entry.version))
 
 
-def serve_models_from(app: Application, manifest: Manifest, store: str) -> Application:
+def serve_models_from(app: Application, models: Sequence[ModelEntry], store: str) -> Application:
     """`app` with each model reference that names no store pinned to the version the bundle
-    carries, in the store at `store` (the bundle's ``models/``); unchanged where
-    ``SERVEKIT_MODEL_STORE`` is set. `BundleError` for a reference the manifest lacks."""
-    if not manifest.models or os.environ.get(STORE_VARIABLE):
+    carries (`models`, from its manifest), in the store at `store` (the bundle's ``models/``);
+    unchanged where ``SERVEKIT_MODEL_STORE`` is set. `BundleError` for a reference it lacks."""
+    if not models or os.environ.get(STORE_VARIABLE):
         return app
-    tags = {(entry.name, entry.tag): entry.version for entry in manifest.models if entry.tag is not None}
-    versions = {(entry.name, entry.version) for entry in manifest.models}
+    tags = {(entry.name, entry.tag): entry.version for entry in models if entry.tag is not None}
+    versions = {(entry.name, entry.version) for entry in models}
 
     def pinned(ref: ModelRef) -> ModelRef:
         if ref.store is not None:
@@ -86,7 +87,7 @@ def serve_models_from(app: Application, manifest: Manifest, store: str) -> Appli
         if version is None or (ref.name, version) not in versions:
             raise BundleError(
                 f"the bundle carries no {_described(ref)} in {MODELS_DIR}/ (its models: "
-                f"{', '.join(_label(entry) for entry in manifest.models)}); rebuild the bundle, or set "
+                f"{', '.join(_label(entry) for entry in models)}); rebuild the bundle, or set "
                 f"{STORE_VARIABLE} to serve models from a store"
             )
         return dataclasses.replace(ref, tag=None, version=version, store=store, pinned=None)

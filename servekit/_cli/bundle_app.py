@@ -33,7 +33,7 @@ def load_bundle_app(folder: Path, manifest: Manifest, models_store: str | None =
         app = load_app(target)
     except TargetError as exc:
         raise BundleError(f"the bundle's app {manifest.entrypoint!r} does not load: {exc}") from None
-    return serve_models_from(app, manifest, models_store or str(folder / MODELS_DIR))
+    return serve_models_from(app, manifest.models, models_store or str(folder / MODELS_DIR))
 
 
 def build(args: dict[str, Any] | None = None) -> Any:
