@@ -95,5 +95,18 @@ def serve_models_from(app: Application, models: Sequence[ModelEntry], store: str
     return map_model_refs(app, pinned)
 
 
+def describe_models(models: Sequence[ModelEntry]) -> str | None:
+    """Where a bundle's model references resolve when it is served, in words (None: it binds none)."""
+    if not models:
+        return None
+    store = os.environ.get(STORE_VARIABLE)
+    if store:
+        return f"models from {STORE_VARIABLE}={store} (not the bundle's pinned versions)"
+    pins = ", ".join(
+        f"{_label(entry)}{'' if entry.tag is None else ' -> ' + entry.version}" for entry in models
+    )
+    return f"models from the bundle: {pins} (a reference's own store= uses its store)"
+
+
 def _label(entry: ModelEntry) -> str:
     return f"{entry.name}:{entry.tag}" if entry.tag is not None else f"{entry.name}@{entry.version}"

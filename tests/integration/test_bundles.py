@@ -333,6 +333,7 @@ def test_a_bundle_carries_its_models_and_serves_them_without_the_store(
     url = serve(str(archive))
     answer = httpx.post(f"{url}/greet", json={"name": "Ada"}, timeout=10)
     assert (answer.status_code, answer.json()) == (200, {"text": "hello, Ada", "model": "v1"})
+    assert "models from the bundle: greeting:production -> v1" in (tmp_path / "serve-0.log").read_text()
 
     unpacked = tmp_path / "unpacked"
     with tarfile.open(archive) as tar:

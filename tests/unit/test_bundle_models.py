@@ -11,7 +11,7 @@ import pytest
 
 import servekit as sk
 from servekit._bundle.manifest import ModelEntry
-from servekit._bundle.models import bundle_models, serve_models_from
+from servekit._bundle.models import bundle_models, describe_models, serve_models_from
 from servekit._models.store import ModelStore
 from servekit._spec.graph import build_graph, map_model_refs
 from servekit._spec.models import iter_model_refs
@@ -188,3 +188,16 @@ def test_rewriting_model_references_keeps_the_graph_shape_and_leaves_the_app_alo
         for ref in iter_model_refs((node.init_args, node.init_kwargs))
     } == {"pinned"}
     assert shared.args[0].tag == "production"  # the user's objects are untouched
+
+
+def test_serving_says_where_the_models_come_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SERVEKIT_MODEL_STORE", raising=False)
+    assert describe_models([]) is None
+    assert describe_models(ENTRIES) == (
+        "models from the bundle: clf:production -> v1, tok@t1 (a reference's own store= uses its store)"
+    )
+    monkeypatch.setenv("SERVEKIT_MODEL_STORE", "/elsewhere")
+    assert (
+        describe_models(ENTRIES)
+        == "models from SERVEKIT_MODEL_STORE=/elsewhere (not the bundle's pinned versions)"
+    )
