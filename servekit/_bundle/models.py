@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from servekit._bundle.manifest import ModelEntry
-from servekit._models.pinned import PinnedModel, pin_refs, write_pinned_store
+from servekit._models.pinned import PinnedModel, pin_ref, write_pinned_store
 from servekit._spec.deployment import Application
 from servekit._spec.graph import AppGraph, map_model_refs
 from servekit._spec.models import ModelRef, model_refs
@@ -36,7 +36,7 @@ def bundle_models(graph: AppGraph, staging: Path, target: str) -> tuple[list[Mod
     for node, refs in model_refs(graph.nodes).items():
         for ref in refs:
             try:
-                pinned.extend(pin_refs([ref]))
+                pinned.append(pin_ref(ref))
             except ModelStoreError as exc:
                 raise BundleError(
                     f"cannot build {target!r}: deployment {node!r} binds {_described(ref)}, which does not "

@@ -13,7 +13,7 @@ and a tag's history is only the version it was pinned to.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,17 +31,11 @@ class PinnedModel:
     info: VersionInfo
 
 
-def pin_refs(refs: Iterable[ModelRef]) -> list[PinnedModel]:
-    """Each reference with the version it names now, in order; `ModelStoreError` (naming the
-    model, the tag or version, and the fix) for one that does not resolve."""
-    stores: dict[str | None, ModelStore] = {}
-    pinned = []
-    for ref in refs:
-        if ref.store not in stores:
-            stores[ref.store] = ModelStore(ref.store)
-        store = stores[ref.store]
-        pinned.append(PinnedModel(ref, store, store.resolve(ref.name, ref.tag, ref.version)))
-    return pinned
+def pin_ref(ref: ModelRef) -> PinnedModel:
+    """The reference with the version it names now; `ModelStoreError` (naming the model, the tag
+    or version, and the fix) when it does not resolve."""
+    store = ModelStore(ref.store)
+    return PinnedModel(ref, store, store.resolve(ref.name, ref.tag, ref.version))
 
 
 def write_pinned_store(pinned: Sequence[PinnedModel], folder: Path) -> list[str]:
