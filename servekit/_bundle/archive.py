@@ -9,7 +9,6 @@ paths that leave the target folder (tarfile's "data" filter).
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import tarfile
 from pathlib import Path
@@ -33,8 +32,12 @@ def source_date_epoch() -> int:
 def write_archive(folder: Path, paths: list[str], destination: Path) -> None:
     """Write `paths` (relative to `folder`) to `destination` as a reproducible tar.gz."""
     mtime = source_date_epoch()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    tmp = destination.with_name(destination.name + ".part")
+    with (  # streamed to disk: a bundle with large models never sits in memory
+        tmp.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=COMPRESS_LEVEL) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
         for path in sorted(paths):
             source = folder / path
             info = tarfile.TarInfo(path)
@@ -45,12 +48,6 @@ def write_archive(folder: Path, paths: list[str], destination: Path) -> None:
             info.uname = info.gname = ""
             with source.open("rb") as file:
                 tar.addfile(info, file)
-    tmp = destination.with_name(destination.name + ".part")
-    with (
-        tmp.open("wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=COMPRESS_LEVEL) as gz,
-    ):
-        gz.write(buffer.getvalue())
     tmp.replace(destination)
 
 

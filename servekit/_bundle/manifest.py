@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from servekit.errors import BundleError
 
 MANIFEST_NAME = "servekit.json"
-FORMAT = 1
-"""The manifest format this servekit writes and reads (a newer one is refused)."""
+FORMAT = 2
+"""The manifest format this servekit writes and reads (a newer one is refused). 2 added `models`."""
 
 
 class _Model(BaseModel):
@@ -38,6 +38,16 @@ class DeploymentEntry(_Model):
     target: str = Field(description="the class or function, as 'module:qualname'")
     dependencies: list[str] = Field(description="deployments bound into this one's arguments")
     options: dict[str, Any] = Field(description="the deployment's validated options (JSON)")
+
+
+class ModelEntry(_Model):
+    """One model reference of the graph, pinned to the version the bundle carries in `models/`."""
+
+    name: str = Field(description="the model's name in the store")
+    version: str = Field(description="the version bundled (what the tag pointed to at build time)")
+    tag: str | None = Field(description="the tag the version was resolved from; null for one by version")
+    sha256: str = Field(description="the version's content digest (its files' paths and sha256)")
+    size: int = Field(description="bytes of the version's files")
 
 
 class GitSource(_Model):
@@ -64,6 +74,9 @@ class Manifest(_Model):
     git: GitSource | None = None
     include: list[str] = Field(default_factory=list, description="the --include globs it was built with")
     exclude: list[str] = Field(default_factory=list, description="the --exclude globs it was built with")
+    models: list[ModelEntry] = Field(
+        default_factory=list, description="the model references the graph binds, sorted by name and tag"
+    )
     files: list[FileEntry] = Field(description="every file but servekit.json, sorted by path")
 
     def to_json(self) -> bytes:

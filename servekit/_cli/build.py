@@ -1,8 +1,9 @@
 """`servekit build`: an app target in, a reproducible `NAME-VERSION.tar.gz` bundle out.
 
 Loads the app (so a target that fails to import, or a graph whose bound arguments cannot be
-rebuilt by re-importing it, fails here with one line), picks its source files, resolves its
-requirements into a lock, renders the deployment files and the manifest, and writes the archive
+rebuilt by re-importing it, fails here with one line), pins the model-store versions it
+references into `models/`, picks its source files, resolves its requirements into a lock,
+renders the deployment files and the manifest, and writes the archive
 (`servekit._bundle.archive`: the same inputs give the same bytes).
 """
 
@@ -39,8 +40,10 @@ from servekit._bundle.manifest import (
     DeploymentEntry,
     GitSource,
     Manifest,
+    ModelEntry,
     file_entries,
 )
+from servekit._bundle.models import bundle_models
 from servekit._bundle.store import sha256_of
 from servekit._cli.target import TargetError, load_app
 from servekit._http.app import DEFAULT_MAX_BODY_BYTES, describe_routes
@@ -105,15 +108,16 @@ def build(request: BuildRequest) -> BuiltBundle:
         check_rebuildable(node, source.entrypoint)
     with tempfile.TemporaryDirectory(prefix="servekit-build-") as tmp:
         staging = Path(tmp)
+        models, model_files = bundle_models(graph, staging, request.target)
         src_files = _copy_sources(source, request, staging)
         lock_text, requirements_source = _lock(source, request, staging / "src", src_files)
         name = _bundle_name(request.name or _default_name(source))
-        version = request.version or _default_version(staging, src_files)
+        version = request.version or _default_version(staging, src_files, models)
         plans = _plans(graph)
         _write_deploy_files(staging, graph, name, version, plans)
         (staging / requirements.LOCK_NAME).write_text(lock_text, encoding="utf-8")
         paths = sorted(
-            [*(f"src/{path}" for path in src_files), *_generated_files()],
+            [*(f"src/{path}" for path in src_files), *model_files, *_generated_files()],
         )
         manifest = Manifest(
             name=name,
@@ -129,6 +133,7 @@ def build(request: BuildRequest) -> BuiltBundle:
             git=git_source(source.root),
             include=list(request.include),
             exclude=list(request.exclude),
+            models=models,
             files=file_entries(staging, paths),
         )
         (staging / MANIFEST_NAME).write_bytes(manifest.to_json())
@@ -295,11 +300,13 @@ def _bundle_name(name: str) -> str:
     return cleaned
 
 
-def _default_version(staging: Path, files: list[str]) -> str:
-    """The first 12 hex digits of the sources' sha256: the same code gives the same version."""
+def _default_version(staging: Path, files: list[str], models: list[ModelEntry]) -> str:
+    """The first 12 hex digits of the sources' and bundled models' sha256: the same code and
+    models give the same version, and a moved model tag another."""
     entries = file_entries(staging / "src", files)
-    digest = sha256_text("".join(f"{entry.path}\0{entry.sha256}\n" for entry in entries))
-    return digest[:12]
+    text = "".join(f"{entry.path}\0{entry.sha256}\n" for entry in entries)
+    text += "".join(f"model\0{model.name}\0{model.tag}\0{model.sha256}\n" for model in models)
+    return sha256_text(text)[:12]
 
 
 def sha256_text(text: str) -> str:
@@ -346,6 +353,12 @@ def summarize(manifest: Manifest) -> list[str]:
         )
     for methods, path in manifest.routes:
         lines.append(f"  route {methods:<10} {path}")
+    for model in manifest.models:
+        source = f"tag {model.tag} -> " if model.tag is not None else ""
+        lines.append(
+            f"  model {model.name:<25} {source}version {model.version}  {model.size} bytes  "
+            f"sha256 {model.sha256[:12]}"
+        )
     return lines
 
 

@@ -168,7 +168,22 @@ def _differences(old: Any, new: Any) -> str:
     before = {entry.path: entry.sha256 for entry in old.files}
     after = {entry.path: entry.sha256 for entry in new.files}
     changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
-    return f"; files that differ: {', '.join(changed[:10])}" if changed else ""
+    files = f"; files that differ: {', '.join(changed[:10])}" if changed else ""
+    return files + _model_differences(old, new)
+
+
+def _model_differences(old: Any, new: Any) -> str:
+    """The model references that resolve to another version now than when the bundle was built."""
+    before = {(model.name, model.tag): model.version for model in old.models}
+    after = {(model.name, model.tag): model.version for model in new.models}
+    keys = sorted(before.keys() | after.keys(), key=lambda key: (key[0], key[1] or ""))
+    moved = [
+        f"{name}{'' if tag is None else ':' + tag} {before.get((name, tag), 'none')} -> "
+        f"{after.get((name, tag), 'none')}"
+        for name, tag in keys
+        if before.get((name, tag)) != after.get((name, tag))
+    ]
+    return f"; models that resolve to another version now: {', '.join(moved)}" if moved else ""
 
 
 def _bundles(args: argparse.Namespace) -> int:
@@ -226,6 +241,13 @@ def render_manifest(manifest: Any, sha256: str | None) -> str:
         )
     lines.append(f"\n{'ROUTE':<10} PATH")
     lines += [f"{methods:<10} {path}" for methods, path in manifest.routes]
+    if manifest.models:
+        lines.append(f"\n{'MODEL':<24} {'TAG':<16} {'VERSION':<16} {'BYTES':>10}  SHA256")
+        lines += [
+            f"{model.name:<24} {model.tag or '-':<16} {model.version:<16} {model.size:>10}  "
+            f"{model.sha256[:16]}"
+            for model in manifest.models
+        ]
     lines.append(f"\n{'DEPENDENCY':<32} VERSION")
     lines += [f"{name:<32} {version}" for name, version in sorted(manifest.dependencies.items())]
     lines.append(f"\n{'FILE':<48} {'BYTES':>10}  SHA256")

@@ -219,6 +219,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _load(target: str, reload: bool) -> Application:
     """The app `target` names: imported from the source, or from a verified bundle."""
+    from servekit._bundle.models import describe_models  # noqa: PLC0415
     from servekit._bundle.store import is_bundle, open_bundle  # noqa: PLC0415
     from servekit._cli.bundle_app import load_bundle_app  # noqa: PLC0415
 
@@ -233,6 +234,9 @@ def _load(target: str, reload: bool) -> Application:
         f"servekit: bundle {manifest.name} {manifest.version}: {len(manifest.files)} files verified{where}",
         file=sys.stderr,
     )
+    models = describe_models(manifest.models)
+    if models is not None:
+        print(f"  {models}", file=sys.stderr)
     return load_bundle_app(opened.folder, manifest)
 
 

@@ -3,7 +3,7 @@
 In: a store URL (a local folder, ``file://``, ``s3://``, ``gs://``, ``memory://``...) and model
 files or folders. Out: versions (`VersionInfo`), tags with a history, blobs fetched and verified.
 
-Layout under the store's root::
+Layout under the store's root (a bundle's ``models/`` holds the same, less ``tmp/``)::
 
     blobs/sha256/<hex>                   file contents, one copy per distinct content
     models/<name>/versions/<version>.json  a version's manifest: its files' paths, sizes, sha256
@@ -98,6 +98,15 @@ class TagInfo:
     version: str
     history: tuple[tuple[str, float], ...]
 
+    def to_json(self) -> dict[str, Any]:
+        """The tag file's content as JSON-ready data."""
+        return {"name": self.name, "tag": self.tag, "version": self.version, "history": self.history}
+
+
+def json_bytes(data: Any) -> bytes:
+    """A store's JSON file (a version's manifest, a tag) as bytes: sorted keys, one-space indents."""
+    return json.dumps(data, indent=1, sort_keys=True).encode()
+
 
 def content_digest(kind: str, files: tuple[FileEntry, ...]) -> str:
     """The sha256 naming a version's content: its kind and each file's path and digest."""
@@ -180,7 +189,7 @@ class ModelStore:
 
     def _write_json(self, final: str, data: Any) -> None:
         tmp = self._tmp()
-        self.fs.pipe_file(tmp, json.dumps(data, indent=1, sort_keys=True).encode())
+        self.fs.pipe_file(tmp, json_bytes(data))
         self._publish(tmp, final)
 
     def _read_json(self, path: str) -> Any | None:
@@ -310,7 +319,7 @@ class ModelStore:
         return info
 
     def _write_tag(self, info: TagInfo) -> None:
-        data = {"name": info.name, "tag": info.tag, "version": info.version, "history": info.history}
+        data = info.to_json()
         self._guarded(lambda: self._write_json(self._tag_path(info.name, info.tag), data), "writing a tag")
 
     def _read_tag(self, name: str, tag: str) -> TagInfo | None:
@@ -367,16 +376,19 @@ class ModelStore:
         """Download `info`'s files into `folder` (under its pushed name), verifying each sha256."""
         target = folder / info.basename
         for entry in info.files:
-            local = target if info.kind == "file" else target / entry.path
-            local.parent.mkdir(parents=True, exist_ok=True)
-            digest = self._guarded(lambda e=entry, p=local: self._download(e.sha256, p), "downloading")
-            if digest != entry.sha256:
-                raise ModelIntegrityError(
-                    f"model {info.name!r} version {info.version!r}: file {entry.path!r} in the store has "
-                    f"sha256 {digest[:12]}..., expected {entry.sha256[:12]}...; the store is corrupted: "
-                    f"push it again (`servekit models push {info.name} PATH --version {info.version}`)"
-                )
+            self.fetch_file(info, entry, target if info.kind == "file" else target / entry.path)
         return target
+
+    def fetch_file(self, info: VersionInfo, entry: FileEntry, local: Path) -> None:
+        """Download one file of `info` to `local`, verifying its sha256."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        digest = self._guarded(lambda: self._download(entry.sha256, local), "downloading")
+        if digest != entry.sha256:
+            raise ModelIntegrityError(
+                f"model {info.name!r} version {info.version!r}: file {entry.path!r} in the store has "
+                f"sha256 {digest[:12]}..., expected {entry.sha256[:12]}...; the store is corrupted: "
+                f"push it again (`servekit models push {info.name} PATH --version {info.version}`)"
+            )
 
     def _download(self, sha256: str, local: Path) -> str:
         digest = hashlib.sha256()

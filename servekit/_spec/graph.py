@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from servekit._spec.deployment import Application, Deployment
+from servekit._spec.models import ModelRef
 from servekit._spec.routing import RouterNode, Split
 from servekit.errors import GraphError
 
@@ -182,3 +184,45 @@ def with_handles(value: Any, make_handle: Callable[[str], Any]) -> Any:
     if isinstance(value, dict):
         return {key: with_handles(item, make_handle) for key, item in value.items()}
     return value
+
+
+def map_model_refs(app: Application, change: Callable[[ModelRef], ModelRef]) -> Application:
+    """A copy of the application `app` with every bound `ModelRef` replaced by `change(ref)`.
+
+    The copy has the same shape: a node (or split) bound in two places is one node in the copy,
+    and the user's objects are left as they are.
+    """
+    copies: dict[int, Any] = {}
+
+    def copy(value: Any) -> Any:
+        if isinstance(value, ModelRef):
+            return change(value)
+        if isinstance(value, Application | Split):
+            if id(value) not in copies:
+                copies[id(value)] = _copied(value, copies, copy)
+            return copies[id(value)]
+        if isinstance(value, list | tuple):
+            replaced = [copy(item) for item in value]
+            return replaced if isinstance(value, list) else type(value)(replaced)
+        if isinstance(value, dict):
+            return {key: copy(item) for key, item in value.items()}
+        return value
+
+    copied: Application = copy(app)
+    return copied
+
+
+def _copied(value: Application | Split, copies: dict[int, Any], copy: Callable[[Any], Any]) -> Any:
+    """A copy of one node or split, registered in `copies` before its arguments are copied (so a
+    cycle stays a cycle, for `build_graph` to report)."""
+    if isinstance(value, Application):
+        node = Application(value.deployment)
+        copies[id(value)] = node
+        node.args = tuple(copy(item) for item in value.args)
+        node.kwargs = {key: copy(item) for key, item in value.kwargs.items()}
+        return node
+    split = dataclasses.replace(value)
+    copies[id(value)] = split
+    split.arms = {arm: copy(item) for arm, item in value.arms.items()}
+    split.shadow = {arm: copy(item) for arm, item in value.shadow.items()}
+    return split

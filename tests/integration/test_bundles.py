@@ -33,10 +33,14 @@ TEXT = {"text": "The cat saw the dog and the cat ran"}
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = {
-        name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "SOURCE_DATE_EPOCH")
-    }
-    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(SOURCE_TREE), SERVEKIT_HOME=str(home))
+    dropped = ("PYTHONPATH", "SOURCE_DATE_EPOCH", "SERVEKIT_MODEL_STORE")
+    env = {name: value for name, value in os.environ.items() if name not in dropped}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(SOURCE_TREE),
+        SERVEKIT_HOME=str(home),
+        SERVEKIT_MODEL_CACHE=str(home / "model-cache"),
+    )
     return env
 
 
@@ -63,11 +67,12 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    """Run `servekit ARGS` to completion (stdout and stderr together), with a home of its own."""
+    """Run `servekit ARGS` to completion (stdout and stderr together), with a home of its own;
+    keyword arguments set environment variables."""
 
-    def run(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, cwd: Path = tmp_path, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "servekit", *args], cwd=cwd, env=_env(tmp_path / "home"),
+            [sys.executable, "-m", "servekit", *args], cwd=cwd, env={**_env(tmp_path / "home"), **env},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=DEADLINE_S, check=False,
         )  # fmt: skip
 
@@ -244,3 +249,95 @@ def test_a_bundle_built_for_a_newer_servekit_is_refused(project: Path, tmp_path:
     (unpacked / "servekit.json").write_text(json.dumps(manifest))
     error = _one_line_error(cli("serve", str(unpacked), "--port", "0"))
     assert "built with servekit 99.0.0, newer than this servekit" in error
+
+
+GREETER = """
+from pathlib import Path
+
+from pydantic import BaseModel
+
+import servekit as sk
+
+
+class Person(BaseModel):
+    name: str
+
+
+@sk.deployment
+class Greeter:
+    def __init__(self, weights: str) -> None:
+        self.greeting = Path(weights).read_text()
+
+    @sk.endpoint("/greet")
+    def greet(self, person: Person) -> dict[str, str | None]:
+        return {"text": f"{self.greeting}, {person.name}", "model": sk.replica_context().model_version}
+
+
+app = Greeter.bind(sk.model("greeting", tag="production"))
+"""
+
+
+def _greeting_store(store: Path, weights: Path) -> None:
+    """A store where 'greeting:production' points to v1 ("hello") while 'latest' is v2 ("howdy")."""
+    for version, text in (("v1", "hello"), ("v2", "howdy")):
+        (weights / version).mkdir(parents=True, exist_ok=True)
+        (weights / version / "greeting.txt").write_text(text)
+        sk.models.push("greeting", weights / version / "greeting.txt", version=version, store=str(store))
+    sk.models.tag("greeting", "v1", "production", store=str(store))
+
+
+def test_a_bundle_carries_its_models_and_serves_them_without_the_store(
+    tmp_path: Path, cli: Cli, serve: Callable[[str], str]
+) -> None:
+    project = tmp_path / "greeter"
+    project.mkdir()
+    (project / "app.py").write_text(GREETER)
+    (project / "requirements.txt").write_text("pydantic>=2.7\n")
+    store = tmp_path / "store"
+    _greeting_store(store, tmp_path / "weights")
+    target = f"{project}/app.py:app"
+    built = cli("build", target, "-o", str(tmp_path / "one"), SERVEKIT_MODEL_STORE=str(store))
+    archive, sha = _built(built)
+    assert re.search(r"model greeting\s+tag production -> version v1  5 bytes", built.stdout), built.stdout
+    shown = cli("bundles", "show", str(archive)).stdout
+    assert re.search(r"^greeting\s+production\s+v1\s+5  [0-9a-f]{16}$", shown, re.MULTILINE), shown
+    with tarfile.open(archive) as tar:
+        manifest = json.loads(tar.extractfile("servekit.json").read())  # type: ignore[union-attr]
+        names = tar.getnames()
+    [model] = manifest["models"]
+    v1 = sk.models.resolve("greeting@v1", store=str(store))
+    assert model == {"name": "greeting", "version": "v1", "tag": "production", "sha256": v1.sha256, "size": 5}
+    blob = f"models/blobs/sha256/{v1.files[0].sha256}"
+    listed = {entry["path"]: entry["sha256"] for entry in manifest["files"]}
+    assert listed[blob] == v1.files[0].sha256
+    assert {
+        blob,
+        "models/models/greeting/versions/v1.json",
+        "models/models/greeting/tags/production.json",
+    } <= set(names)
+    assert not any("v2" in name for name in names)
+
+    shutil.rmtree(store)  # the same versions pushed again, at other times: the same bytes
+    _greeting_store(store, tmp_path / "weights")
+    again, sha_again = _built(
+        cli("build", target, "-o", str(tmp_path / "two"), SERVEKIT_MODEL_STORE=str(store))
+    )
+    assert (sha_again, again.read_bytes()) == (sha, archive.read_bytes())
+
+    sk.models.tag("greeting", "v2", "production", store=str(store))
+    check = cli("build", "--check", str(archive), target, SERVEKIT_MODEL_STORE=str(store))
+    assert check.returncode == 1, check.stdout
+    assert "models that resolve to another version now: greeting:production v1 -> v2" in check.stdout
+
+    shutil.rmtree(store)  # served from the bundle alone
+    url = serve(str(archive))
+    answer = httpx.post(f"{url}/greet", json={"name": "Ada"}, timeout=10)
+    assert (answer.status_code, answer.json()) == (200, {"text": "hello, Ada", "model": "v1"})
+    assert "models from the bundle: greeting:production -> v1" in (tmp_path / "serve-0.log").read_text()
+
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="data")
+    (unpacked / blob).write_text("HELLO")
+    error = _one_line_error(cli("serve", str(unpacked), "--port", "0"))
+    assert f"bundle file {blob!r} does not match its sha256" in error
