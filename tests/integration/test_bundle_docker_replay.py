@@ -10,6 +10,7 @@ what is under test). The app is `examples/textstats`, whose lock is small (no to
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -141,5 +142,6 @@ def test_the_dockerfile_replayed_in_a_clean_venv_serves_the_bundle_like_the_sour
         _run(str(bin_dir / "python"), "-c", healthcheck, env=env, cwd=tmp_path)
         assert _answers(url) == _source_answers()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
+            os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
