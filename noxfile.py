@@ -19,7 +19,8 @@ def tests(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-e", ".[test,fast,ray,build,batch,ray-data]")
     session.run("python", "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3")
-    session.run("coverage", "run", "-m", "pytest", "-m", "not postgres", *session.posargs)
+    # two pytest processes side by side: tests/backends (one Ray cluster), unit + integration
+    session.run("python", "tests/run_split.py", "-m", "not postgres", *session.posargs)
     session.run("coverage", "combine", success_codes=[0, 1])
     session.run("coverage", "report")
 
