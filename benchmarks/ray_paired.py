@@ -42,6 +42,7 @@ from typing import Any
 from benchmarks.harness import machine
 from benchmarks.harness.server import REPO_ROOT, free_port, get_json, process_tree, request
 from benchmarks.harness.wrk import ensure_wrk, run_wrk, write_lua_script
+from benchmarks.ray_backend import _first_200
 from benchmarks.workloads import SAMPLE_X
 
 BODY = json.dumps({"x": SAMPLE_X}, separators=(",", ":"))
@@ -168,18 +169,6 @@ class Deployed:
             self._server.shutdown(grace_s=5)
         else:
             serve.delete(APP)
-
-
-def _first_200(port: int, path: str, started: float, timeout_s: float = 180.0) -> float:
-    while time.perf_counter() - started < timeout_s:
-        try:
-            status, _ = request(port, "POST", path, BODY, timeout=5)
-        except OSError:
-            status = None
-        if status == 200:
-            return time.perf_counter() - started
-        time.sleep(0.02)
-    raise RuntimeError(f"no 200 from POST {path} within {timeout_s} s")
 
 
 @contextlib.contextmanager
