@@ -8,6 +8,7 @@ transaction and blocking: `JobService` calls them from one thread of its own.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import os
@@ -140,17 +141,15 @@ def check_data_dir(path: Path) -> None:
         )
 
 
-class SqlJobStore:
+class SqlJobStore(abc.ABC):
     """The SQL both databases share; subclasses give the connection, transactions and blobs."""
 
     placeholder = "?"
     skip_locked = ""
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
         """A cursor inside one write transaction."""
-        raise NotImplementedError
-        yield
 
     def _q(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
@@ -173,7 +172,7 @@ class SqlJobStore:
         row = cur.fetchone()
         return None if row is None else self._record(row)
 
-    def _lock_target(self, cur: Any, target: str) -> None:
+    def _lock_target(self, cur: Any, target: str) -> None:  # noqa: B027  # a hook, no-op by default
         """Serialise submissions to one target (SQLite's write lock does it already)."""
 
     def submit(self, job: NewJob, now: float) -> tuple[JobRecord, bool]:
@@ -380,7 +379,7 @@ class SqlJobStore:
     def _read_file(self, name: str) -> bytes:
         raise JobStoreError(f"result file {name!r} kept by a store without files")
 
-    def _drop_file(self, name: str) -> None:
+    def _drop_file(self, name: str) -> None:  # noqa: B027  # a hook, no-op by default
         """Delete a result file (stores that keep them)."""
 
 
