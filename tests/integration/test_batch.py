@@ -52,6 +52,30 @@ def test_scores_in_input_order_with_failed_and_malformed_rows_in_the_errors_file
     assert not (tmp_path / "out.parquet.parts").exists()
 
 
+def test_a_value_of_the_wrong_type_fails_its_row_as_the_http_edge_would(tmp_path: Path) -> None:
+    """`score(x: float)` gets floats or nothing: a row with a string x goes to the errors file
+    naming the field (over HTTP the same request is a 422), a numeric string is coerced."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"x": 1}\n{"x": "bad"}\n{"x": "2.5"}\n')
+    report = sk.batch_score(app, source, tmp_path / "out.jsonl", endpoint="/score", progress=False)
+    assert (report.succeeded, report.failed) == (2, 1)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows == [{"row": 0, "y": 2.0}, {"row": 2, "y": 5.0}]
+    (error,) = [json.loads(line) for line in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+    assert (error["row"], error["error"]) == (1, "ValidationError")
+    assert "x" in error["message"]
+    assert "float" in error["message"]
+
+
+def test_a_batched_method_checks_each_item_against_its_list_type(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"xs": 1}\n{"xs": "nan-ish"}\n{"xs": 3}\n')
+    report = sk.batch_score(app, source, tmp_path / "out.jsonl", method="double", progress=False)
+    assert (report.succeeded, report.failed) == (2, 1)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows == [{"row": 0, "y": 2.0}, {"row": 2, "y": 6.0}]
+
+
 def test_a_model_parameter_takes_the_columns_and_csv_in_jsonl_out(tmp_path: Path) -> None:
     source = tmp_path / "reviews.csv"
     source.write_text("body,stars\nlovely,5\nmeh,2\ntoo,many,fields\n")

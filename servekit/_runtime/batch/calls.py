@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
+from servekit._replica.batching import batched_state
 from servekit._spec.endpoint import endpoint_spec
 from servekit._spec.graph import AppGraph
 from servekit.errors import DeploymentOptionError
@@ -32,13 +33,21 @@ class CallPlan:
     mapping: Mapping[str, str]
     model_param: str = ""
     """The one parameter that takes the model (when the method takes a model)."""
+    validator: type[BaseModel] | None = None
+    """The keyword arguments' annotated types (when the method takes plain arguments), which
+    check each row as the HTTP edge checks a request's parameters."""
 
     def arguments(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """The call's keyword arguments for `row` (a model is validated here: bad rows raise)."""
+        """The call's keyword arguments for `row`, validated against the method's annotations
+        (a bad row raises pydantic's `ValidationError`, naming the field)."""
         values = {self.mapping.get(column, column): value for column, value in row.items()}
         if self.model is not None:
             return {self.model_param: self.model.model_validate(values)}
-        return {name: values[name] for name in self.fields if name in values}
+        given = {name: values[name] for name in self.fields if name in values}
+        if self.validator is None:
+            return given
+        checked = self.validator.model_validate(given)
+        return {name: getattr(checked, name) for name in given}
 
     def check_columns(self, columns: list[str]) -> None:
         """Refuse a mapping from a column the input lacks, or a required field no column gives."""
@@ -94,7 +103,20 @@ def plan_calls(
         return CallPlan(name, fields, required, model, dict(mapping), params[0].name)
     fields = tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
     required = tuple(p.name for p in params if p.default is p.empty and p.name in fields)
-    return CallPlan(name, fields, required, None, dict(mapping))
+    batched = batched_state(func) is not None  # an `@batch` method takes lists: check one item
+    types = {
+        p.name: (_item_type(hints.get(p.name, Any)) if batched else hints.get(p.name, Any), None)
+        for p in params
+        if p.name in fields
+    }
+    validator = create_model(f"{name}_arguments", **types)  # type: ignore[call-overload]
+    return CallPlan(name, fields, required, None, dict(mapping), validator=validator)
+
+
+def _item_type(annotation: Any) -> Any:
+    """The element type of a batched parameter's `list[T]` (Any when not so annotated)."""
+    args = typing.get_args(annotation)
+    return args[0] if typing.get_origin(annotation) is list and args else Any
 
 
 def _is_model(annotation: Any) -> bool:
