@@ -20,10 +20,14 @@ model is free, a batch finishes, a hold expires). The rules, in order:
    milliseconds), where gaps alone cannot tell a burst from its end;
 5. nothing learned yet (no batch cost, or no gap between queued arrivals seen): dispatch, so
    a lone caller pays no window;
-6. hold only while waiting pays: the next arrival is expected sooner than the fixed cost of a
-   batch it would otherwise pay for (`gap + per_item < fixed`), and only while the queue keeps
-   growing: at most `HOLD_GAPS` typical gaps (and one fixed cost) after the last arrival, and
-   never past the window.
+6. with `wait="adaptive"`, hold only while waiting pays: the next arrival is expected sooner
+   than the fixed cost of a batch it would otherwise pay for (`gap + per_item < fixed`), and
+   only while the queue keeps growing: at most `HOLD_GAPS` typical gaps (and one fixed cost)
+   after the last arrival, and never past the window;
+7. with `wait="fill"`, hold until the window ends whenever the next arrival is expected within
+   it (`gap < max_wait`): under load every batch fills for its whole window, as Ray Serve's
+   `@serve.batch` and Triton's queue delay do, while a lone caller (no gap learned: nobody
+   arrived while something waited) or sparse arrivals still pay no window.
 
 `CostModel` learns a batch's duration as `fixed + per_item * size` (an exponentially weighted
 least-squares fit), and `ArrivalGap` the typical (median) time between arrivals while items
@@ -50,6 +54,11 @@ _MIN_SIZE_VARIANCE = 0.25
 """Below this spread of batch sizes the fit cannot tell fixed from per-item cost."""
 
 
+WAIT_MODES = ("adaptive", "fill")
+"""How a batch holds for more items: only while it pays (`adaptive`), or for its whole window
+whenever arrivals are dense enough to join it (`fill`)."""
+
+
 @dataclass(frozen=True)
 class BatchLimits:
     """The options one queue runs with (the decorator's, with a deployment's overrides)."""
@@ -57,6 +66,8 @@ class BatchLimits:
     max_batch_size: int
     max_wait_s: float
     max_concurrent_batches: int = 1
+    wait: str | None = None
+    """One of `WAIT_MODES`; None until the queue applies its backend's default."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view, in the options' own units."""
@@ -64,6 +75,7 @@ class BatchLimits:
             "max_batch_size": self.max_batch_size,
             "max_wait_ms": round(self.max_wait_s * 1000, 3),
             "max_concurrent_batches": self.max_concurrent_batches,
+            "wait": self.wait,
         }
 
 
@@ -109,8 +121,10 @@ class BatchDecision:
 
 def decide(state: BatchInput) -> BatchDecision:
     """Whether the queue should start a batch now, and if not, until when it holds."""
-    forced = _forced(state)
-    return forced if forced is not None else _hold_if_it_pays(state)
+    decision = _forced(state) or _more_known_to_come(state)
+    if decision is not None:
+        return decision
+    return _hold_to_fill(state) if state.limits.wait == "fill" else _hold_if_it_pays(state)
 
 
 def _forced(state: BatchInput) -> BatchDecision | None:
@@ -132,12 +146,27 @@ def window_end(state: BatchInput) -> float:
     return max(state.oldest_arrival, state.room_since) + state.limits.max_wait_s
 
 
-def _hold_if_it_pays(state: BatchInput) -> BatchDecision:
-    """Hold for the next arrival while it is due sooner than the fixed cost it saves, else go."""
+def _more_known_to_come(state: BatchInput) -> BatchDecision | None:
+    """A hold to the window's end while calls are known to be coming (or the loop is backlogged)."""
     if state.on_their_way > 0:
         return BatchDecision(False, window_end(state), "calls are on their way")
     if state.loop_lag_s >= BACKLOG_LAG * state.limits.max_wait_s:
         return BatchDecision(False, window_end(state), "the event loop is backlogged")
+    return None
+
+
+def _hold_to_fill(state: BatchInput) -> BatchDecision:
+    """Hold to the window's end while the next arrival is due within it, else go."""
+    gap = state.arrival_gap_s
+    if gap is None:
+        return BatchDecision(True, None, "nothing learned")
+    if gap >= state.limits.max_wait_s:
+        return BatchDecision(True, None, "arrivals too sparse to fill the window")
+    return BatchDecision(False, window_end(state), "filling the window")
+
+
+def _hold_if_it_pays(state: BatchInput) -> BatchDecision:
+    """Hold for the next arrival while it is due sooner than the fixed cost it saves, else go."""
     cost, gap = state.cost, state.arrival_gap_s
     if cost is None or gap is None:
         return BatchDecision(True, None, "nothing learned")
