@@ -34,6 +34,15 @@ ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 ADMIN_PREFIX = "/-/"
 """servekit's own admin namespace (status, jobs, routers, rollouts)."""
 _MATCHED_ROUTE = "servekit.route"
+_MODEL_ID = MODEL_ID_HEADER.encode()
+
+
+def raw_header(request: Request, name: bytes) -> str | None:
+    """The first value of header `name` (lower case), read from the ASGI scope's raw list."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def build_asgi_app(
@@ -122,7 +131,7 @@ def _endpoint_handler(
         if always_async or wants_async(request):
             return await submit_request(jobs, route, request)
         try:
-            model_id = request.headers.get(MODEL_ID_HEADER)
+            model_id = raw_header(request, _MODEL_ID)
             if model_id:
                 result = await carrying_model_id(model_id, call(deployment, method, (), await bind(request)))
             else:
@@ -134,7 +143,7 @@ def _endpoint_handler(
     async def streaming(request: Request) -> Response:
         try:
             chunks = runtime.stream(deployment, method, (), await bind(request))
-            model_id = request.headers.get(MODEL_ID_HEADER)
+            model_id = raw_header(request, _MODEL_ID)
             first = await (carrying_model_id(model_id, anext(chunks)) if model_id else anext(chunks))
         except StopAsyncIteration:
             empty = "text/event-stream" if wants_sse(request) else "application/x-ndjson"
@@ -150,7 +159,7 @@ def _raw_handler(runtime: ServingRuntime, deployment: str) -> Handler:
     async def raw(request: Request) -> Response:
         try:
             called = runtime.call(deployment, "__call__", (request,), {})
-            model_id = request.headers.get(MODEL_ID_HEADER)
+            model_id = raw_header(request, _MODEL_ID)
             return render(await (carrying_model_id(model_id, called) if model_id else called))
         except Exception as exc:
             return error_response(exc, request)
