@@ -24,10 +24,11 @@ model is free, a batch finishes, a hold expires). The rules, in order:
    than the fixed cost of a batch it would otherwise pay for (`gap + per_item < fixed`), and
    only while the queue keeps growing: at most `HOLD_GAPS` typical gaps (and one fixed cost)
    after the last arrival, and never past the window;
-7. with `wait="fill"`, hold until the window ends whenever the next arrival is expected within
-   it (`gap < max_wait`): under load every batch fills for its whole window, as Ray Serve's
-   `@serve.batch` and Triton's queue delay do, while a lone caller (no gap learned: nobody
-   arrived while something waited) or sparse arrivals still pay no window.
+7. with `wait="fill"`, hold until the window ends under load: when the last batch had more than
+   one item, or the next arrival is expected within the window (`gap < max_wait`). Every
+   batch then fills for its whole window, as Ray Serve's `@serve.batch` and Triton's queue
+   delay do, while a lone caller (the last batch was one item and no gap, or only gaps longer
+   than the window, were seen) still pays no window.
 
 `CostModel` learns a batch's duration as `fixed + per_item * size` (an exponentially weighted
 least-squares fit), and `ArrivalGap` the typical (median) time between arrivals while items
@@ -108,6 +109,8 @@ class BatchInput:
     """How late the event loop ran the latest arrival's decision: its backlog of other work."""
     on_their_way: int = 0
     """Calls inside this replica known to be coming (see `servekit._replica.arrivals`)."""
+    last_batch_size: int = 0
+    """Items in the batch started last (0 before the first)."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,10 @@ def _more_known_to_come(state: BatchInput) -> BatchDecision | None:
 
 
 def _hold_to_fill(state: BatchInput) -> BatchDecision:
-    """Hold to the window's end while the next arrival is due within it, else go."""
+    """Hold to the window's end under load (calls overlapped in the last batch, or arrive within
+    a window of each other), else go."""
+    if state.last_batch_size > 1:
+        return BatchDecision(False, window_end(state), "filling the window")
     gap = state.arrival_gap_s
     if gap is None:
         return BatchDecision(True, None, "nothing learned")

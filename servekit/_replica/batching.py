@@ -112,6 +112,7 @@ class BatchQueue:
         since a batch that blocks the loop holds back every arrival behind it."""
         self._finished_at_last_arrival = 0
         self._room_since = 0.0
+        self._last_size = 0
         self._closed = False
         self._reason = "idle"
         self.costs = CostModel()
@@ -247,6 +248,7 @@ class BatchQueue:
             arrival_gap_s=self.gaps.typical_s,
             loop_lag_s=self._loop_lag_s,
             on_their_way=0 if self._incoming is None else self._incoming.count,
+            last_batch_size=self._last_size,
         )
 
     def _hold(self, until: float) -> None:
@@ -303,6 +305,7 @@ class BatchQueue:
                 self._decide()
             return
         self.stats.record(len(batch))
+        self._last_size = len(batch)
         started = _now()
         try:
             await self._execute(batch)

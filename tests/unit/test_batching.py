@@ -255,6 +255,8 @@ FILL = BatchLimits(max_batch_size=32, max_wait_s=0.005, wait="fill")
         ({"arrival_gap_s": 0.005}, True, "too sparse to fill"),
         ({"arrival_gap_s": 0.004, "cost": None}, False, "filling the window"),
         ({"arrival_gap_s": 0.001}, False, "filling the window"),  # adaptive would go: gap > saving
+        ({"arrival_gap_s": 0.009, "last_batch_size": 4}, False, "filling the window"),  # calls overlap
+        ({"arrival_gap_s": None, "last_batch_size": 1}, True, "nothing learned"),
         ({"now": 10.005}, True, "max_wait"),
         ({"queued": 32}, True, "full"),
         ({"running": 1}, False, "busy"),
