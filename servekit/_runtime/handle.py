@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from servekit._replica.multiplex import carrying_model_id
 from servekit._replica.request_context import RequestContext, current_request, request_id_from, set_request
 from servekit._replica.sync_calls import note_blocking_wait
+from servekit._telemetry import tracing
 from servekit.errors import DeploymentUnavailableError
 
 SCAN_LIMIT = 1000
@@ -84,6 +85,9 @@ class DeploymentResponse:
             coro = dispatcher.call(deployment, method, args, kwargs)
         if model_id is not None:
             coro = carrying_model_id(model_id, coro)
+        active = tracing.active()
+        if active is not None:  # a client span around the call
+            coro = active.traced(coro, f"{deployment}.{method}", _span_attributes(deployment, method))
         self._future: asyncio.Future[Any] | concurrent.futures.Future[Any] | None = None
         self._pending: Coroutine[Any, Any, Any] | None = None
         if _on_loop(loop):
@@ -163,6 +167,10 @@ class DeploymentResponse:
 
     async def _wait(self) -> Any:
         return await self
+
+
+def _span_attributes(deployment: str, method: str) -> dict[str, str]:
+    return {"servekit.deployment": deployment, "servekit.method": method}
 
 
 async def _in_new_request(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -256,6 +264,10 @@ class DeploymentResponseGenerator:
     ) -> None:
         self._loop = dispatcher.loop
         self._chunks = _resolved_stream(dispatcher, deployment, method, args, kwargs, model_id=model_id)
+        active = tracing.active()
+        if active is not None:  # a client span around the stream
+            attributes = _span_attributes(deployment, method)
+            self._chunks = active.traced_stream(self._chunks, f"{deployment}.{method}", "client", attributes)
 
     def __aiter__(self) -> DeploymentResponseGenerator:
         return self
