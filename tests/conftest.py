@@ -134,7 +134,9 @@ class OtlpReceiver:
                             parent_id=span.parent_span_id.hex(),
                             links=tuple(link.span_id.hex() for link in span.links),
                             attributes=_values(span.attributes),
-                            status=Status.StatusCode.Name(span.status.code).removeprefix("STATUS_CODE_").lower(),
+                            status=Status.StatusCode.Name(span.status.code)
+                            .removeprefix("STATUS_CODE_")
+                            .lower(),
                             resource=resource,
                         )
                     )
@@ -155,7 +157,9 @@ def _values(attributes: Any) -> dict[str, Any]:
     values = {}
     for attribute in attributes:
         value = attribute.value
-        values[attribute.key] = getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
+        values[attribute.key] = (
+            getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
+        )
     return values
 
 

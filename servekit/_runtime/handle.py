@@ -82,12 +82,9 @@ class DeploymentResponse:
         if _has_response(args, kwargs):
             coro = _resolved_call(dispatcher, deployment, method, args, kwargs)
         else:
-            coro = dispatcher.call(deployment, method, args, kwargs)
+            coro = _dispatched(dispatcher, deployment, method, args, kwargs)
         if model_id is not None:
             coro = carrying_model_id(model_id, coro)
-        active = tracing.active()
-        if active is not None:  # a client span around the call
-            coro = active.traced(coro, f"{deployment}.{method}", _span_attributes(deployment, method))
         self._future: asyncio.Future[Any] | concurrent.futures.Future[Any] | None = None
         self._pending: Coroutine[Any, Any, Any] | None = None
         if _on_loop(loop):
@@ -246,7 +243,18 @@ async def _resolved_call(
     dispatcher: Dispatcher, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     args, kwargs = await _resolve_args(args, kwargs)
-    return await dispatcher.call(deployment, method, args, kwargs)
+    return await _dispatched(dispatcher, deployment, method, args, kwargs)
+
+
+def _dispatched(
+    dispatcher: Dispatcher, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Coroutine[Any, Any, Any]:
+    """The call, in a client span while tracing (its arguments resolved already)."""
+    call = dispatcher.call(deployment, method, args, kwargs)
+    active = tracing.active()
+    if active is None:
+        return call
+    return active.traced(call, f"{deployment}.{method}", _span_attributes(deployment, method))
 
 
 class DeploymentResponseGenerator:
@@ -264,10 +272,6 @@ class DeploymentResponseGenerator:
     ) -> None:
         self._loop = dispatcher.loop
         self._chunks = _resolved_stream(dispatcher, deployment, method, args, kwargs, model_id=model_id)
-        active = tracing.active()
-        if active is not None:  # a client span around the stream
-            attributes = _span_attributes(deployment, method)
-            self._chunks = active.traced_stream(self._chunks, f"{deployment}.{method}", "client", attributes)
 
     def __aiter__(self) -> DeploymentResponseGenerator:
         return self
@@ -321,6 +325,10 @@ async def _resolved_stream(
 ) -> AsyncGenerator[Any]:
     args, kwargs = await _resolve_args(args, kwargs)
     chunks = dispatcher.stream(deployment, method, args, kwargs)
+    active = tracing.active()
+    if active is not None:  # a client span around the stream (its arguments resolved already)
+        attributes = _span_attributes(deployment, method)
+        chunks = active.traced_stream(chunks, f"{deployment}.{method}", "client", attributes)
     if model_id is not None:  # the first step picks the replica: it runs carrying the model id
         try:
             first = await carrying_model_id(model_id, anext(chunks))

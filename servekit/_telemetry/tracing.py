@@ -214,8 +214,9 @@ def start_tracing(settings: TracingSettings) -> Tracing:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
     except ImportError as exc:
         raise ImportError(f"tracing needs the OpenTelemetry SDK: {INSTALL_HINT}") from exc
-    own = {"service.name": settings.service_name, "process.pid": os.getpid()}
-    resource = Resource.create({**dict(settings.resource), **own})
+    attributes: dict[str, str | int] = dict(settings.resource)
+    attributes.update({"service.name": settings.service_name, "process.pid": os.getpid()})
+    resource = Resource.create(attributes)
     provider = TracerProvider(sampler=_make_sampler(settings), resource=resource, shutdown_on_exit=False)
     for exporter in settings.exporters:
         options = settings.batch
