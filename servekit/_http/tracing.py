@@ -9,6 +9,8 @@ id. Installed only while the process traces (`build_asgi_app` checks `tracing.ac
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servekit._replica.request_context import current_request
@@ -47,14 +49,19 @@ class TracingMiddleware:
             try:
                 await self.app(scope, receive, send_status)
             finally:
-                route = getattr(scope.get("route"), "path", None)  # set by the router once matched
-                if route is not None:
-                    span.update_name(f"{method} {route}")
-                    span.set_attribute("http.route", route)
-                if status:
-                    span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    self.tracing.fail(span, f"HTTP {status}")
+                if span is not None:  # None: not made, under an unsampled span
+                    self._describe(span, scope, method, status)
+
+    def _describe(self, span: Any, scope: Scope, method: str, status: int) -> None:
+        """Name the span after the matched route and record the status (5xx: failed)."""
+        route = getattr(scope.get("route"), "path", None)  # set by the router once matched
+        if route is not None:
+            span.update_name(f"{method} {route}")
+            span.set_attribute("http.route", route)
+        if status:
+            span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            self.tracing.fail(span, f"HTTP {status}")
 
 
 def _attributes(scope: Scope) -> dict[str, str | int]:

@@ -230,7 +230,7 @@ def start_tracing(settings: TracingSettings) -> Tracing:
         provider.add_span_processor(processor)
     if type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider":  # none set yet
         trace.set_tracer_provider(provider)
-    started = _PROCESS.current = Tracing(provider)
+    started = _PROCESS.current = Tracing(provider, settings.sampler.startswith("parentbased_"))
     return started
 
 
@@ -263,10 +263,12 @@ def _make_exporter(name: Exporter, settings: TracingSettings) -> Any:
 class Tracing:
     """A process's tracer and the span helpers servekit's hops call."""
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, parent_based: bool = True) -> None:
         from opentelemetry import context, propagate, trace  # noqa: PLC0415
 
         self.provider = provider
+        self._parent_based = parent_based
+        """Whether a child of an unsampled span is never sampled (so need not be made at all)."""
         self.tracer: Tracer = provider.get_tracer("servekit")
         self._trace = trace
         self._context = context
@@ -286,8 +288,14 @@ class Tracing:
         kind: Literal["server", "client", "internal"] = "internal",
         attributes: Attributes | None = None,
         parent: Any = None,
-    ) -> CurrentSpan:
-        """A span, current inside the `with` block and ended after it (an exception marks it failed)."""
+    ) -> CurrentSpan | _Unsampled:
+        """A span, current inside the `with` block and ended after it (an exception marks it failed).
+
+        Under an unsampled span (and a parent-based sampler) it is not made at all: the block
+        runs under that span, which carries the trace on at the cost of one check.
+        """
+        if parent is None and self._unsampled():
+            return _UNSAMPLED
         span = self.tracer.start_span(
             name, parent, self._kinds.get(kind, self._trace.SpanKind.INTERNAL), attributes
         )
@@ -306,6 +314,10 @@ class Tracing:
         attributes: Attributes | None = None,
     ) -> AsyncGenerator[T]:
         """Yield `chunks` inside one span, current while each chunk is produced."""
+        if self._unsampled():
+            async for chunk in chunks:
+                yield chunk
+            return
         span = self.tracer.start_span(name, None, self._kinds[kind], attributes)
         scope = CurrentSpan(self, span, end=False)
         try:
@@ -327,6 +339,13 @@ class Tracing:
         if self.sampled() is None:
             return
         self.tracer.start_span(name, None, attributes=attributes, start_time=start_ns).end()
+
+    def _unsampled(self) -> bool:
+        """Whether the current span is a real one that was not sampled, so its children are not."""
+        if not self._parent_based:
+            return False
+        span_context = self._trace.get_current_span().get_span_context()
+        return span_context.is_valid and not span_context.trace_flags.sampled
 
     def sampled(self) -> SpanContext | None:
         """The current span's context when it is sampled (its children are recorded), else None."""
@@ -379,6 +398,19 @@ class Tracing:
         """The current trace's id (32 hex digits), or None outside a span."""
         span_context = self._trace.get_current_span().get_span_context()
         return format(span_context.trace_id, "032x") if span_context.is_valid else None
+
+
+class _Unsampled:
+    """The scope of a span not made (its parent was not sampled): nothing to enter or end."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_UNSAMPLED = _Unsampled()
 
 
 class CurrentSpan:

@@ -90,11 +90,10 @@ async def test_a_request_is_one_trace_across_edge_handles_queue_a_process_replic
                     headers={"traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01"},
                 )
             )
+            preprocess = lambda: server.handle.status()["deployments"]["Preprocess"]  # noqa: E731
+            await await_until(lambda: preprocess()["ongoing"] == 1, "the first request to hold Preprocess")
             queued = asyncio.create_task(client.post(server.url + "/classify", json={"text": "a b"}))
-            await await_until(
-                lambda: server.handle.status()["deployments"]["Preprocess"]["queued"] == 1,
-                "the second request to queue behind the first",
-            )
+            await await_until(lambda: preprocess()["queued"] == 1, "the second request to queue behind it")
             gate.set()
             first, second = await traced, await queued
     finally:
@@ -143,3 +142,30 @@ def test_tracing_off_installs_no_layer_and_starts_no_pipeline(
     assert response.status_code == 200
     server.shutdown()
     assert otlp_receiver.spans == []
+
+
+@sk.deployment
+class Front:
+    def __init__(self, post: sk.DeploymentHandle) -> None:
+        self.post = post
+
+    @sk.endpoint("/label", methods=["GET"])
+    async def label(self, n: int) -> dict[str, int]:
+        return await self.post({"label": n})
+
+
+def test_a_request_its_caller_did_not_sample_makes_no_span_on_any_hop(
+    otlp_receiver: Any, client: httpx.Client
+) -> None:
+    with sk.serve(Front.bind(postprocess.bind()), port=0, blocking=False, tracing=True) as server:
+        unsampled = client.get(
+            server.url + "/label", params={"n": 1}, headers={"traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-00"}
+        )
+        sampled = client.get(server.url + "/label", params={"n": 2})
+    assert (unsampled.status_code, sampled.status_code) == (200, 200)
+    assert otlp_receiver.trace(TRACE_ID) == []
+    assert {span.name for span in otlp_receiver.spans} == {
+        "GET /label",
+        "Front.label",
+        "postprocess.__call__",
+    }
