@@ -46,7 +46,7 @@ def smoke(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) on everything, mypy --strict on the package, the docs build."""
     # Ray's and psycopg's types: the Ray backend and the PostgreSQL store are checked against them
-    session.install("-e", ".[lint,docs,ray,batch,postgres]")
+    session.install("-e", ".[lint,docs,ray,batch,postgres,otel]")  # and OpenTelemetry's, for tracing
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from servekit._cli import batch as batch_command
 from servekit._cli import rollout
@@ -18,6 +19,9 @@ from servekit._cli.target import TargetError, load_app
 from servekit._spec.deployment import Application
 from servekit._version import __version__
 from servekit.errors import ServekitError
+
+if TYPE_CHECKING:
+    from servekit._http.server import Server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds in-flight requests get to finish on shutdown",
     )
-    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one structured line per request (method, route, status, duration, request id, client)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="log lines as text or as one JSON object per line (time, level, request id, trace id, "
+        "deployment, replica, message), here and in every replica",
+    )
+    serve.add_argument(
+        "--tracing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="OpenTelemetry traces across every hop (needs servekit[otel]; configured by the OTEL_* "
+        "variables); default: on when OTEL_TRACES_EXPORTER names an exporter",
+    )
     batch_command.add_parser(commands)
     status = commands.add_parser("status", help="show an app's deployments and replicas")
     where = status.add_mutually_exclusive_group(required=True)
@@ -131,9 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "batch":
         logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return batch_command.run(args)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from servekit._replica.request_context import log_fields  # noqa: PLC0415
+    from servekit._telemetry.logs import configure_logging  # noqa: PLC0415
+
+    configure_logging(args.log_format, log_fields, level=args.log_level.upper())
     return _serve(args)
 
 
@@ -173,6 +196,8 @@ def _serve(args: argparse.Namespace) -> int:
             wait_for_nodes=args.wait_for_nodes,
             loop=args.loop,
             data_dir=args.data_dir,
+            tracing=args.tracing,
+            log_format=args.log_format,
         )
     except ServekitError as exc:
         print(f"servekit: error: {exc}", file=sys.stderr)
@@ -201,6 +226,27 @@ def _serve(args: argparse.Namespace) -> int:
         )
         print(f"servekit: error: {_one_line(exc)}{hint}", file=sys.stderr)
         return 1
+    _banner(args, server)
+    if reloader is not None:
+        reloader.start(server)
+    serve_until_signal(server, before_shutdown=reloader.stop if reloader is not None else None)
+    if args.log_format == "json":
+        logging.getLogger("servekit.cli").info("stopped")
+    else:
+        print("servekit: stopped", file=sys.stderr)
+    return 0
+
+
+def _banner(args: argparse.Namespace, server: Server) -> None:
+    """Say where the app is served: as lines for people, or as one JSON log line with --log-format json."""
+    if args.log_format == "json":
+        from servekit._telemetry.logs import FIELDS_ATTR  # noqa: PLC0415
+
+        fields = {"url": server.url, "target": args.target, "runs": server.location, "routes": server.routes}
+        logging.getLogger("servekit.cli").info(
+            "serving %s at %s", args.target, server.url, extra={FIELDS_ATTR: fields}
+        )
+        return
     print(f"servekit: serving {args.target} at {server.url}", file=sys.stderr)
     print(f"  runs {server.location}", file=sys.stderr)
     for methods, path in server.routes:
@@ -210,11 +256,6 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    if reloader is not None:
-        reloader.start(server)
-    serve_until_signal(server, before_shutdown=reloader.stop if reloader is not None else None)
-    print("servekit: stopped", file=sys.stderr)
-    return 0
 
 
 def _load(target: str, reload: bool) -> Application:

@@ -15,15 +15,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servekit._http.access_log import AccessLog
 from servekit._http.errors import error_response, router_error
 from servekit._http.jobs import HTTP_KIND, http_executor, job_routes, submit_request, wants_async
 from servekit._http.openapi import openapi_document
 from servekit._http.responses import render, stream_response, wants_sse
 from servekit._http.routers import RequestContextMiddleware, context_sources, router_routes
 from servekit._http.routes import EndpointRoute, IngressRoutes, ingress_routes
+from servekit._http.tracing import TracingMiddleware
 from servekit._replica.jobs.service import JobSlot
 from servekit._replica.multiplex import MODEL_ID_HEADER, carrying_model_id
 from servekit._runtime.interface import ServingRuntime
+from servekit._telemetry import tracing
 from servekit._version import __version__
 from servekit.errors import PayloadTooLargeError
 
@@ -52,13 +55,16 @@ def build_asgi_app(
     strict: bool = False,
     jobs: JobSlot | None = None,
     data_dir: str | None = None,
+    access_log: bool = False,
 ) -> Starlette:
     """The ASGI app serving `runtime`'s ingress deployment over HTTP.
 
     `strict` is the default validation mode of endpoints that do not set `@endpoint(strict=...)`.
     `jobs` holds the app's async jobs (the local server passes the app's own); without it the app
     keeps its own, in `data_dir` (a directory or a `postgresql://` URL), started and stopped
-    with the ASGI lifespan (as where Ray Serve runs the ingress).
+    with the ASGI lifespan (as where Ray Serve runs the ingress). `access_log` logs one
+    structured record per request (`servekit._http.access_log`); while this process traces, each
+    request is served in a server span (`servekit._http.tracing`).
     """
     ingress = runtime.graph.ingress_node
     found = ingress_routes(ingress.deployment, strict)
@@ -83,6 +89,8 @@ def build_asgi_app(
                 routers=operations,
                 echoed=getattr(runtime, "request_ids_echoed", False),
             ),
+            *([Middleware(TracingMiddleware, tracing=active)] if (active := tracing.active()) else []),
+            *([Middleware(AccessLog)] if access_log else []),
             Middleware(BodyLimit, max_body_bytes=max_body_bytes),
         ],
         exception_handlers={HTTPException: router_error, Exception: router_error},

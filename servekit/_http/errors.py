@@ -1,4 +1,8 @@
-"""Render every failure as the one JSON error body: `{"error": {"type": ..., "message": ...}}`."""
+"""Render every failure as the one JSON error body: `{"error": {"type": ..., "message": ...}}`.
+
+A 5xx body also carries the request's id (`"request_id"`, the `x-request-id` header's value), so
+a report of a server error leads straight to its log lines and trace.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from servekit._replica.request_context import current_request
 from servekit.errors import (
     MethodNotAllowedError,
     NotFoundError,
@@ -37,7 +42,11 @@ _STATUS_TYPES = {
 
 
 def json_error(status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    """A response with the standard error body."""
+    """A response with the standard error body (a 5xx one with the request id)."""
+    if status >= 500:
+        request = current_request()
+        if request is not None:
+            error = {**error, "request_id": request.request_id}
     body = to_json({"error": error})
     return Response(body, status, headers=headers, media_type="application/json")
 

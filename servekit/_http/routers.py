@@ -3,7 +3,8 @@
 `RequestContextMiddleware` makes each HTTP request's `RequestContext` (the request id from a
 valid `x-request-id` header or a new one, and the headers, cookies and query parameters the
 app's routers key on), sets it for the request's handling, echoes `x-request-id` on every
-response, and posts the outcomes user code recorded during the request to the routers.
+response (also the 500 of an exception that escaped every handler, which it answers itself),
+and posts the outcomes user code recorded during the request to the routers.
 
 Admin routes (JSON; 400 naming the problem for a bad body or weight map, 404 for an unknown
 router, and the router left as it was):
@@ -79,15 +80,23 @@ class RequestContextMiddleware:
             return
         context = self._context(scope)
         header = (_REQUEST_ID, context.request_id.encode())
+        started = False
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start" and not self.echoed:
-                message["headers"] = [*message.get("headers", []), header]
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if not self.echoed:
+                    message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
         token = set_request(context)
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:  # escaped every handler: still the error shape, with the id
+            if started:
+                raise
+            await error_response(exc, Request(scope))(scope, receive, send_with_id)
         finally:
             reset_request(token)
             if context.outcomes and self.routers is not None:

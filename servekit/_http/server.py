@@ -151,12 +151,18 @@ def serve(
     `max_body_bytes` are refused with 413. `strict=True` validates request bodies strictly
     (no coercion of `"1"` or `false` into numbers) wherever an endpoint does not choose.
     `http` picks the HTTP parser ("auto": httptools when installed, else h11).
+    `access_log=True` logs one structured record per request (method, route, status, duration,
+    request id, client) on the ``servekit.access`` logger.
 
     The other keywords choose where the app runs, as for `servekit.run`: `backend="local"`
     serves from uvicorn in this process (an ingress that serves raw requests or an ASGI app
     stays in-process whatever `isolation` says); `backend="ray"` deploys the app to Ray Serve
     and serves the same routes from Ray Serve's proxy at `host`:`port` (when Serve already
-    runs on that cluster, its proxy keeps the address it has).
+    runs on that cluster, its proxy keeps the address it has). `tracing=True` traces every
+    request across every hop with OpenTelemetry (the ``otel`` extra; the standard ``OTEL_*``
+    variables configure it, and ``OTEL_TRACES_EXPORTER`` alone turns it on);
+    `log_format="json"` (or "text") makes every log line here and in every replica carry its
+    request id, trace id, deployment and replica, as one JSON object per line for "json".
     """
     run = run_options(**options)
     front_options = _FrontOptions(max_body_bytes, graceful_shutdown_s, access_log, strict, http, run.data_dir)
@@ -183,7 +189,12 @@ class _FrontOptions:
     def build_app(self, serving: ServingRuntime, jobs: JobSlot | None = None) -> Any:
         """The ingress app; without `jobs` (on Ray, in the ingress replica) it keeps its own store."""
         return build_asgi_app(
-            serving, self.max_body_bytes, strict=self.strict, jobs=jobs, data_dir=self.data_dir
+            serving,
+            self.max_body_bytes,
+            strict=self.strict,
+            jobs=jobs,
+            data_dir=self.data_dir,
+            access_log=self.access_log,
         )
 
 
@@ -229,7 +240,7 @@ class UvicornFront:
             http=options.http,
             lifespan="off",
             log_config=None,
-            access_log=options.access_log,
+            access_log=False,  # the app writes its own, structured (`servekit._http.access_log`)
             timeout_graceful_shutdown=math.ceil(options.grace_s),
             server_header=False,
         )

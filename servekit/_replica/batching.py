@@ -5,7 +5,8 @@ user's function with lists, when `batch_policy.decide` says so: at once when the
 and nothing else waits, and holding for more items only while that pays, up to `max_batch_size`
 items and `max_wait_ms` for the oldest. At most `max_concurrent_batches` batches run at a time;
 items arriving meanwhile form the next. A deployment's `batching` option overrides the
-decorator's values per replica (`BatchedFunction.configure`).
+decorator's values per replica (`BatchedFunction.configure`). While tracing, each batch runs in
+a "batch" span linked to its items' spans, and each item's wait for its batch is a span too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from servekit._replica.batch_policy import (
 )
 from servekit._replica.context import current_replica
 from servekit._spec.config import BatchOptions
+from servekit._telemetry import tracing
 from servekit.errors import DeploymentOptionError, DeploymentUnavailableError
 
 logger = logging.getLogger("servekit.batching")
@@ -79,6 +81,8 @@ class _Item:
     stream: asyncio.Queue[Any] | None = None
     closed: bool = False
     arrived: float = 0.0
+    trace: Any = None
+    """While tracing: (the caller's sampled span context, its arrival in ns), else None."""
 
     @property
     def abandoned(self) -> bool:
@@ -168,6 +172,8 @@ class BatchQueue:
         """Queue one item and wait for its result."""
         self._incoming = arrived() or self._incoming
         item = _Item(args, kwargs, future=self._loop.create_future(), arrived=_now())
+        if tracing.active() is not None:
+            item.trace = _item_trace()
         self._enqueue(item)
         assert item.future is not None
         return await item.future
@@ -176,6 +182,8 @@ class BatchQueue:
         """Queue one item of a batched generator and yield its share of each step."""
         self._incoming = arrived() or self._incoming
         item = _Item(args, kwargs, stream=asyncio.Queue(), arrived=_now())
+        if tracing.active() is not None:
+            item.trace = _item_trace()
         self._enqueue(item)
         assert item.stream is not None
         try:
@@ -308,7 +316,7 @@ class BatchQueue:
         self._last_size = len(batch)
         started = _now()
         try:
-            await self._execute(batch)
+            await self._execute_traced(batch)
         except asyncio.CancelledError:
             error = DeploymentUnavailableError(f"batched method {self._name!r} is shutting down")
             for item in batch:
@@ -325,6 +333,17 @@ class BatchQueue:
             self.costs.observe(len(batch), ended - started)
             if not self._closed:
                 self._decide()
+
+    async def _execute_traced(self, batch: list[_Item]) -> None:
+        """Run the batch, in a batch span while tracing when an item is sampled."""
+        active = tracing.active()
+        traced = [item.trace for item in batch if item.trace is not None] if active is not None else []
+        if active is None or not traced:
+            await self._execute(batch)
+            return
+        attributes: dict[str, str | int] = {"servekit.batch.size": len(batch), "servekit.method": self._name}
+        with active.batch_span(f"batch {self._name}", traced, attributes):
+            await self._execute(batch)
 
     async def _execute(self, batch: list[_Item]) -> None:
         try:
@@ -359,6 +378,13 @@ class BatchQueue:
                 _stream_chunk(item, exc)
         for item in batch:
             _stream_chunk(item, END)
+
+
+def _item_trace() -> tuple[Any, int] | None:
+    """The caller's span context if sampled, with the arrival time, for the batch's spans."""
+    active = tracing.active()
+    sampled = active.sampled() if active is not None else None
+    return None if sampled is None else (sampled, time.time_ns())
 
 
 def _now() -> float:

@@ -38,10 +38,12 @@ from servekit._replica.models import (
     unpin,
 )
 from servekit._replica.multiplex import enter_call, exit_call, multiplexed_functions
+from servekit._replica.request_context import current_request
 from servekit._replica.sync_calls import SyncCallPolicy, blocking_waits, sync_mode
 from servekit._spec.config import BatchOptions
 from servekit._spec.endpoint import is_idempotent
 from servekit._spec.graph import DeploymentNode
+from servekit._telemetry import tracing
 from servekit.errors import DeploymentOptionError, DeploymentStartError, NotFoundError
 
 
@@ -243,7 +245,31 @@ class Replica:
         With `hold_abandoned`, a sync call cancelled while its thread runs raises `CancelledError`
         only once the thread returns (for backends that count a request until its call returns).
         `model_id` is the multiplexed model the request names (`get_multiplexed_model_id()`).
+        While tracing, a call that serves a request runs in a server span of its own.
         """
+        active = tracing.active()
+        if active is not None and current_request() is not None:
+            with active.span(f"{self.context.deployment}.{method}", "server", self._span_attributes(method)):
+                return await self._call(method, args, kwargs, hold_abandoned, model_id)
+        return await self._call(method, args, kwargs, hold_abandoned, model_id)
+
+    def _span_attributes(self, method: str) -> dict[str, str]:
+        request = current_request()
+        return {
+            "servekit.deployment": self.context.deployment,
+            "servekit.replica": self.context.replica_id,
+            "servekit.method": method,
+            "servekit.request_id": request.request_id if request is not None else "",
+        }
+
+    async def _call(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        hold_abandoned: bool,
+        model_id: str | None,
+    ) -> Any:
         func, kind, policy = self._resolve(method)
         token = enter_replica(self.context)
         model_tokens = enter_call(model_id)
@@ -261,7 +287,7 @@ class Replica:
             exit_call(model_tokens)
             exit_replica(token)
 
-    async def stream(
+    def stream(
         self,
         method: str,
         args: tuple[Any, ...],
@@ -271,6 +297,21 @@ class Replica:
         model_id: str | None = None,
     ) -> AsyncIterator[Any]:
         """Call a generator method and yield its chunks (`hold_abandoned`, `model_id` as for `call`)."""
+        chunks = self._stream(method, args, kwargs, hold_abandoned, model_id)
+        active = tracing.active()
+        if active is not None and current_request() is not None:
+            name = f"{self.context.deployment}.{method}"
+            chunks = active.traced_stream(chunks, name, "server", self._span_attributes(method))
+        return chunks
+
+    async def _stream(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        hold_abandoned: bool,
+        model_id: str | None,
+    ) -> AsyncIterator[Any]:
         func, kind, _ = self._resolve(method)
         if not kind.streaming:
             raise TypeError(f"method {method!r} is not a generator; await the call instead")

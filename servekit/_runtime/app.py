@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Unpack
 
 from servekit._replica.jobs.service import JobSlot
+from servekit._replica.request_context import log_fields
 from servekit._runtime.backends import make_runtime
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.interface import HttpIngress, Runtime
@@ -23,6 +24,7 @@ from servekit._runtime.options import RunKeywords, RunOptions, run_options
 from servekit._runtime.routing import RouterControl
 from servekit._spec.deployment import Application
 from servekit._spec.graph import AppGraph, build_graph
+from servekit._telemetry.logs import configure_logging
 from servekit.errors import GraphError, NotFoundError
 
 
@@ -49,7 +51,12 @@ class RunningApp:
 
     @classmethod
     def launch(cls, runtime: Runtime, options: RunOptions) -> RunningApp:
-        """Start `runtime` (made by `make_runtime`) on a new event-loop thread of the kind `options` name."""
+        """Start `runtime` (made by `make_runtime`) on a new event-loop thread of the kind `options` name.
+
+        With `options.log_format`, this process logs in that format first (see `configure_logging`).
+        """
+        if options.log_format is not None:
+            configure_logging(options.log_format, log_fields)
         thread = LoopThread(f"servekit-{runtime.graph.ingress}", options.loop)
         jobs = JobSlot(options.data_dir, register_python_jobs(runtime))
         try:
@@ -186,5 +193,10 @@ def run(app: Application, **options: Unpack[RunKeywords]) -> AppHandle:
       `DeploymentStartError` raised (on Ray it defaults to 600 s, for clusters that autoscale).
       `wait_for_nodes=True` (Ray) waits for nodes to join when the app does not fit yet.
     - `loop`: the app's event loop, "auto" (uvloop when installed) or "asyncio".
+    - `tracing`: OpenTelemetry traces of each call across every hop (the ``otel`` extra),
+      configured by the standard ``OTEL_*`` variables; None (the default) traces when
+      ``OTEL_TRACES_EXPORTER`` names an exporter.
+    - `log_format`: "text" or "json": servekit configures logging here and in every replica,
+      each line with its request id, trace id, deployment and replica.
     """
     return AppHandle(RunningApp.start(build_graph(app), run_options(**options)))

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from servekit._replica.multiplex import carrying_model_id
 from servekit._replica.request_context import RequestContext, current_request, request_id_from, set_request
 from servekit._replica.sync_calls import note_blocking_wait
+from servekit._telemetry import tracing
 from servekit.errors import DeploymentUnavailableError
 
 SCAN_LIMIT = 1000
@@ -81,7 +82,7 @@ class DeploymentResponse:
         if _has_response(args, kwargs):
             coro = _resolved_call(dispatcher, deployment, method, args, kwargs)
         else:
-            coro = dispatcher.call(deployment, method, args, kwargs)
+            coro = _dispatched(dispatcher, deployment, method, args, kwargs)
         if model_id is not None:
             coro = carrying_model_id(model_id, coro)
         self._future: asyncio.Future[Any] | concurrent.futures.Future[Any] | None = None
@@ -165,6 +166,10 @@ class DeploymentResponse:
         return await self
 
 
+def _span_attributes(deployment: str, method: str) -> dict[str, str]:
+    return {"servekit.deployment": deployment, "servekit.method": method}
+
+
 async def _in_new_request(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run `coro` as a request of its own: a fresh request context (an id, no routing keys)."""
     set_request(RequestContext(request_id_from(None)))  # this task's own context
@@ -238,7 +243,18 @@ async def _resolved_call(
     dispatcher: Dispatcher, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     args, kwargs = await _resolve_args(args, kwargs)
-    return await dispatcher.call(deployment, method, args, kwargs)
+    return await _dispatched(dispatcher, deployment, method, args, kwargs)
+
+
+def _dispatched(
+    dispatcher: Dispatcher, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Coroutine[Any, Any, Any]:
+    """The call, in a client span while tracing (its arguments resolved already)."""
+    call = dispatcher.call(deployment, method, args, kwargs)
+    active = tracing.active()
+    if active is None:
+        return call
+    return active.traced(call, f"{deployment}.{method}", _span_attributes(deployment, method))
 
 
 class DeploymentResponseGenerator:
@@ -309,6 +325,10 @@ async def _resolved_stream(
 ) -> AsyncGenerator[Any]:
     args, kwargs = await _resolve_args(args, kwargs)
     chunks = dispatcher.stream(deployment, method, args, kwargs)
+    active = tracing.active()
+    if active is not None:  # a client span around the stream (its arguments resolved already)
+        attributes = _span_attributes(deployment, method)
+        chunks = active.traced_stream(chunks, f"{deployment}.{method}", "client", attributes)
     if model_id is not None:  # the first step picks the replica: it runs carrying the model id
         try:
             first = await carrying_model_id(model_id, anext(chunks))

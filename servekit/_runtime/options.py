@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from servekit._runtime.gpus import parse_gpu_ids
 from servekit._spec.config import Isolation
+from servekit._telemetry.logs import LogFormat
 from servekit.errors import DeploymentOptionError
 
 LoopKind = Literal["auto", "asyncio", "uvloop"]
@@ -66,6 +67,23 @@ class RunOptions(BaseModel):
         ),
     )
 
+    tracing: bool | None = Field(
+        None,
+        description=(
+            "OpenTelemetry traces of every request across every hop (the 'otel' extra), configured by "
+            "the standard OTEL_* variables: True traces, False never does, None (default) traces when "
+            "OTEL_TRACES_EXPORTER names an exporter."
+        ),
+    )
+    log_format: LogFormat | None = Field(
+        None,
+        description=(
+            "'text' or 'json' (one object per line): servekit configures logging in this process and "
+            "in every replica's, each line with its request id, trace id, deployment and replica. "
+            "None leaves this process's logging as it is."
+        ),
+    )
+
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
@@ -94,6 +112,8 @@ class RunKeywords(TypedDict, total=False):
     wait_for_nodes: bool
     loop: LoopKind
     data_dir: str | None
+    tracing: bool | None
+    log_format: LogFormat | None
 
 
 def run_options(**keywords: object) -> RunOptions:

@@ -27,6 +27,7 @@ from typing import Any
 
 from servekit._replica.drain import DrainRate
 from servekit._replica.multiplex import choose_replica
+from servekit._telemetry import tracing
 from servekit.errors import DeploymentUnavailableError, OverloadedError, ServekitError
 
 
@@ -164,16 +165,25 @@ class ReplicaSet:
         if len(self._waiters) >= self._max_queued:
             self.rejected += 1
             raise self._overloaded()
+        return await self._wait_for_slot()
+
+    async def _wait_for_slot(self) -> ReplicaSlot:
+        """Queue until a replica has room (`_hand_over` gives it); while tracing, the wait is a span."""
         waiter: asyncio.Future[ReplicaSlot] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         if not self._slots and self.on_wait is not None:
             self.on_wait()
+        queued_at = time.time_ns()
         try:
-            return await waiter
+            slot = await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release(waiter.result())
             raise
+        active = tracing.active()
+        if active is not None:  # the wait shows in the trace as a span of its own
+            active.record(f"queue {self.deployment}", queued_at, {"servekit.deployment": self.deployment})
+        return slot
 
     def release(self, slot: ReplicaSlot) -> None:
         """Give back the room taken by `acquire`; a queued request takes it at once."""

@@ -152,3 +152,31 @@ def test_canary_example_rolls_a_worse_v2_back_and_promotes_an_equal_one() -> Non
     readme = (EXAMPLES / "canary" / "README.md").read_text()
     assert "canary v1 -> v2: rolled_back" in readme
     assert "canary v1 -> v2: completed" in readme
+
+
+def test_tracing_example_prints_one_trace_across_the_process_replica_and_the_batch() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES / "observability" / "tracing.py")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    tree = completed.stdout.splitlines()[2:]
+    assert tree == [
+        "POST /classify [server]",
+        "  Pipeline.classify [server]",
+        "    Model.predict [client]",
+        "      Model.predict [server]",
+        "        batch Model.predict [internal] (linked to 1)",
+        "        batch wait [internal] (linked to 1)",
+        "    Preprocess.__call__ [client]",
+        "      Preprocess.__call__ [server]",
+        "    postprocess.__call__ [client]",
+        "      postprocess.__call__ [server]",
+    ]
+    logged = [json.loads(line) for line in completed.stderr.splitlines() if line.startswith("{")]
+    access = next(line for line in logged if line["logger"] == "servekit.access")
+    assert access["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert (
+        next(line for line in logged if line["deployment"] == "Preprocess")["request_id"]
+        == access["request_id"]
+    )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 from servekit._runtime.interface import HttpIngress
 from servekit._runtime.local.runtime import LocalRuntime
 from servekit._runtime.options import RunOptions
 from servekit._spec.graph import AppGraph
+from servekit._telemetry.tracing import tracing_settings
 from servekit.errors import DeploymentOptionError
 
 
@@ -33,6 +36,8 @@ class LocalBackend:
             gpus=options.gpus,
             in_process_only=in_process,
             start_timeout_s=options.start_timeout_s,
+            tracing=tracing_settings(options.tracing, graph.ingress, os.environ),
+            log_format=options.log_format,
         )
 
 

@@ -20,6 +20,8 @@ from servekit._runtime.local.placement import ResourcePlanner
 from servekit._runtime.local.workers.process_replica import ProcessReplica
 from servekit._spec.config import Isolation
 from servekit._spec.graph import DeploymentNode, with_handles
+from servekit._telemetry.logs import LogFormat
+from servekit._telemetry.tracing import TracingSettings
 
 OnDeath = Callable[[ProcessReplica, str], None]
 
@@ -27,8 +29,17 @@ OnDeath = Callable[[ProcessReplica, str], None]
 class ReplicaLauncher:
     """Makes, starts, stops and reaps replicas for one local runtime."""
 
-    def __init__(self, runtime: Any, max_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Any,
+        max_threads: int | None = None,
+        tracing: TracingSettings | None = None,
+        log_format: LogFormat | None = None,
+    ) -> None:
         self._runtime = runtime
+        self._tracing = tracing
+        """Worker processes trace with these settings (None: they do not)."""
+        self._log_format = log_format
         """The runtime, as the dispatcher of handles and worker processes' calls."""
         self.threads = max_threads or max(8, min(64, 8 * (os.cpu_count() or 1)))
         self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="servekit-replica")
@@ -71,6 +82,8 @@ class ReplicaLauncher:
                 cpu_ids=placement.cpu_ids,
                 max_threads=min(self.threads, 32),
                 batching=config.batching,
+                tracing=self._tracing,
+                log_format=self._log_format,
             )
             replica.on_death = on_death
             self._live.add(replica)

@@ -32,6 +32,8 @@ from servekit._runtime.replica_set import ReplicaSet, ReplicaSlot
 from servekit._runtime.routing import AppRouters, routed_method_table
 from servekit._spec.config import Isolation, Resources
 from servekit._spec.graph import AppGraph, DeploymentNode
+from servekit._telemetry.logs import LogFormat
+from servekit._telemetry.tracing import Tracing, TracingSettings, start_tracing
 from servekit.errors import (
     DeploymentOptionError,
     DeploymentStartError,
@@ -63,14 +65,18 @@ class LocalRuntime:
         gpus: str | None = None,
         in_process_only: Collection[str] = (),
         start_timeout_s: float | None = None,
+        tracing: TracingSettings | None = None,
+        log_format: LogFormat | None = None,
     ) -> None:
         self._graph = graph
+        self._tracing_settings = tracing
+        self._tracing: Tracing | None = None
         self._start_timeout_s = start_timeout_s
         self._states: dict[str, DeploymentState] = {}
         self._default_isolation = isolation
         self._in_process_only = set(in_process_only)
         self._declared_gpus = gpus
-        self._launcher = ReplicaLauncher(self, max_threads)
+        self._launcher = ReplicaLauncher(self, max_threads, tracing, log_format)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._controller = Controller(self)
         self._stopping: set[asyncio.Task[None]] = set()
@@ -126,6 +132,8 @@ class LocalRuntime:
         """
         self._loop = asyncio.get_running_loop()
         self.state = "starting"
+        if self._tracing_settings is not None:  # this process's spans: the edge's, handles', replicas'
+            self._tracing = start_tracing(self._tracing_settings)
         demands = {
             name: (node.deployment.config.start_replicas, node.deployment.config.resources)
             for name, node in self._graph.nodes.items()
@@ -375,6 +383,8 @@ class LocalRuntime:
         ]
         await asyncio.gather(*stops, *self._stopping, return_exceptions=True)
         await self._launcher.close()
+        if self._tracing is not None:  # export what is buffered (the workers flushed as they exited)
+            await asyncio.to_thread(self._tracing.shutdown)
         self.state = "stopped"
 
     # -- replicas -------------------------------------------------------------------------------

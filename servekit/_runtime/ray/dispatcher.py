@@ -25,7 +25,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from servekit._replica.deadline import next_within_timeout, within_timeout
 from servekit._replica.multiplex import outgoing_model_id
-from servekit._replica.request_context import current_request
+from servekit._replica.request_context import outgoing_request
 from servekit._runtime.ray.options import RETRY_AFTER_S
 from servekit.errors import (
     DeploymentUnavailableError,
@@ -79,7 +79,7 @@ class RayDispatcher:
 
     async def _call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         handle = self._unary.get(deployment) or self._options(deployment, stream=False)
-        context = current_request()  # the request context travels as the replica call's 4th argument
+        context = outgoing_request()  # the request context travels as the replica call's 4th argument
         model_id = outgoing_model_id()
         if model_id:  # Ray Serve routes it to a replica holding the model
             handle = handle.options(multiplexed_model_id=model_id)
@@ -99,7 +99,7 @@ class RayDispatcher:
         if model_id:
             handle = handle.options(multiplexed_model_id=model_id)
         chunks = cast(
-            DeploymentResponseGenerator[Any], handle.remote(method, args, kwargs, current_request())
+            DeploymentResponseGenerator[Any], handle.remote(method, args, kwargs, outgoing_request())
         )
         timeout = self._timeouts.get(deployment)
         finished = False

@@ -37,7 +37,7 @@ from servekit._replica.devices import cap_torch_memory
 from servekit._replica.latency import LatencyWindow
 from servekit._replica.multiplex import outgoing_model_id
 from servekit._replica.replica import Replica
-from servekit._replica.request_context import RequestContext, request_scope, set_request
+from servekit._replica.request_context import RequestContext, log_fields, request_scope, set_request
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.ray.autoscaling import P95_LATENCY_METRIC
 from servekit._runtime.ray.dispatcher import RayDispatcher
@@ -49,6 +49,8 @@ from servekit._runtime.ray.status import fetch_app_status
 from servekit._runtime.replica_set import ReplicaSet
 from servekit._runtime.routing import RoutingDispatcher
 from servekit._spec.graph import AppGraph, iter_handle_refs, with_handles
+from servekit._telemetry import tracing
+from servekit._telemetry.logs import configure_logging
 from servekit.errors import NotFoundError
 
 
@@ -73,6 +75,7 @@ class RayReplica:
         # batches left to the backend's default fill their window under load: most of the
         # queue waits in Ray Serve's proxy, where the batcher cannot see it coming
         set_default_wait("fill")
+        _start_telemetry(self.spec, self.context)
         if self.context.gpu_ids and 0 < config.resources.gpus < 1:
             cap_torch_memory(config.resources.gpus)
         threads = max(8, min(64, 8 * (os.cpu_count() or 1)))
@@ -168,6 +171,9 @@ class RayReplica:
         executor: ThreadPoolExecutor | None = getattr(self, "_executor", None)
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+        active = tracing.active()
+        if active is not None:  # export the spans still buffered
+            await asyncio.to_thread(active.shutdown)
 
 
 class IngressReplica(RayReplica):
@@ -370,6 +376,15 @@ def _any_of_app(handles: dict[str, Any], spec: ReplicaSpec) -> Callable[[str], A
         return found
 
     return find
+
+
+def _start_telemetry(spec: ReplicaSpec, context: ReplicaContext) -> None:
+    """Trace (once per actor process) and log as the app's settings say."""
+    if spec.log_format is not None:
+        replica = context.replica_id
+        configure_logging(spec.log_format, log_fields, deployment=context.deployment, replica=replica)
+    if spec.tracing is not None and tracing.active() is None:
+        tracing.start_tracing(spec.tracing)
 
 
 def _replica_context(deployment: str) -> ReplicaContext:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 import warnings
@@ -47,6 +48,7 @@ from servekit._runtime.ray.ship import ReplicaSpec, UserCode, annotation_names, 
 from servekit._runtime.ray.status import fetch_app_status, serve_details, status_text
 from servekit._runtime.routing import RoutingDispatcher, routed_method_table
 from servekit._spec.graph import AppGraph
+from servekit._telemetry.tracing import Tracing, start_tracing, tracing_settings
 from servekit.errors import (
     DeploymentOptionError,
     DeploymentStartError,
@@ -94,6 +96,8 @@ class RayRuntime:
             DEFAULT_START_TIMEOUT_S if options.start_timeout_s is None else options.start_timeout_s
         )
         self._wait_for_nodes = options.wait_for_nodes
+        self._telemetry = (tracing_settings(options.tracing, self._app_name, os.environ), options.log_format)
+        self._tracing: Tracing | None = None
         self._node_wait: NodeWait | None = None
         """Set while a start waits for nodes the cluster does not have yet."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -150,6 +154,8 @@ class RayRuntime:
         """
         self._loop = asyncio.get_running_loop()
         self.state = "starting"
+        if self._telemetry[0] is not None:  # the spans of calls from this process
+            self._tracing = start_tracing(self._telemetry[0])
         try:
             await asyncio.to_thread(self._start)
         except BaseException:
@@ -237,6 +243,8 @@ class RayRuntime:
             await self._stop_within(grace)
         finally:
             self.state = "stopped"
+            if self._tracing is not None:
+                await asyncio.to_thread(self._tracing.shutdown)
 
     async def _stop_within(self, grace_s: float) -> None:
         """Delete the app and let go of Ray, waiting at most `grace_s`, and not at all on a dead Ray."""
@@ -313,6 +321,8 @@ class RayRuntime:
                 node_names=frozenset(graph.nodes),
                 build_app=self._http.build_app if ingress and self._http is not None else None,
                 annotation_names=annotation_names(node.deployment.target) if ingress else {},
+                tracing=self._telemetry[0],
+                log_format=self._telemetry[1],
             )
             cls = (
                 RayReplica

@@ -25,6 +25,8 @@ from ray import cloudpickle as ray_cloudpickle
 
 from servekit._spec.graph import DeploymentNode
 from servekit._spec.routing import RouterNode
+from servekit._telemetry.logs import LogFormat
+from servekit._telemetry.tracing import TracingSettings
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,10 @@ class ReplicaSpec:
     annotation_names: Mapping[str, Any] = field(default_factory=dict)
     """Names the target's string annotations use (`from __future__ import annotations`), which
     a function pickled by value does not carry in its globals; see `restore_annotation_names`."""
+    tracing: TracingSettings | None = None
+    """How the replica traces (None: it does not)."""
+    log_format: LogFormat | None = None
+    """How the replica's process logs, when servekit configures it there (None: Ray's way)."""
 
 
 def pack(spec: ReplicaSpec, modules: list[ModuleType]) -> bytes:

@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 from servekit._replica.context import ReplicaContext
 from servekit._replica.request_context import RequestContext
 from servekit._spec.config import BatchOptions
+from servekit._telemetry.logs import LogFormat
+from servekit._telemetry.tracing import TracingSettings
 
 
 class Init(NamedTuple):
@@ -34,6 +36,10 @@ class Init(NamedTuple):
     max_threads: int
     batching: dict[str, BatchOptions]
     """The deployment's per-method batch option overrides."""
+    tracing: TracingSettings | None = None
+    """How the worker traces (None: it does not)."""
+    log_format: LogFormat | None = None
+    """How the worker writes log lines: 'json', or 'text' (None)."""
 
 
 class Started(NamedTuple):

@@ -22,7 +22,7 @@ import cloudpickle
 
 from servekit._replica.context import ReplicaContext
 from servekit._replica.multiplex import route_by_model_id
-from servekit._replica.request_context import current_request, set_request
+from servekit._replica.request_context import outgoing_request, set_request
 from servekit._runtime.local.workers import codec
 from servekit._runtime.local.workers.calls import OutgoingCalls
 from servekit._runtime.local.workers.messages import (
@@ -44,6 +44,8 @@ from servekit._runtime.local.workers.messages import (
     Undecodable,
 )
 from servekit._spec.config import BatchOptions
+from servekit._telemetry.logs import LogFormat, json_line
+from servekit._telemetry.tracing import TracingSettings
 from servekit.errors import DeploymentStartError, ReplicaDiedError
 
 logger = logging.getLogger("servekit.runtime")
@@ -79,8 +81,12 @@ class ProcessReplica:
         cpu_ids: tuple[int, ...] | None = None,
         max_threads: int = 8,
         batching: Mapping[str, BatchOptions] | None = None,
+        tracing: TracingSettings | None = None,
+        log_format: LogFormat | None = None,
     ) -> None:
         self.context = context
+        self._tracing = tracing
+        self._log_format = log_format
         self._target = target
         self._is_function = is_function
         self._runtime = runtime
@@ -150,8 +156,8 @@ class ProcessReplica:
         await loop.connect_accepted_socket(lambda: link, parent)
         self._link = link
         self._log_tasks = [
-            loop.create_task(self._forward_output(self._process.stdout)),
-            loop.create_task(self._forward_output(self._process.stderr)),
+            loop.create_task(self._forward_output(self._process.stdout, "stdout")),
+            loop.create_task(self._forward_output(self._process.stderr, "stderr")),
         ]
         self._log_tasks.append(loop.create_task(self._watch_exit(self._process)))
         try:
@@ -183,7 +189,7 @@ class ProcessReplica:
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], model_id: str | None = None
     ) -> Any:
         """Run a unary method in the worker (serving multiplexed `model_id`) and return its result."""
-        context = current_request()
+        context = outgoing_request()
         return await self._outgoing.call(
             lambda key: Request(key, method, args, kwargs, False, context, model_id)
         )
@@ -192,7 +198,7 @@ class ProcessReplica:
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], model_id: str | None = None
     ) -> AsyncIterator[Any]:
         """Run a generator method in the worker and yield its chunks."""
-        context = current_request()
+        context = outgoing_request()
         return self._outgoing.stream(lambda key: Request(key, method, args, kwargs, True, context, model_id))
 
     def is_streaming(self, method: str) -> bool:
@@ -273,6 +279,8 @@ class ProcessReplica:
             cpu_ids=self._cpu_ids,
             max_threads=self._max_threads,
             batching=self._batching,
+            tracing=self._tracing,
+            log_format=self._log_format,
         )
 
     def _send(self, message: Any) -> None:
@@ -421,15 +429,29 @@ class ProcessReplica:
             f"(pid {self.pid}) {reason}; the request was not completed"
         )
 
-    async def _forward_output(self, stream: asyncio.StreamReader | None) -> None:
+    async def _forward_output(self, stream: asyncio.StreamReader | None, name: str) -> None:
         if stream is None:
             return
         prefix = f"({self.context.replica_id} pid={self.pid}) "
         while line := await stream.readline():
             text = line.decode(errors="replace").rstrip("\n")
-            sys.stderr.write(prefix + text + "\n")
+            line_out = self._as_json(text, name) if self._log_format == "json" else prefix + text
+            sys.stderr.write(line_out + "\n")
         with contextlib.suppress(ValueError):
             sys.stderr.flush()
+
+    def _as_json(self, text: str, stream: str) -> str:
+        """A worker's output line as a JSON log line: its own log records as they are, any other
+        output (a print, a traceback) wrapped in one."""
+        if text.startswith("{") and text.endswith("}"):
+            return text
+        context = self.context
+        return json_line(
+            text,
+            logger=f"servekit.worker.{stream}",
+            deployment=context.deployment,
+            replica=context.replica_id,
+        )
 
     async def _kill(self) -> None:
         self.kill()

@@ -27,7 +27,7 @@ import cloudpickle
 from servekit._replica.context import ReplicaContext
 from servekit._replica.multiplex import outgoing_model_id
 from servekit._replica.replica import Replica
-from servekit._replica.request_context import current_request, set_request
+from servekit._replica.request_context import log_fields, outgoing_request, set_request
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.local.workers import codec
 from servekit._runtime.local.workers.calls import OutgoingCalls
@@ -50,6 +50,8 @@ from servekit._runtime.local.workers.messages import (
     Undecodable,
 )
 from servekit._spec.graph import with_handles
+from servekit._telemetry import tracing
+from servekit._telemetry.logs import configure_logging
 from servekit.errors import DeploymentUnavailableError, NotFoundError
 
 logger = logging.getLogger("servekit.worker")
@@ -129,6 +131,20 @@ class Worker:
             if path not in sys.path:
                 sys.path.insert(0, path)
         self._methods = init.methods
+        context = init.context
+        configure_logging(
+            init.log_format or "text",
+            log_fields,
+            deployment=context.deployment,
+            replica=context.replica_id,
+            timestamps=init.log_format == "json",
+        )
+        if init.tracing is not None:
+            try:
+                tracing.start_tracing(init.tracing)
+            except ImportError as exc:
+                self._send(StartFailed(RuntimeError(str(exc)), ""))
+                return
         _apply_placement(init)
         self._executor = ThreadPoolExecutor(init.max_threads, thread_name_prefix="servekit-replica")
         try:
@@ -220,7 +236,7 @@ class Worker:
     # -- worker -> server: handle calls from user code ---------------------------------------
     async def call(self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a unary method of another deployment, through the server."""
-        context, model_id = current_request(), outgoing_model_id()
+        context, model_id = outgoing_request(), outgoing_model_id()
         return await self._outgoing.call(
             lambda key: HandleRequest(key, deployment, method, args, kwargs, False, context, model_id)
         )
@@ -229,7 +245,7 @@ class Worker:
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         """Run a generator method of another deployment, through the server."""
-        context, model_id = current_request(), outgoing_model_id()
+        context, model_id = outgoing_request(), outgoing_model_id()
         return self._outgoing.stream(
             lambda key: HandleRequest(key, deployment, method, args, kwargs, True, context, model_id)
         )
@@ -288,7 +304,7 @@ def main() -> None:
     fd, parent = int(sys.argv[1]), int(sys.argv[2])
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C goes to the server, which stops us
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging("text", log_fields, level=logging.INFO, timestamps=False)  # until `Init` says more
     try:
         import uvloop  # noqa: PLC0415
 
@@ -296,6 +312,9 @@ def main() -> None:
     except ImportError:
         runner = asyncio.run
     runner(_main(fd))
+    active = tracing.active()
+    if active is not None:  # export the spans still buffered (os._exit skips every atexit hook)
+        active.shutdown()
     _save_coverage()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,0 +1,1 @@
+"""Telemetry shared by the HTTP edge and every replica: metrics, traces and request-aware logs."""
