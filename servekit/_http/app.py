@@ -1,4 +1,4 @@
-"""The Starlette ingress of a running app: endpoint routes, built-in routes, body limit."""
+"""The Starlette ingress of a running app: endpoint routes, built-in routes, guards, body limit."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servekit._http.errors import error_response, router_error
+from servekit._http.guards import GuardOptions, guard_layers, guard_options
 from servekit._http.jobs import HTTP_KIND, http_executor, job_routes, submit_request, wants_async
 from servekit._http.openapi import openapi_document
 from servekit._http.responses import render, stream_response, wants_sse
@@ -39,13 +40,16 @@ def build_asgi_app(
     strict: bool = False,
     jobs: JobSlot | None = None,
     data_dir: str | None = None,
+    guards: GuardOptions | None = None,
 ) -> Starlette:
     """The ASGI app serving `runtime`'s ingress deployment over HTTP.
 
     `strict` is the default validation mode of endpoints that do not set `@endpoint(strict=...)`.
     `jobs` holds the app's async jobs (the local server passes the app's own); without it the app
     keeps its own, in `data_dir` (a directory or a `postgresql://` URL), started and stopped
-    with the ASGI lifespan (as where Ray Serve runs the ingress).
+    with the ASGI lifespan (as where Ray Serve runs the ingress). `guards` says what the edge
+    enforces (API keys, rate limits, CORS, header limits); without it, the safe defaults and the
+    keys the environment names (``SERVEKIT_API_KEYS_FILE``, ``SERVEKIT_API_KEYS``).
     """
     ingress = runtime.graph.ingress_node
     found = ingress_routes(ingress.deployment, strict)
@@ -70,6 +74,7 @@ def build_asgi_app(
                 routers=operations,
                 echoed=getattr(runtime, "request_ids_echoed", False),
             ),
+            *guard_layers(guards or guard_options(), getattr(runtime, "edge_copies", 1)),
             Middleware(BodyLimit, max_body_bytes=max_body_bytes),
         ],
         exception_handlers={HTTPException: router_error, Exception: router_error},
