@@ -308,3 +308,15 @@ def _cors() -> object:
     from servekit._http.guards.cors import cors_of
 
     return cors_of(["https://app.example.com"])
+
+
+async def test_refusals_count_against_the_clients_address() -> None:
+    app = guarded(with_keys(rate_limit=RateLimit.parse("1/h burst 3")))
+    async with client(app, "203.0.113.1") as prober, client(app, "203.0.113.2") as other:
+        wrong = {"x-api-key": "sk_guessing_0000000000000000"}
+        codes = [(await prober.post("/predict", headers=wrong)).status_code for _ in range(5)]
+        assert codes == [401, 401, 401, 429, 429]
+        assert (
+            await prober.post("/predict", headers={"x-api-key": APP_KEY})
+        ).status_code == 200  # the key's bucket
+        assert (await other.post("/predict", headers=wrong)).status_code == 401

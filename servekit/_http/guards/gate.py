@@ -91,17 +91,24 @@ class Gate:
 
     def _admit(self, scope: Scope) -> list[tuple[bytes, bytes]] | None:
         """Raise the refusal for this request, or return the headers to add to its response."""
-        credential = self._credential(scope["headers"])
         path = _route_path(scope)
         route = classify(path)
+        credential = self._credential(scope["headers"], route is not RouteClass.HEALTH)
         if route is RouteClass.HEALTH:
             return None
-        key = self._authorize(scope, route, path, credential)
+        try:
+            key = self._authorize(scope, route, path, credential)
+        except (UnauthorizedError, ForbiddenError):
+            if self.default_limit is not None:  # refusals count against the client's address
+                self._take(None, self.default_limit, scope)
+            raise
         if not self.limited:
             return None
         limit = self.default_limit if key is None or key.rate_limit is None else self._share(key.rate_limit)
-        if limit is None:
-            return None
+        return None if limit is None else self._take(key, limit, scope)
+
+    def _take(self, key: ApiKey | None, limit: RateLimit, scope: Scope) -> list[tuple[bytes, bytes]]:
+        """Take a token from the key's bucket (or the address's); the headers, or a 429 if none is left."""
         now = self._clock()
         if key is not None:
             bucket = self.key_buckets.take(key.name, limit, now)
@@ -118,8 +125,8 @@ class Gate:
             )
         return headers
 
-    def _credential(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
-        """The API key the request carries (one pass that also enforces the header limits)."""
+    def _credential(self, headers: list[tuple[bytes, bytes]], wanted: bool) -> bytes | None:
+        """The API key the request carries, if `wanted` (one pass that also enforces the header limits)."""
         if len(headers) > self.options.max_header_count:
             raise HeadersTooLargeError(
                 f"the request has {len(headers)} header fields; the limit is "
@@ -141,7 +148,7 @@ class Gate:
                 f"the request's headers take {size} bytes; the limit is "
                 f"{self.options.max_header_bytes} (max_header_bytes)"
             )
-        if self.ring is None or (authorization is None and api_key is None):
+        if not wanted or self.ring is None or (authorization is None and api_key is None):
             return None
         if repeated:
             raise UnauthorizedError(f"the request repeats a key header; {HOW_TO_SEND} once", _INVALID)
