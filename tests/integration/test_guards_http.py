@@ -399,3 +399,20 @@ def test_the_cli_serves_the_example_with_keys_limits_cors_and_tls(
         assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0, log.read_text()
+
+
+def test_the_client_commands_send_the_key_in_servekit_api_key(
+    keyed: sk.Server, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from servekit._cli.main import main
+
+    monkeypatch.delenv("SERVEKIT_API_KEY", raising=False)
+    assert main(["status", "--url", keyed.url]) == 1
+    assert "answered 401" in capsys.readouterr().err
+    assert main(["rollout", "status", "clf", "--url", keyed.url]) == 1
+    assert "answered 401: /-/routers/clf needs an API key" in capsys.readouterr().err
+    monkeypatch.setenv("SERVEKIT_API_KEY", KEYS["admin"])
+    assert main(["status", "--url", keyed.url]) == 0
+    assert "Api" in capsys.readouterr().out
+    assert main(["rollout", "status", "clf", "--url", keyed.url]) == 0
+    assert "clf" in capsys.readouterr().out

@@ -43,6 +43,7 @@ _REALM = 'Bearer realm="servekit"'
 _INVALID = _REALM + ', error="invalid_token"'
 _AUTHORIZATION = b"authorization"
 _API_KEY = b"x-api-key"
+_KEY_HEADERS = frozenset({_AUTHORIZATION, _API_KEY})
 _VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
 
 
@@ -63,6 +64,8 @@ class Gate:
         self.ring = KeyRing(options.keys, options.reload_s) if options.keys is not None else None
         self.default_limit = None if options.rate_limit is None else options.rate_limit.share(copies)
         self.limited = options.rate_limit is not None or options.keys is not None
+        self.max_header_count = options.max_header_count
+        self.max_header_bytes = options.max_header_bytes
         self.key_buckets = TokenBuckets()
         self.ip_buckets = TokenBuckets()
         self._shares: dict[RateLimit, RateLimit] = {}
@@ -127,32 +130,27 @@ class Gate:
 
     def _credential(self, headers: list[tuple[bytes, bytes]], wanted: bool) -> bytes | None:
         """The API key the request carries, if `wanted` (one pass that also enforces the header limits)."""
-        if len(headers) > self.options.max_header_count:
+        if len(headers) > self.max_header_count:
             raise HeadersTooLargeError(
                 f"the request has {len(headers)} header fields; the limit is "
-                f"{self.options.max_header_count} (max_header_count)"
+                f"{self.max_header_count} (max_header_count)"
             )
         size = 0
-        authorization = api_key = None
-        repeated = False
-        for name, value in headers:
-            size += len(name) + len(value)
-            if name == _AUTHORIZATION:
-                repeated = repeated or authorization is not None
-                authorization = value
-            elif name == _API_KEY:
-                repeated = repeated or api_key is not None
-                api_key = value
-        if size > self.options.max_header_bytes:
+        found: list[tuple[bytes, bytes]] | None = None
+        if wanted and self.ring is not None:
+            for name, value in headers:
+                size += len(name) + len(value)
+                if name in _KEY_HEADERS:
+                    found = [(name, value)] if found is None else [*found, (name, value)]
+        else:
+            for name, value in headers:
+                size += len(name) + len(value)
+        if size > self.max_header_bytes:
             raise HeadersTooLargeError(
                 f"the request's headers take {size} bytes; the limit is "
-                f"{self.options.max_header_bytes} (max_header_bytes)"
+                f"{self.max_header_bytes} (max_header_bytes)"
             )
-        if not wanted or self.ring is None or (authorization is None and api_key is None):
-            return None
-        if repeated:
-            raise UnauthorizedError(f"the request repeats a key header; {HOW_TO_SEND} once", _INVALID)
-        return _presented(authorization, api_key)
+        return None if found is None else _presented(found)
 
     def _authorize(
         self, scope: Scope, route: RouteClass, path: str, credential: bytes | None
@@ -195,9 +193,16 @@ class Gate:
         return shared
 
 
-def _presented(authorization: bytes | None, api_key: bytes | None) -> bytes:
+def _presented(found: list[tuple[bytes, bytes]]) -> bytes:
     """The key of `x-api-key`, else of a Bearer `Authorization`; another scheme is left to the app
     when `x-api-key` is there, and refused when it is not."""
+    if len(found) == 1:  # the usual case: one header
+        name, value = found[0]
+        return _well_formed(value.strip() if name == _API_KEY else _bearer(value))
+    values = dict(found)
+    if len(values) < len(found):
+        raise UnauthorizedError(f"the request repeats a key header; {HOW_TO_SEND} once", _INVALID)
+    api_key, authorization = values.get(_API_KEY), values.get(_AUTHORIZATION)
     if api_key is None:
         assert authorization is not None
         return _well_formed(_bearer(authorization))

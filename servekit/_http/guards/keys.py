@@ -55,6 +55,8 @@ DEFAULT_PUBLIC = ("/docs", "/docs/*", "/openapi.json")
 MIN_KEY_CHARS = 16
 MAX_KEY_CHARS = 512
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+_REMEMBERED_PATHS = 1024
+"""How many paths a key set remembers the public decision of (then it starts over)."""
 
 
 def new_key() -> str:
@@ -126,6 +128,7 @@ class KeySet:
     by_digest: Mapping[bytes, ApiKey]
     public: tuple[str, ...] = DEFAULT_PUBLIC
     _public: Callable[[str], object] | None = field(init=False, repr=False, compare=False, default=None)
+    _decided: dict[str, bool] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         joined = "|".join(f"(?:{fnmatch.translate(p)})" for p in self.public)
@@ -141,7 +144,13 @@ class KeySet:
 
     def is_public(self, path: str) -> bool:
         """Whether `path` is served without a key."""
-        return self._public is not None and self._public(path) is not None
+        public = self._decided.get(path)
+        if public is None:
+            public = self._public is not None and self._public(path) is not None
+            if len(self._decided) >= _REMEMBERED_PATHS:
+                self._decided.clear()
+            self._decided[path] = public
+        return public
 
     def __len__(self) -> int:
         return len(self.by_digest)

@@ -39,17 +39,21 @@ ADMIN_PREFIX = "/-/"
 _JOBS_PREFIX = "/-/jobs/"
 
 
+_TOP_LEVEL = {
+    **dict.fromkeys(HEALTH_PATHS, RouteClass.HEALTH),
+    **dict.fromkeys(DOCS_PATHS, RouteClass.DOCS),
+    METRICS_PATH: RouteClass.METRICS,
+}
+
+
 def classify(path: str) -> RouteClass:
     """The class of the route at `path` (an ASGI scope's ``path``, not URL-encoded)."""
     if path.startswith(ADMIN_PREFIX):
         return _builtin_class(path)
-    if path in HEALTH_PATHS:
-        return RouteClass.HEALTH
-    if path == METRICS_PATH:
-        return RouteClass.METRICS
-    if path in DOCS_PATHS or path.startswith("/docs/"):
-        return RouteClass.DOCS
-    return RouteClass.APP
+    found = _TOP_LEVEL.get(path)
+    if found is not None:
+        return found
+    return RouteClass.DOCS if path.startswith("/docs/") else RouteClass.APP
 
 
 def _builtin_class(path: str) -> RouteClass:

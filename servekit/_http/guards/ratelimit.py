@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from servekit.errors import DeploymentOptionError
 
@@ -42,13 +42,28 @@ class RateLimit:
     requests: float
     per_s: float = 1.0
     burst: int | None = None
+    rate: float = field(init=False, repr=False, compare=False, default=0.0)
+    """Tokens added per second."""
+    capacity: int = field(init=False, repr=False, compare=False, default=0)
+    """The most tokens a bucket holds: the largest burst admitted at once."""
+    _fixed_headers: tuple[tuple[bytes, bytes], ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         if not (self.requests > 0 and self.per_s > 0 and (self.burst is None or self.burst >= 1)):
             raise DeploymentOptionError(
-                f"rate limit {self} must admit something: requests and per_s above 0, burst at least 1; "
-                f"write it like {EXAMPLE}"
+                f"rate limit {self.requests:g}/{self.per_s:g}s burst {self.burst} must admit something: "
+                f"requests and per_s above 0, burst at least 1; write it like {EXAMPLE}"
             )
+        rate = self.requests / self.per_s
+        capacity = self.burst if self.burst is not None else max(1, math.ceil(self.requests))
+        window = max(1, math.ceil(capacity / rate))
+        fixed = (
+            (b"ratelimit-limit", b"%d" % capacity),
+            (b"ratelimit-policy", b"%d;w=%d" % (capacity, window)),
+        )
+        object.__setattr__(self, "rate", rate)
+        object.__setattr__(self, "capacity", capacity)
+        object.__setattr__(self, "_fixed_headers", fixed)
 
     @classmethod
     def parse(cls, text: str) -> RateLimit:
@@ -62,16 +77,6 @@ class RateLimit:
             )
         per_s = unit * float(found["count"] or 1)
         return cls(float(found["requests"]), per_s, int(found["burst"]) if found["burst"] else None)
-
-    @property
-    def rate(self) -> float:
-        """Tokens added per second."""
-        return self.requests / self.per_s
-
-    @property
-    def capacity(self) -> int:
-        """The most tokens a bucket holds: the largest burst admitted at once."""
-        return self.burst if self.burst is not None else max(1, math.ceil(self.requests))
 
     def share(self, copies: int) -> RateLimit:
         """What each of `copies` edges enforces so that together they admit about this limit."""
@@ -167,14 +172,13 @@ class TokenBuckets:
 
 def limit_headers(limit: RateLimit, bucket: Bucket) -> list[tuple[bytes, bytes]]:
     """The ``RateLimit-*`` response headers for `bucket` under `limit`."""
-    capacity = limit.capacity
+    limit_header, policy_header = limit._fixed_headers
     reset = max(0, math.ceil(bucket.full_at - bucket.stamp))
-    window = max(1, math.ceil(capacity / limit.rate))
     return [
-        (b"ratelimit-limit", str(capacity).encode()),
-        (b"ratelimit-remaining", str(int(bucket.tokens)).encode()),
-        (b"ratelimit-reset", str(reset).encode()),
-        (b"ratelimit-policy", f"{capacity};w={window}".encode()),
+        limit_header,
+        (b"ratelimit-remaining", b"%d" % bucket.tokens),
+        (b"ratelimit-reset", b"%d" % reset),
+        policy_header,
     ]
 
 
