@@ -386,7 +386,7 @@ def test_the_cli_serves_the_example_with_keys_limits_cors_and_tls(
     found = pattern.search(log.read_text())
     assert found is not None, log.read_text()
     url = found.group(1)
-    assert "API keys from" in log.read_text()
+    assert "4 API keys from" in log.read_text()
     reader = {"authorization": "Bearer sk_demo_reader_key_only_for_this_example_01"}
     with httpx.Client(verify=ssl.create_default_context(cafile=str(certfile)), timeout=30) as https:
         assert https.post(url + "/predict", json={"text": "a great film"}, headers=reader).status_code == 200

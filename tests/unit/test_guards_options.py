@@ -69,4 +69,6 @@ def test_without_keys_the_start_says_the_admin_api_is_local_and_warns_off_localh
 def test_with_keys_the_start_names_where_they_come_from() -> None:
     document = f"[{{name: a, hash: '{hash_key('sk_0123456789abcdef0123')}', scopes: [admin]}}]"
     notes = start_notes(guard_options(environ={"SERVEKIT_API_KEYS": document}), "0.0.0.0")
-    assert notes == [(False, "API keys from $SERVEKIT_API_KEYS")]
+    assert notes == [(False, "1 API key from $SERVEKIT_API_KEYS")]
+    empty = start_notes(guard_options(environ={"SERVEKIT_API_KEYS": "keys: []"}), "127.0.0.1")
+    assert empty == [(True, "$SERVEKIT_API_KEYS holds no API keys: every guarded path answers 401")]

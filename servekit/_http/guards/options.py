@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from servekit._http.guards.cors import Cors, cors_of
-from servekit._http.guards.keys import KeySource, key_source
+from servekit._http.guards.keys import KeySource, key_source, parse_keys
 from servekit._http.guards.ratelimit import RateLimit, rate_limit_of
 from servekit.errors import DeploymentOptionError
 
@@ -67,7 +67,10 @@ def start_notes(options: GuardOptions, host: str) -> list[tuple[bool, str]]:
     """What to log at start about the guards: (is a warning, message) pairs."""
     if options.keys is not None:
         where = "" if options.keys.path is None else ", reloaded when the file changes"
-        return [(False, f"API keys from {options.keys.origin}{where}")]
+        count = len(parse_keys(options.keys.text, options.keys.origin))
+        if count == 0:
+            return [(True, f"{options.keys.origin} holds no API keys: every guarded path answers 401")]
+        return [(False, f"{count} API key{'s' * (count != 1)} from {options.keys.origin}{where}")]
     notes = [
         (
             False,
