@@ -5,12 +5,18 @@ API kept to this machine without keys (the proxy hands the replica the client's 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from behaviour_support import RayCluster
+from behaviour_support import RayCluster, free_port
 from pydantic import BaseModel
 
 import servekit as sk
@@ -100,3 +106,66 @@ def test_tls_asked_of_a_running_plain_http_proxy_fails_naming_the_fix(
             ssl_certfile=certfile,
             ssl_keyfile=keyfile,
         )
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_cli_serves_https_with_keys_from_a_ray_it_starts(tmp_path: Path) -> None:
+    """Ray Serve's proxy, started by servekit with the certificate, serves HTTPS; keys come from the file."""
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(keyfile), "-out", str(certfile), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    keys = tmp_path / "keys.json"
+    keys.write_text(
+        json.dumps({"keys": [{"name": "invoke", "hash": hash_key(INVOKE), "scopes": ["invoke"]}]})
+    )
+    port, log = free_port(), tmp_path / "servekit.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+    }
+    args = [
+        "serve",
+        str(ROOT / "tests" / "backends" / "cli_app.py") + ":app",
+        "--backend",
+        "ray",
+        "--port",
+        str(port),
+    ]
+    args += ["--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile), "--api-keys", str(keys)]
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "servekit", *args], env=env, cwd=tmp_path, stdout=out,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+    try:
+        url = f"https://127.0.0.1:{port}"
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(certfile)), timeout=30) as https:
+
+            def served() -> bool:
+                assert process.poll() is None, log.read_text()
+                if f"servekit: serving {args[1]} at {url}" not in log.read_text():
+                    return False
+                try:
+                    return https.get(url + "/readyz").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            deadline = time.monotonic() + 180
+            while not served():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            assert https.post(url + "/count", json={"text": "a b c"}).status_code == 401
+            answer = https.post(url + "/count", json={"text": "a b c"}, headers={"x-api-key": INVOKE})
+            assert answer.json()["words"] == 3
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
