@@ -252,7 +252,7 @@ async def test_a_keys_own_limit_wins_and_buckets_are_per_key() -> None:
     async with client(app, "203.0.113.1") as one, client(app, "203.0.113.2") as two:
         ops = [await c.get("/-/status", headers={"x-api-key": ADMIN_KEY}) for c in (one, two, one)]
         assert [r.status_code for r in ops] == [200, 200, 429]  # 'ops' has 1/h burst 2, from any address
-        assert "for API key 'ops'" in error_of(ops[-1])["message"]
+        assert "for API key 'ops' (1/h burst 2); retry after 3600 s" in error_of(ops[-1])["message"]
         answered = await one.post("/predict", headers={"x-api-key": APP_KEY})
         assert answered.headers["ratelimit-limit"] == "100"
 

@@ -37,7 +37,7 @@ def test_a_malformed_limit_names_the_fix(text: str) -> None:
 
 
 def test_a_limit_prints_as_it_parses() -> None:
-    for text in ["100/s burst 200", "10/60s burst 10", "0.5/s burst 1"]:
+    for text in ["100/s burst 200", "10/min burst 10", "0.5/s burst 1", "5/10s burst 1", "7/h burst 7"]:
         assert str(RateLimit.parse(text)) == text
         assert RateLimit.parse(str(RateLimit.parse(text))) == RateLimit.parse(text)
 

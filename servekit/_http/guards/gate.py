@@ -122,7 +122,9 @@ class Gate:
             who = f"API key {key.name!r}" if key is not None else f"client {_client_host(scope)}"
             wait = retry_after_s(limit, bucket)
             raise RateLimitedError(
-                f"rate limit exceeded for {who} ({limit}); retry after {wait:.2g} s",
+                f"rate limit exceeded for {who} ({limit}); retry after {wait:.0f} s"
+                if wait >= 10
+                else f"rate limit exceeded for {who} ({limit}); retry after {wait:.2g} s",
                 wait,
                 {name.decode(): value.decode() for name, value in headers},
             )

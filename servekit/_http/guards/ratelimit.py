@@ -24,6 +24,7 @@ logger = logging.getLogger("servekit.guards")
 
 _UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}
 _UNITS |= {"h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}
+_UNIT_NAMES = {1.0: "s", 60.0: "min", 3600.0: "h", 86400.0: "day"}
 _FORM = re.compile(
     r"^\s*(?P<requests>\d+(?:\.\d+)?)\s*/\s*(?P<count>\d+(?:\.\d+)?)?\s*(?P<unit>[a-z]+)"
     r"\s*(?:,?\s*burst\s+(?P<burst>\d+))?\s*$"
@@ -85,9 +86,8 @@ class RateLimit:
         return RateLimit(self.requests / copies, self.per_s, max(1, math.ceil(self.capacity / copies)))
 
     def __str__(self) -> str:
-        requests = f"{self.requests:g}"
-        per = "s" if self.per_s == 1 else f"{self.per_s:g}s"
-        return f"{requests}/{per} burst {self.capacity}"
+        per = _UNIT_NAMES.get(self.per_s, f"{self.per_s:g}s")
+        return f"{self.requests:g}/{per} burst {self.capacity}"
 
 
 def _unit_seconds(unit: str) -> float | None:
