@@ -4,6 +4,8 @@ API kept to this machine without keys (the proxy hands the replica the client's 
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import json
 import os
 import signal
@@ -113,13 +115,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_cli_serves_https_with_keys_from_a_ray_it_starts(tmp_path: Path) -> None:
     """Ray Serve's proxy, started by servekit with the certificate, serves HTTPS; keys come from the file."""
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(keyfile), "-out", str(certfile), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    certfile, keyfile = self_signed(tmp_path)
     keys = tmp_path / "keys.json"
     keys.write_text(
         json.dumps({"keys": [{"name": "invoke", "hash": hash_key(INVOKE), "scopes": ["invoke"]}]})
@@ -169,3 +165,29 @@ def test_the_cli_serves_https_with_keys_from_a_ray_it_starts(tmp_path: Path) -> 
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key (PEM files in `folder`)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    builder = builder.serial_number(x509.random_serial_number()).add_extension(san, critical=False)
+    builder = builder.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(
+        now + dt.timedelta(days=1)
+    )
+    certificate = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    certfile, keyfile = folder / "cert.pem", folder / "key.pem"
+    certfile.write_bytes(certificate.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    keyfile.write_bytes(private)
+    return certfile, keyfile
