@@ -6,6 +6,7 @@ Decorate classes as deployments, compose them with `.bind()`, then `run` them in
 
 from servekit import errors
 from servekit._http.app import deployment_instance
+from servekit._http.guards import Cors, RateLimit
 from servekit._http.server import Server, serve
 from servekit._models import api as models
 from servekit._replica.autoscaling import MetricsSample, PolicyInput
@@ -42,6 +43,7 @@ __all__ = [
     "BatchOptions",
     "BatchReport",
     "Canary",
+    "Cors",
     "Deployment",
     "DeploymentConfig",
     "DeploymentHandle",
@@ -56,6 +58,7 @@ __all__ = [
     "MetricsSample",
     "ModelRef",
     "PolicyInput",
+    "RateLimit",
     "ReplicaContext",
     "RequestContext",
     "Resources",

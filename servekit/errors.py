@@ -16,7 +16,11 @@ ServekitError                      500  base of everything servekit raises
 │   ├── BadRequestError            400  malformed body (e.g. invalid JSON)
 │   ├── NotFoundError              404  no route for the path
 │   ├── MethodNotAllowedError      405  route exists, method does not
+│   ├── UnauthorizedError          401  no API key, or a wrong, expired or malformed one
+│   ├── ForbiddenError             403  the key (or the client's address) may not use this path
 │   ├── PayloadTooLargeError       413  body over the configured limit
+│   ├── RateLimitedError           429  the client's token bucket is empty (carries retry_after_s)
+│   ├── HeadersTooLargeError       431  too many request headers, or too many bytes of them
 │   ├── RolloutStateError          409  a rollout action its state does not allow (promote a finished canary)
 │   ├── JobNotFoundError           404  no async job has that id (never existed, or expired)
 │   ├── JobNotReadyError           409  a job's result asked for before it succeeded (carries its state)
@@ -183,6 +187,68 @@ class PayloadTooLargeError(RequestError):
         return {**super().to_dict(), "limit_bytes": self.limit_bytes}
 
 
+class UnauthorizedError(RequestError):
+    """The request carries no API key where one is needed, or a wrong, expired or malformed one.
+
+    `challenge` is the `WWW-Authenticate` header (RFC 6750's Bearer scheme).
+    """
+
+    status_code = 401
+    error_type = "unauthorized"
+
+    def __init__(self, message: str, challenge: str = 'Bearer realm="servekit"') -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.challenge}
+
+
+class ForbiddenError(RequestError):
+    """The request's API key lacks the scope the path needs, or the client may not reach it."""
+
+    status_code = 403
+    error_type = "forbidden"
+
+    def __init__(self, message: str, challenge: str | None = None) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.challenge is None else {"WWW-Authenticate": self.challenge}
+
+
+class RateLimitedError(RequestError):
+    """The client (its API key, or its address) has used up its rate limit for now.
+
+    `retry_after_s` is when the next request will be admitted; `limit_headers` are the
+    `RateLimit-*` headers of the response.
+    """
+
+    status_code = 429
+    error_type = "too_many_requests"
+
+    def __init__(
+        self, message: str, retry_after_s: float, limit_headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.limit_headers = dict(limit_headers or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "retry_after_s": self.retry_after_s}
+
+    def headers(self) -> dict[str, str]:
+        return {**self.limit_headers, "Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class HeadersTooLargeError(RequestError):
+    """The request has more header fields, or more bytes of them, than the server accepts."""
+
+    status_code = 431
+    error_type = "request_header_fields_too_large"
+
+
 class RolloutStateError(RequestError):
     """A rollout cannot take this action in its current state (e.g. promote a canary that ended)."""
 
@@ -317,7 +383,9 @@ __all__ = [
     "DeploymentOptionError",
     "DeploymentStartError",
     "DeploymentUnavailableError",
+    "ForbiddenError",
     "GraphError",
+    "HeadersTooLargeError",
     "InsufficientResourcesError",
     "JobFailedError",
     "JobNotFoundError",
@@ -333,11 +401,13 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "RateLimitedError",
     "ReplicaDiedError",
     "RequestError",
     "RequestTimeoutError",
     "RequestValidationError",
     "RolloutStateError",
     "ServekitError",
+    "UnauthorizedError",
     "UserCodeError",
 ]

@@ -1,6 +1,6 @@
 """`servekit` command: `servekit serve TARGET|BUNDLE`, `servekit batch TARGET`, `servekit build`,
 `servekit bundles`, `servekit deploy`, `servekit status`, `servekit rollout ...`,
-`servekit models ...`, `servekit --version`."""
+`servekit models ...`, `servekit keys ...`, `servekit --version`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from servekit._cli import batch as batch_command
+from servekit._cli import keys as keys_command
 from servekit._cli import rollout
 from servekit._cli.bundles import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_command
 from servekit._cli.models import add_model_commands, run_model_command
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds in-flight requests get to finish on shutdown",
     )
+    _add_guard_flags(serve)
     serve.add_argument(
         "--access-log",
         action="store_true",
@@ -133,21 +135,47 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--app", default=None, help="with --address: only this Serve application")
     status.add_argument("--json", action="store_true", help="print the status documents as JSON")
     rollout.add_parser(commands)
+    keys_command.add_parser(commands)
     add_bundle_commands(commands)
     add_model_commands(commands)
     return parser
+
+
+def _add_guard_flags(serve: argparse.ArgumentParser) -> None:
+    """`servekit serve`'s flags for API keys, rate limits, CORS, TLS and header limits."""
+    serve.add_argument(
+        "--api-keys",
+        default=None,
+        metavar="FILE",
+        help="require API keys from this file (YAML or JSON, hashes only; see `servekit keys`); "
+        "default: SERVEKIT_API_KEYS_FILE or SERVEKIT_API_KEYS, else no keys",
+    )
+    serve.add_argument(
+        "--rate-limit",
+        default=None,
+        help="per API key (or client address) token bucket, like '100/s burst 200'",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=None,
+        help="a browser origin allowed to call the app, like https://app.example.com (repeat; '*' for any)",
+    )
+    serve.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate chain (PEM)")
+    serve.add_argument("--ssl-keyfile", default=None, help="the private key (PEM) of --ssl-certfile")
+    serve.add_argument("--max-header-count", type=int, default=100, help="431 above this many headers")
+    serve.add_argument(
+        "--max-header-bytes", type=int, default=32 * 1024, help="431 above this many header bytes"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.command == "status":
-        return _status(args)
-    if args.command == "rollout":
-        return _rollout(args)
-    if args.command == "models":
-        return run_model_command(args)
+    simple = {"status": _status, "rollout": _rollout, "models": run_model_command, "keys": keys_command.run}
+    if args.command in simple:
+        return simple[args.command](args)
     if args.command in BUNDLE_COMMANDS:
         return run_bundle_command(args)
     if args.command == "batch":
@@ -216,6 +244,13 @@ def _serve(args: argparse.Namespace) -> int:
                 access_log=args.access_log,
                 strict=args.strict,
                 http=args.http,
+                api_keys=args.api_keys,
+                rate_limit=args.rate_limit,
+                cors=args.cors_origin,
+                ssl_certfile=args.ssl_certfile,
+                ssl_keyfile=args.ssl_keyfile,
+                max_header_count=args.max_header_count,
+                max_header_bytes=args.max_header_bytes,
                 **options.model_dump(exclude_defaults=True),
             )
     except (TargetError, ServekitError, OSError, ImportError) as exc:  # BundleError is a ServekitError

@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from servekit._cli.credentials import client_headers
+
 
 class RolloutError(Exception):
     """The command failed; the message is one line saying why (the server's own message for a 4xx)."""
@@ -290,7 +292,8 @@ def _json_arg(text: str) -> Any:
 
 def _request(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data, method=method, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json", **client_headers()}
+    request = urllib.request.Request(url, data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             answer: dict[str, Any] = json.loads(response.read())

@@ -8,6 +8,8 @@ import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
+from servekit._cli.credentials import client_headers
+
 
 class StatusError(Exception):
     """The status cannot be read; the message is one line saying why."""
@@ -21,7 +23,8 @@ def status_from_url(url: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
             f"--url must start with http:// or https://, like http://127.0.0.1:8000; got {url!r}"
         )
     try:
-        with urllib.request.urlopen(endpoint, timeout=timeout_s) as response:
+        request = urllib.request.Request(endpoint, headers=client_headers())
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             document: dict[str, Any] = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         raise StatusError(

@@ -1,4 +1,4 @@
-"""The Starlette ingress of a running app: endpoint routes, built-in routes, body limit."""
+"""The Starlette ingress of a running app: endpoint routes, built-in routes, guards, body limit."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servekit._http.access_log import AccessLog
 from servekit._http.errors import error_response, router_error
+from servekit._http.guards import GuardOptions, guard_layers, guard_options
 from servekit._http.jobs import HTTP_KIND, http_executor, job_routes, submit_request, wants_async
 from servekit._http.openapi import openapi_document
 from servekit._http.responses import render, stream_response, wants_sse
@@ -56,6 +57,7 @@ def build_asgi_app(
     jobs: JobSlot | None = None,
     data_dir: str | None = None,
     access_log: bool = False,
+    guards: GuardOptions | None = None,
 ) -> Starlette:
     """The ASGI app serving `runtime`'s ingress deployment over HTTP.
 
@@ -64,7 +66,9 @@ def build_asgi_app(
     keeps its own, in `data_dir` (a directory or a `postgresql://` URL), started and stopped
     with the ASGI lifespan (as where Ray Serve runs the ingress). `access_log` logs one
     structured record per request (`servekit._http.access_log`); while this process traces, each
-    request is served in a server span (`servekit._http.tracing`).
+    request is served in a server span (`servekit._http.tracing`). `guards` says what the edge
+    enforces (API keys, rate limits, CORS, header limits); without it, the safe defaults and the
+    keys the environment names (``SERVEKIT_API_KEYS_FILE``, ``SERVEKIT_API_KEYS``).
     """
     ingress = runtime.graph.ingress_node
     found = ingress_routes(ingress.deployment, strict)
@@ -91,6 +95,7 @@ def build_asgi_app(
             ),
             *([Middleware(TracingMiddleware, tracing=active)] if (active := tracing.active()) else []),
             *([Middleware(AccessLog)] if access_log else []),
+            *guard_layers(guards or guard_options(), getattr(runtime, "edge_copies", 1)),
             Middleware(BodyLimit, max_body_bytes=max_body_bytes),
         ],
         exception_handlers={HTTPException: router_error, Exception: router_error},

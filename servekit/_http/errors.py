@@ -36,6 +36,7 @@ _STATUS_TYPES = {
     413: "payload_too_large",
     422: "validation_error",
     429: "too_many_requests",
+    431: "request_header_fields_too_large",
     503: "unavailable",
     504: "timeout",
 }

@@ -9,17 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import signal
 import socket
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any, Literal, Protocol, Unpack, cast
 
 import uvicorn
 
 from servekit._http.app import DEFAULT_MAX_BODY_BYTES, build_asgi_app, describe_routes
+from servekit._http.guards import Cors, GuardOptions, RateLimit, guard_options, start_notes
+from servekit._http.guards.options import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_COUNT
 from servekit._http.routes import ingress_routes
 from servekit._replica.jobs.service import JobSlot
 from servekit._runtime.app import AppHandle, RunningApp
@@ -39,6 +42,8 @@ class HttpFront(Protocol):
 
     host: str
     port: int
+    scheme: str
+    """``https`` when the front serves TLS, else ``http``."""
     routes: list[tuple[str, str]]
     grace_s: float
     """How long in-flight requests get on shutdown, unless `Server.shutdown` says otherwise."""
@@ -71,9 +76,9 @@ class Server:
 
     @property
     def url(self) -> str:
-        """The base URL, like ``http://127.0.0.1:8000``."""
+        """The base URL, like ``http://127.0.0.1:8000`` (``https://`` when serving TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self._front.scheme}://{host}:{self.port}"
 
     @property
     def routes(self) -> list[tuple[str, str]]:
@@ -141,6 +146,13 @@ def serve(
     access_log: bool = False,
     strict: bool = False,
     http: HttpImpl = "auto",
+    api_keys: str | os.PathLike[str] | None = None,
+    rate_limit: str | RateLimit | None = None,
+    cors: str | Sequence[str] | Cors | None = None,
+    ssl_certfile: str | os.PathLike[str] | None = None,
+    ssl_keyfile: str | os.PathLike[str] | None = None,
+    max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     **options: Unpack[RunKeywords],
 ) -> Server:
     """Run `app` and serve its ingress over HTTP at `host`:`port` (0 picks a free port).
@@ -154,6 +166,15 @@ def serve(
     `access_log=True` logs one structured record per request (method, route, status, duration,
     request id, client) on the ``servekit.access`` logger.
 
+    Guards (see docs/security.md): `api_keys` names a keys file (YAML or JSON, hashes only;
+    re-read when it changes), else ``SERVEKIT_API_KEYS_FILE`` or ``SERVEKIT_API_KEYS`` are read;
+    with keys, every route but the health probes and the public paths needs a key with the right
+    scope (401/403). Without keys the admin API answers only clients on this machine.
+    `rate_limit` (like ``"100/s burst 200"``) is a token bucket per API key, or per client
+    address for requests without one (429 with ``Retry-After``). `cors` allows browser origins
+    (an origin, a list, or a `Cors`). `ssl_certfile` and `ssl_keyfile` serve HTTPS. Requests with
+    more than `max_header_count` headers or `max_header_bytes` of them get 431.
+
     The other keywords choose where the app runs, as for `servekit.run`: `backend="local"`
     serves from uvicorn in this process (an ingress that serves raw requests or an ASGI app
     stays in-process whatever `isolation` says); `backend="ray"` deploys the app to Ray Serve
@@ -165,7 +186,13 @@ def serve(
     request id, trace id, deployment and replica, as one JSON object per line for "json".
     """
     run = run_options(**options)
-    front_options = _FrontOptions(max_body_bytes, graceful_shutdown_s, access_log, strict, http, run.data_dir)
+    guards = guard_options(api_keys, rate_limit, cors, max_header_count, max_header_bytes)
+    tls = _tls(ssl_certfile, ssl_keyfile)
+    front_options = _FrontOptions(
+        max_body_bytes, graceful_shutdown_s, access_log, strict, http, run.data_dir, guards, tls
+    )
+    for warning, note in start_notes(guards, host):
+        logger.log(logging.WARNING if warning else logging.INFO, note)
     server = _start(build_graph(app), host, port, front_options, run)
     if blocking:
         serve_until_signal(server)
@@ -180,6 +207,8 @@ class _FrontOptions:
     strict: bool
     http: HttpImpl
     data_dir: str | None = None
+    guards: GuardOptions = field(default_factory=GuardOptions)
+    tls: Tls | None = None
 
     def __post_init__(self) -> None:
         if self.http not in HTTP_IMPLS:
@@ -195,7 +224,30 @@ class _FrontOptions:
             jobs=jobs,
             data_dir=self.data_dir,
             access_log=self.access_log,
+            guards=self.guards,
         )
+
+
+@dataclass(frozen=True)
+class Tls:
+    """The certificate chain and private key (PEM files) the front serves HTTPS with."""
+
+    certfile: str
+    keyfile: str
+
+
+def _tls(certfile: str | os.PathLike[str] | None, keyfile: str | os.PathLike[str] | None) -> Tls | None:
+    """`Tls` for the two files, checked readable now; None for neither; an error for one alone."""
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        raise DeploymentOptionError(
+            "TLS needs both ssl_certfile and ssl_keyfile (--ssl-certfile and --ssl-keyfile), PEM files"
+        )
+    for name, path in (("ssl_certfile", certfile), ("ssl_keyfile", keyfile)):
+        if not os.access(path, os.R_OK):
+            raise DeploymentOptionError(f"{name}={os.fspath(path)!r} is not a readable file")
+    return Tls(os.path.abspath(certfile), os.path.abspath(keyfile))
 
 
 def _start(graph: AppGraph, host: str, port: int, front: _FrontOptions, options: RunOptions) -> Server:
@@ -203,10 +255,18 @@ def _start(graph: AppGraph, host: str, port: int, front: _FrontOptions, options:
     found = ingress_routes(graph.ingress_node.deployment)
     in_process = found.raw_call or found.asgi_app is not None
     if get_backend(options.backend).serves_http:
-        http = HttpIngress(host, _free_port(host) if port == 0 else port, front.build_app, front.access_log)
+        http = HttpIngress(
+            host,
+            _free_port(host) if port == 0 else port,
+            front.build_app,
+            front.access_log,
+            ssl_certfile=front.tls.certfile if front.tls else None,
+            ssl_keyfile=front.tls.keyfile if front.tls else None,
+        )
         running = RunningApp.start(graph, options, http)
         address = cast(ProxiedRuntime, running.runtime).http_address()
-        return Server(running, ProxyFront(running, address, front.grace_s))
+        scheme = "https" if front.tls else "http"
+        return Server(running, ProxyFront(running, address, front.grace_s, scheme))
     http = HttpIngress(host, port, front.build_app, front.access_log, ingress_in_process=in_process)
     runtime = make_runtime(graph, options, http)  # refuses bad options before the port is taken
     sock = _bind(host, port)
@@ -234,6 +294,7 @@ class UvicornFront:
         self._serving = serving
         self._options = options
         self.grace_s = options.grace_s
+        self.scheme = "https" if options.tls else "http"
         self._asgi = SwappableApp(options.build_app(serving, running.jobs))
         config = uvicorn.Config(
             self._asgi,
@@ -243,6 +304,8 @@ class UvicornFront:
             access_log=False,  # the app writes its own, structured (`servekit._http.access_log`)
             timeout_graceful_shutdown=math.ceil(options.grace_s),
             server_header=False,
+            ssl_certfile=options.tls.certfile if options.tls else None,
+            ssl_keyfile=options.tls.keyfile if options.tls else None,
         )
         self._http = uvicorn.Server(config)
         self._task = running.thread.run(_start_http(self._http, sock))
@@ -266,9 +329,12 @@ class UvicornFront:
 class ProxyFront:
     """The app's HTTP as Ray Serve's proxy serves it: routes to show, nothing to run here."""
 
-    def __init__(self, running: RunningApp, address: tuple[str, int], grace_s: float) -> None:
+    def __init__(
+        self, running: RunningApp, address: tuple[str, int], grace_s: float, scheme: str = "http"
+    ) -> None:
         self._running = running
         self.grace_s = grace_s
+        self.scheme = scheme
         self.host, self.port = address
         self.routes = self._describe()
 

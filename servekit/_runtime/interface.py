@@ -136,3 +136,6 @@ class HttpIngress:
     ingress_in_process: bool = False
     """Whether the ingress's instance must live where HTTP is served (a raw `__call__(request)` or
     an `@ingress` ASGI app), so its replicas cannot move to worker processes."""
+    ssl_certfile: str | None = None
+    """With `ssl_keyfile`: the proxy serves HTTPS with this certificate chain (PEM)."""
+    ssl_keyfile: str | None = None

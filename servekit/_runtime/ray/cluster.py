@@ -108,7 +108,7 @@ class RayCluster:
         if not running:
             if http is not None:
                 location = "HeadOnly" if self.owned else None
-                serve.start(http_options={"host": http.host, "port": http.port}, proxy_location=location)
+                serve.start(http_options=proxy_http_options(http), proxy_location=location)
             elif self.owned:
                 serve.start(proxy_location="Disabled")
         if http is None:
@@ -120,6 +120,13 @@ class RayCluster:
                 "Ray Serve runs on this cluster with its HTTP proxy disabled, so the app cannot be "
                 "served over HTTP there; start Serve with HTTP (serve start --http-host ...) or use "
                 "servekit.run for handle calls only"
+            )
+        if http.ssl_certfile and options.get("ssl_certfile") != http.ssl_certfile:
+            raise DeploymentStartError(
+                "TLS was asked for, but Ray Serve already runs on this cluster and its proxy serves "
+                f"{'another certificate' if options.get('ssl_certfile') else 'plain HTTP'}; a running "
+                "proxy's TLS cannot change: start Serve with it (serve start --ssl-certfile ... "
+                "--ssl-keyfile ...) or let servekit start Serve"
             )
         if running and (host, port) != (http.host, http.port):
             logger.warning(
@@ -161,6 +168,14 @@ class RayCluster:
             return parse_gpu_ids(self._gpus, "--gpus")
         env = os.environ.get("SERVEKIT_GPUS")
         return None if env is None else parse_gpu_ids(env, "SERVEKIT_GPUS")
+
+
+def proxy_http_options(http: HttpIngress) -> dict[str, Any]:
+    """Ray Serve's `http_options` for a proxy serving `http` (with TLS when it names the files)."""
+    options: dict[str, Any] = {"host": http.host, "port": http.port}
+    if http.ssl_certfile and http.ssl_keyfile:
+        options |= {"ssl_certfile": http.ssl_certfile, "ssl_keyfile": http.ssl_keyfile}
+    return options
 
 
 def cluster_config_dict(serialized: bytes) -> dict[str, Any]:

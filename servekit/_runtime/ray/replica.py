@@ -289,6 +289,12 @@ class IngressView:
         self._status: dict[str, Any] = {}
 
     @property
+    def edge_copies(self) -> int:
+        """How many ingress replicas serve HTTP side by side (at start): each enforces its share of
+        the edge's rate limits, as Ray Serve's proxies spread a client's requests over them."""
+        return max(1, self._ingress.spec.node.deployment.config.start_replicas)
+
+    @property
     def graph(self) -> AppGraph:
         """A graph of the ingress node alone (its endpoints are the routes)."""
         return self._graph
