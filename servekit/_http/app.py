@@ -1,4 +1,4 @@
-"""The Starlette ingress of a running app: endpoint routes, built-in routes, body limit."""
+"""The Starlette ingress of a running app: endpoint routes, built-in routes, metrics, body limit."""
 
 from __future__ import annotations
 
@@ -16,15 +16,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servekit._http.errors import error_response, router_error
 from servekit._http.jobs import HTTP_KIND, http_executor, job_routes, submit_request, wants_async
+from servekit._http.metrics import INGRESS_APP, UNMATCHED
 from servekit._http.openapi import openapi_document
 from servekit._http.responses import render, stream_response, wants_sse
 from servekit._http.routers import RequestContextMiddleware, context_sources, router_routes
 from servekit._http.routes import EndpointRoute, IngressRoutes, ingress_routes
+from servekit._http.telemetry import EdgeTelemetry
 from servekit._replica.jobs.service import JobSlot
 from servekit._replica.multiplex import MODEL_ID_HEADER, carrying_model_id
 from servekit._runtime.interface import ServingRuntime
 from servekit._version import __version__
-from servekit.errors import PayloadTooLargeError
+from servekit.errors import DeploymentOptionError, PayloadTooLargeError
 
 Handler = Callable[[Request], Awaitable[Response]]
 INSTANCE_SCOPE_KEY = "servekit.instance"
@@ -39,19 +41,25 @@ def build_asgi_app(
     strict: bool = False,
     jobs: JobSlot | None = None,
     data_dir: str | None = None,
+    telemetry: EdgeTelemetry | None = None,
 ) -> Starlette:
     """The ASGI app serving `runtime`'s ingress deployment over HTTP.
 
     `strict` is the default validation mode of endpoints that do not set `@endpoint(strict=...)`.
     `jobs` holds the app's async jobs (the local server passes the app's own); without it the app
     keeps its own, in `data_dir` (a directory or a `postgresql://` URL), started and stopped
-    with the ASGI lifespan (as where Ray Serve runs the ingress).
+    with the ASGI lifespan (as where Ray Serve runs the ingress). `telemetry` holds the server's
+    request metrics and dashboard (kept across redeploys); without it the app makes its own, with
+    metrics and the dashboard on, the dashboard's sampler run by the ASGI lifespan too.
     """
     ingress = runtime.graph.ingress_node
     found = ingress_routes(ingress.deployment, strict)
     slot = jobs if jobs is not None else JobSlot(data_dir)
     slot.register(HTTP_KIND, http_executor(runtime, ingress.name, found.endpoints))
+    own_telemetry = telemetry is None
+    telemetry = telemetry or EdgeTelemetry()
     routes: list[BaseRoute] = _builtin_routes(runtime, found, max_body_bytes) + job_routes(slot)
+    routes += _telemetry_routes(telemetry, runtime, found)
     operations = runtime.routers
     if operations is not None:
         routes += router_routes(operations)
@@ -70,15 +78,33 @@ def build_asgi_app(
                 routers=operations,
                 echoed=getattr(runtime, "request_ids_echoed", False),
             ),
+            *telemetry.middleware(routes, INGRESS_APP if found.asgi_app is not None else UNMATCHED),
             Middleware(BodyLimit, max_body_bytes=max_body_bytes),
         ],
         exception_handlers={HTTPException: router_error, Exception: router_error},
-        lifespan=None if jobs is not None else _jobs_lifespan(slot),
+        lifespan=None
+        if jobs is not None
+        else _own_lifespan(slot, runtime, telemetry if own_telemetry else None),
     )
     if found.asgi_app is not None:
         app.router.default = _IngressASGI(runtime, ingress.name, found.asgi_app)
     app.state.servekit_routes = describe_routes(found)
     return app
+
+
+def _telemetry_routes(
+    telemetry: EdgeTelemetry, runtime: ServingRuntime, found: IngressRoutes
+) -> list[BaseRoute]:
+    """`/metrics` and the dashboard's routes; refuses an endpoint they would hide."""
+    routes = telemetry.routes(runtime)
+    taken = {getattr(route, "path", None) for route in routes}
+    for endpoint in found.endpoints:
+        if endpoint.path in taken:
+            raise DeploymentOptionError(
+                f"endpoint {endpoint.path!r} of {runtime.graph.ingress!r} clashes with servekit's own "
+                "route; serve with metrics=False and dashboard=False (or move /metrics with metrics_port=)"
+            )
+    return routes
 
 
 def describe_routes(found: IngressRoutes) -> list[tuple[str, str]]:
@@ -91,16 +117,23 @@ def describe_routes(found: IngressRoutes) -> list[tuple[str, str]]:
     return described
 
 
-def _jobs_lifespan(slot: JobSlot) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
-    """Open the job store (and run queued jobs) at start-up when it is durable; close it at shutdown."""
+def _own_lifespan(
+    slot: JobSlot, runtime: ServingRuntime, telemetry: EdgeTelemetry | None
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """Open the job store (and run queued jobs) at start-up when it is durable, and start the
+    dashboard's sampler of an app that keeps its own telemetry; close both at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         if slot.location is not None:
             await slot.service()
+        if telemetry is not None:
+            telemetry.start(runtime)
         try:
             yield
         finally:
+            if telemetry is not None:
+                await telemetry.stop()
             await slot.close()
 
     return lifespan

@@ -16,6 +16,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
+from prometheus_client.core import Metric
+
+from servekit._replica import metrics as user_metrics
 from servekit._replica.autoscaling import Autoscaler
 from servekit._replica.deadline import chunks_within_timeout, within_timeout
 from servekit._replica.multiplex import max_models_per_replica, outgoing_model_id
@@ -32,6 +35,7 @@ from servekit._runtime.replica_set import ReplicaSet, ReplicaSlot
 from servekit._runtime.routing import AppRouters, routed_method_table
 from servekit._spec.config import Isolation, Resources
 from servekit._spec.graph import AppGraph, DeploymentNode
+from servekit._telemetry.metrics import call_families, merge_families
 from servekit.errors import (
     DeploymentOptionError,
     DeploymentStartError,
@@ -174,13 +178,20 @@ class LocalRuntime:
         state = self._state(deployment)
         timeout = state.node.deployment.config.request_timeout_s
         started = time.perf_counter()
+        ok = False
         try:
-            return await within_timeout(
+            result = await within_timeout(
                 self._call_replica(state, method, args, kwargs), timeout, deployment, method
             )
+            ok = True
+            return result
+        except asyncio.CancelledError:
+            ok = True  # the caller left: not the deployment's failure
+            raise
         finally:
             ended = time.perf_counter()
             state.latencies.add(ended, (ended - started) * 1000)
+            state.calls.record(method, ended - started, ok)
 
     async def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -195,9 +206,20 @@ class LocalRuntime:
         state = self._state(deployment)
         timeout = state.node.deployment.config.request_timeout_s
         chunks = self._stream_replica(state, method, args, kwargs)
-        async with contextlib.aclosing(chunks_within_timeout(chunks, timeout, deployment, method)) as timed:
-            async for chunk in timed:
-                yield chunk
+        started = time.perf_counter()
+        ok = False
+        try:
+            async with contextlib.aclosing(
+                chunks_within_timeout(chunks, timeout, deployment, method)
+            ) as timed:
+                async for chunk in timed:
+                    yield chunk
+            ok = True
+        except (GeneratorExit, asyncio.CancelledError):
+            ok = True  # the caller stopped reading: not the deployment's failure
+            raise
+        finally:
+            state.calls.record(method, time.perf_counter() - started, ok)
 
     @staticmethod
     async def _stream_replica(
@@ -343,8 +365,21 @@ class LocalRuntime:
             "routers": {name: self.routers.view(name) for name in self.routers.router_names()},
         }
 
+    def metric_families(self) -> list[Metric]:
+        """What `/metrics` shows beyond `status()`: each method's calls, and the user metrics of
+        this process and of every worker process (as of its last probe: `refresh_stats`)."""
+        calls = call_families({name: state.calls for name, state in self._states.items()})
+        workers = [
+            slot.replica.metric_families()
+            for state in self._states.values()
+            for slot in state.replicas.slots
+            if isinstance(slot.replica, ProcessReplica)
+        ]
+        return merge_families(calls, user_metrics.collect(), *workers)
+
     async def refresh_stats(self, timeout_s: float = 1.0) -> None:
-        """Fetch fresh batch stats from process replicas (in-process ones are always current)."""
+        """Fetch fresh batch stats and user metrics from process replicas (in-process ones are
+        always current)."""
         probes = [
             slot.replica.probe(health=False)
             for state in self._states.values()
