@@ -89,6 +89,7 @@ def build_asgi_app(
     if found.asgi_app is not None:
         app.router.default = _IngressASGI(runtime, ingress.name, found.asgi_app)
     app.state.servekit_routes = describe_routes(found)
+    app.state.servekit_http_metrics = telemetry.http
     return app
 
 

@@ -23,9 +23,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from servekit._http.status_metrics import status_families
 from servekit._runtime.interface import ServingRuntime
 from servekit._telemetry.metrics import LATENCY_BUCKETS_S, Buckets, merge_families, new_family, render
+from servekit._telemetry.status import status_families
 
 UNMATCHED = "<unmatched>"
 """The route label of requests no route matched (404s, and requests refused before routing)."""

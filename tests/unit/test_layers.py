@@ -45,7 +45,7 @@ def test_runtimes_never_import_the_http_edge() -> None:
 LAYERS = (
     ("servekit.errors", "servekit._version"),
     ("servekit._spec",),
-    ("servekit._models",),
+    ("servekit._models", "servekit._telemetry"),
     ("servekit._replica",),
     ("servekit._runtime",),
     ("servekit._bundle",),
