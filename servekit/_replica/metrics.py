@@ -88,3 +88,8 @@ def histogram(
 def collect() -> list[Metric]:
     """Every user metric of this process, as prometheus_client families."""
     return _PROCESS.collect()
+
+
+def forget_replica(deployment: str, replica_id: str) -> None:
+    """Drop the series replica `replica_id` of `deployment` recorded (it stopped)."""
+    _PROCESS.forget((deployment, replica_id))

@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 from servekit._replica.batching import END, BatchedFunction, batched_state, next_in_context, with_overrides
 from servekit._replica.context import ReplicaContext, enter_replica, exit_replica
 from servekit._replica.errors import attribute_to_deployment
+from servekit._replica.metrics import forget_replica
 from servekit._replica.models import (
     BoundModel,
     ModelFollower,
@@ -316,13 +317,15 @@ class Replica:
             await self.call("check_health", (), {})
 
     def stop(self) -> None:
-        """Release the replica's batch queues; in-flight work must have drained already."""
+        """Release the replica's batch queues and its user metrics' series; in-flight work must have
+        drained already."""
         for follower in self._followers:
             follower.cancel()
         if self.models:
             unpin(self.models, self.context.replica_id)
         for _, state in self._batched_methods():
             state.discard(self._batch_owner(state))
+        forget_replica(self.context.deployment, self.context.replica_id)
 
     def _batch_owner(self, state: BatchedFunction) -> Any:
         return self._instance if state.is_method else self.context

@@ -93,6 +93,13 @@ class UserMetric:
     def _new_series(self) -> Any:
         return [0.0]
 
+    def forget(self, context: tuple[str, ...]) -> None:
+        """Drop the series recorded where `context` says (a replica that stopped)."""
+        size = len(context)
+        with self._lock:
+            for key in [key for key in self._series if key[:size] == context]:
+                del self._series[key]
+
     def _snapshot(self) -> list[tuple[tuple[str, ...], Any]]:
         with self._lock:
             return [(key, self._copy(series)) for key, series in self._series.items()]
@@ -308,6 +315,14 @@ class MetricRegistry:
         found = self._define(Histogram, name, description, labels, max_label_sets, buckets=bounds)
         assert isinstance(found, Histogram)
         return found
+
+    def forget(self, context: tuple[str, ...]) -> None:
+        """Drop every series recorded where `context` says, like a replica that stopped, so that
+        replicas coming and going never add up to unbounded memory."""
+        with self._lock:
+            metrics = list(self._metrics.values())
+        for metric in metrics:
+            metric.forget(context)
 
     def label_names(self, metric: UserMetric) -> list[str]:
         """Every label of `metric`'s series: the registry's own, then the metric's."""

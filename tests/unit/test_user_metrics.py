@@ -177,3 +177,12 @@ def test_sk_metrics_labels_each_series_with_the_replica_it_was_recorded_in() -> 
     ]
     assert ("Scorer", "Scorer#3") in labels
     assert ("", "") in labels
+
+
+def test_a_stopped_replicas_series_are_forgotten(registry: MetricRegistry) -> None:
+    hits = registry.counter("hits", "Hits.")
+    hits.inc()
+    registry.where["value"] = ("Model", "Model#1")  # type: ignore[attr-defined]
+    hits.inc()
+    registry.forget(("Model", "Model#0"))
+    assert samples(registry)["hits_total"] == [({"deployment": "Model", "replica": "Model#1"}, 1.0)]
