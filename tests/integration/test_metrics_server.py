@@ -104,7 +104,8 @@ def test_the_cli_serves_metrics_on_the_port_it_prints(tmp_path: Path) -> None:
         pattern = re.compile(r"serving \S+ at (\S+)\n.*metrics: (\S+)\n", re.DOTALL)
         deadline = time.monotonic() + 30
         while (found := pattern.search(log.read_text())) is None:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         url, metrics_url = found.groups()
         assert "/metrics" not in log.read_text().split("built-in:")[1].splitlines()[0]
