@@ -152,3 +152,13 @@ def test_canary_example_rolls_a_worse_v2_back_and_promotes_an_equal_one() -> Non
     readme = (EXAMPLES / "canary" / "README.md").read_text()
     assert "canary v1 -> v2: rolled_back" in readme
     assert "canary v1 -> v2: completed" in readme
+
+
+def test_observability_example_counts_its_traffic_on_metrics() -> None:
+    out = run_example("observability/app.py")
+    assert out["requests counted"] == "200"
+    assert ast.literal_eval(out["classifier calls"]) == {"v1": 180, "v2": 20}
+    assert sum(ast.literal_eval(out["predictions by label"]).values()) == 200
+    assert float(out["mean batch size"]) >= 1
+    assert out["replicas running"] == "3"
+    assert out["dashboard"].endswith("/-/dashboard")
