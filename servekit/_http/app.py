@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servekit._http.errors import error_response, router_error
 from servekit._http.jobs import HTTP_KIND, http_executor, job_routes, submit_request, wants_async
-from servekit._http.metrics import INGRESS_APP, UNMATCHED
+from servekit._http.metrics import INGRESS_APP_KEY
 from servekit._http.openapi import openapi_document
 from servekit._http.responses import render, stream_response, wants_sse
 from servekit._http.routers import RequestContextMiddleware, context_sources, router_routes
@@ -78,7 +78,7 @@ def build_asgi_app(
                 routers=operations,
                 echoed=getattr(runtime, "request_ids_echoed", False),
             ),
-            *telemetry.middleware(routes, INGRESS_APP if found.asgi_app is not None else UNMATCHED),
+            *telemetry.middleware(routes),
             Middleware(BodyLimit, max_body_bytes=max_body_bytes),
         ],
         exception_handlers={HTTPException: router_error, Exception: router_error},
@@ -228,6 +228,7 @@ class _IngressASGI:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return
+        scope[INGRESS_APP_KEY] = True  # (for the metrics layer's route label)
         try:
             async with self._runtime.replica(self._deployment) as replica:
                 await self._app({**scope, INSTANCE_SCOPE_KEY: replica.instance}, receive, send)

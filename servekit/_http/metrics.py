@@ -31,6 +31,8 @@ UNMATCHED = "<unmatched>"
 """The route label of requests no route matched (404s, and requests refused before routing)."""
 INGRESS_APP = "<ingress app>"
 """The route label of requests served by an `@ingress` ASGI app (its own routes are its business)."""
+INGRESS_APP_KEY = "servekit.ingress_app"
+"""Set in the scope of a request an `@ingress` ASGI app serves."""
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 RECENT_ERRORS = 50
 
@@ -100,14 +102,10 @@ def _error_event(route: str, method: str, status: int, seconds: float, scope: Sc
 class HttpMetricsMiddleware:
     """Counts each HTTP request in `HttpMetrics` by route template, method and status."""
 
-    def __init__(
-        self, app: ASGIApp, metrics: HttpMetrics, routes: Sequence[BaseRoute], fallback: str
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = routes
-        self.fallback = fallback
-        """The route label when no route matched (`UNMATCHED`, or `INGRESS_APP` for an ASGI ingress)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,13 +138,15 @@ class HttpMetricsMiddleware:
     def _route(self, scope: Scope) -> str:
         route = scope.get("route")
         if route is not None:
-            return str(getattr(route, "path", self.fallback))
+            return str(getattr(route, "path", UNMATCHED))
+        if INGRESS_APP_KEY in scope:
+            return INGRESS_APP
         # refused before routing (a guard, the body limit), or an older Starlette: match here
         for candidate in self.routes:
             match, _ = candidate.matches(scope)
             if match is not Match.NONE:
-                return str(getattr(candidate, "path", self.fallback))
-        return self.fallback
+                return str(getattr(candidate, "path", UNMATCHED))
+        return UNMATCHED
 
 
 async def scrape(runtime: ServingRuntime, http: HttpMetrics | None, accept: str) -> Response:

@@ -57,11 +57,11 @@ class EdgeTelemetry:
         self.http = HttpMetrics() if self.options.metrics else None
         self.history = DashboardHistory(self.http) if self.options.dashboard_on else None
 
-    def middleware(self, routes: list[BaseRoute], fallback: str) -> list[Middleware]:
+    def middleware(self, routes: list[BaseRoute]) -> list[Middleware]:
         """The metrics layer over `routes` (none when the metrics are off)."""
         if self.http is None:
             return []
-        return [Middleware(HttpMetricsMiddleware, metrics=self.http, routes=routes, fallback=fallback)]
+        return [Middleware(HttpMetricsMiddleware, metrics=self.http, routes=routes)]
 
     def routes(self, runtime: ServingRuntime) -> list[BaseRoute]:
         """`/metrics` (unless it has its own port) and the dashboard's routes, as they are on."""

@@ -12,6 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 import servekit as sk
 from servekit._http.app import build_asgi_app
@@ -76,6 +80,30 @@ def test_metrics_off_install_no_layer_and_no_route(client: httpx.Client) -> None
     assert HttpMetricsMiddleware in [m.cls for m in on.user_middleware]
     with pytest.raises(DeploymentOptionError, match="dashboard=True needs metrics=True"):
         sk.serve(Echo.bind(), port=0, blocking=False, metrics=False, dashboard=True)
+
+
+def test_metrics_port_is_refused_on_ray_before_anything_starts() -> None:
+    with pytest.raises(DeploymentOptionError, match="metrics_port=9100 works on the local backend only"):
+        sk.serve(Echo.bind(), port=0, blocking=False, backend="ray", metrics_port=9100)
+
+
+async def anything(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+@sk.deployment
+@sk.ingress(Starlette(routes=[Route("/anything/{rest:path}", anything)]))
+class Mounted:
+    pass
+
+
+def test_an_ingress_asgi_apps_requests_share_one_route_label(client: httpx.Client) -> None:
+    with sk.serve(Mounted.bind(), port=0, blocking=False) as server:
+        for path in ("/anything/a", "/anything/b/c", "/missing"):
+            client.get(server.url + path)
+        text = client.get(str(server.metrics_url)).text
+        assert http_requests(text, "<ingress app>") == 3
+        assert http_requests(text, "/anything/{rest:path}") == 0
 
 
 def test_counters_survive_a_redeploy(client: httpx.Client) -> None:

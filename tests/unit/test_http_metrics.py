@@ -63,7 +63,7 @@ def counted() -> tuple[HttpMetrics, Starlette]:
         Route("/secret/{name}", item, methods=["GET"]),
     ]
     middleware = [
-        Middleware(HttpMetricsMiddleware, metrics=metrics, routes=routes, fallback=UNMATCHED),
+        Middleware(HttpMetricsMiddleware, metrics=metrics, routes=routes),
         Middleware(RefuseSecret),
     ]
     return metrics, Starlette(routes=routes, middleware=middleware)
@@ -258,6 +258,6 @@ def test_telemetry_options_refuse_contradictions_and_off_means_nothing_installed
         TelemetryOptions(metrics_port=70000)
     off = EdgeTelemetry(TelemetryOptions(metrics=False))
     assert (off.http, off.history) == (None, None)
-    assert off.middleware([], UNMATCHED) == []
+    assert off.middleware([]) == []
     assert TelemetryOptions(dashboard=False).dashboard_on is False
     assert TelemetryOptions().dashboard_on is True
