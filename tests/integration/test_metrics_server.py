@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -143,3 +144,25 @@ def test_the_cli_serves_metrics_on_the_port_it_prints(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_dashboards_data_has_the_app_and_refuses_a_bad_since(
+    client: httpx.Client, wait_until: Callable[..., None]
+) -> None:
+    with sk.serve(Echo.bind(), port=0, blocking=False) as server:
+        client.get(server.url + "/echo/a")
+        page = client.get(server.url + "/-/dashboard")
+        assert page.headers["content-type"].startswith("text/html")
+        assert "<script>" in page.text
+        assert "http://" not in page.text.split("<script>")[1]  # nothing fetched from elsewhere
+        wait_until(lambda: client.get(server.url + "/-/dashboard/data").json()["history"], "a first sample")
+        data = client.get(server.url + "/-/dashboard/data").json()
+        assert data["app"]["state"] == "running"
+        assert data["deployments"]["Echo"]["replicas"][0]["id"] == "Echo#0"
+        assert data["totals"]["requests"] >= 1
+        last = data["history"][-1]["t"]
+        later = client.get(server.url + f"/-/dashboard/data?since={last}").json()["history"]
+        assert all(sample["t"] > last for sample in later)
+        refused = client.get(server.url + "/-/dashboard/data?since=yesterday")
+        assert refused.status_code == 400
+        assert "since='yesterday'" in refused.json()["error"]["message"]
