@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 from servekit._http.errors import error_response
 from servekit._http.metrics import HttpMetrics
 from servekit._runtime.interface import ServingRuntime
-from servekit._telemetry.metrics import quantile
+from servekit._telemetry.metrics import LATENCY_BUCKETS_S, quantile
 from servekit.errors import BadRequestError
 
 logger = logging.getLogger("servekit.dashboard")
@@ -98,7 +98,7 @@ class DashboardHistory:
         http = self.http
         if http is None:
             return {}
-        counts = list(http.latency.counts)
+        counts = http.latency_counts()
         found: dict[str, Any] = {"requests": http.requests, "in_progress": http.in_progress}
         last = self._last_http
         self._last_http = (now, http.requests, http.server_errors, counts)
@@ -106,7 +106,7 @@ class DashboardHistory:
             return found
         elapsed = now - last[0]
         new = [a - b for a, b in zip(counts, last[3], strict=True)]
-        bounds = http.latency.bounds
+        bounds = LATENCY_BUCKETS_S
         found["rps"] = round((http.requests - last[1]) / elapsed, 3)
         found["errors_per_s"] = round((http.server_errors - last[2]) / elapsed, 3)
         for name, q in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
