@@ -19,7 +19,7 @@ def tests(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-e", ".[test,fast,ray,build,batch,ray-data]")
     session.run("python", "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3")
-    # two pytest processes side by side: tests/backends (one Ray cluster), unit + integration
+    # two pytest processes side by side: the tests on the session Ray cluster, and all the others
     session.run("python", "tests/run_split.py", "-m", "not postgres and not browser", *session.posargs)
     session.run("coverage", "combine", success_codes=[0, 1])
     session.run("coverage", "report")

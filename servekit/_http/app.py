@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import URLPath
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servekit._http.errors import error_response, router_error
@@ -32,6 +33,18 @@ Handler = Callable[[Request], Awaitable[Response]]
 INSTANCE_SCOPE_KEY = "servekit.instance"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+ADMIN_PREFIX = "/-/"
+"""servekit's own admin namespace (status, jobs, routers, rollouts)."""
+_MATCHED_ROUTE = "servekit.route"
+_MODEL_ID = MODEL_ID_HEADER.encode()
+
+
+def raw_header(request: Request, name: bytes) -> str | None:
+    """The first value of header `name` (lower case), read from the ASGI scope's raw list."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def build_asgi_app(
@@ -70,7 +83,7 @@ def build_asgi_app(
     if found.raw_call:
         routes.append(Route("/{path:path}", _raw_handler(runtime, ingress.name), methods=list(ALL_METHODS)))
     app = Starlette(
-        routes=routes,
+        routes=grouped_by_prefix(routes, ADMIN_PREFIX),
         middleware=[
             Middleware(
                 RequestContextMiddleware,
@@ -152,7 +165,7 @@ def _endpoint_handler(
         if always_async or wants_async(request):
             return await submit_request(jobs, route, request)
         try:
-            model_id = request.headers.get(MODEL_ID_HEADER)
+            model_id = raw_header(request, _MODEL_ID)
             if model_id:
                 result = await carrying_model_id(model_id, call(deployment, method, (), await bind(request)))
             else:
@@ -164,7 +177,7 @@ def _endpoint_handler(
     async def streaming(request: Request) -> Response:
         try:
             chunks = runtime.stream(deployment, method, (), await bind(request))
-            model_id = request.headers.get(MODEL_ID_HEADER)
+            model_id = raw_header(request, _MODEL_ID)
             first = await (carrying_model_id(model_id, anext(chunks)) if model_id else anext(chunks))
         except StopAsyncIteration:
             empty = "text/event-stream" if wants_sse(request) else "application/x-ndjson"
@@ -180,7 +193,7 @@ def _raw_handler(runtime: ServingRuntime, deployment: str) -> Handler:
     async def raw(request: Request) -> Response:
         try:
             called = runtime.call(deployment, "__call__", (request,), {})
-            model_id = request.headers.get(MODEL_ID_HEADER)
+            model_id = raw_header(request, _MODEL_ID)
             return render(await (carrying_model_id(model_id, called) if model_id else called))
         except Exception as exc:
             return error_response(exc, request)
@@ -215,6 +228,56 @@ def _builtin_routes(runtime: ServingRuntime, found: IngressRoutes, max_body_byte
         Route("/-/status", status, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
+
+
+def grouped_by_prefix(routes: list[BaseRoute], prefix: str) -> list[BaseRoute]:
+    """`routes` with those whose path starts with `prefix` tried as one group, where the first was.
+
+    Starlette tries routes one by one, a regex each; a request to the app's own endpoints then
+    paid for every admin route ahead of them. A group costs one prefix check for other paths,
+    and inside it the routes are tried in their order, so which route answers is unchanged.
+    """
+    members = [r for r in routes if isinstance(r, Route) and r.path.startswith(prefix)]
+    if len(members) < 2:
+        return routes
+    first = routes.index(members[0])
+    rest = [r for r in routes if not (isinstance(r, Route) and r.path.startswith(prefix))]
+    return [*rest[:first], RouteGroup(prefix, members), *rest[first:]]
+
+
+class RouteGroup(BaseRoute):
+    """Routes sharing a path prefix, tried only for paths under it."""
+
+    def __init__(self, prefix: str, routes: Sequence[BaseRoute]) -> None:
+        self.prefix = prefix
+        self.routes = routes
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        """The first route that matches fully, else the first partial match (a wrong method)."""
+        path, root = scope["path"], scope.get("root_path", "")
+        if not (path[len(root) :] if root and path.startswith(root) else path).startswith(self.prefix):
+            return Match.NONE, {}
+        partial: Scope | None = None
+        for route in self.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:  # "route": the member, as Starlette's router would set it
+                return Match.FULL, {**child, _MATCHED_ROUTE: route, "route": route}
+            if match is Match.PARTIAL and partial is None:
+                partial = {**child, _MATCHED_ROUTE: route, "route": route}
+        return (Match.NONE, {}) if partial is None else (Match.PARTIAL, partial)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the route `matches` chose."""
+        await scope[_MATCHED_ROUTE].handle(scope, receive, send)
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        """The path of the member route called `name`."""
+        for route in self.routes:
+            try:
+                return route.url_path_for(name, **path_params)
+            except NoMatchFound:
+                continue
+        raise NoMatchFound(name, path_params)
 
 
 class _IngressASGI:

@@ -32,8 +32,12 @@ MAX_LIMIT = 1000
 
 def wants_async(request: Request) -> bool:
     """Whether the client asked for an async answer (`Prefer: respond-async`, RFC 7240)."""
-    prefer = request.headers.get("prefer", "")
-    return any(token.strip().lower() == "respond-async" for token in prefer.replace(";", ",").split(","))
+    for name, value in request.scope["headers"]:  # the raw list: no Headers object per request
+        if name == b"prefer" and any(
+            token.strip().lower() == b"respond-async" for token in value.replace(b";", b",").split(b",")
+        ):
+            return True
+    return False
 
 
 def encode_request(request: Request, body: bytes) -> bytes:

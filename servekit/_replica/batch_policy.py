@@ -20,10 +20,15 @@ model is free, a batch finishes, a hold expires). The rules, in order:
    milliseconds), where gaps alone cannot tell a burst from its end;
 5. nothing learned yet (no batch cost, or no gap between queued arrivals seen): dispatch, so
    a lone caller pays no window;
-6. hold only while waiting pays: the next arrival is expected sooner than the fixed cost of a
-   batch it would otherwise pay for (`gap + per_item < fixed`), and only while the queue keeps
-   growing: at most `HOLD_GAPS` typical gaps (and one fixed cost) after the last arrival, and
-   never past the window.
+6. with `wait="adaptive"`, hold only while waiting pays: the next arrival is expected sooner
+   than the fixed cost of a batch it would otherwise pay for (`gap + per_item < fixed`), and
+   only while the queue keeps growing: at most `HOLD_GAPS` typical gaps (and one fixed cost)
+   after the last arrival, and never past the window;
+7. with `wait="fill"`, hold until the window ends under load: when the last batch had more than
+   one item, or the next arrival is expected within the window (`gap < max_wait`). Every
+   batch then fills for its whole window, as Ray Serve's `@serve.batch` and Triton's queue
+   delay do, while a lone caller (the last batch was one item and no gap, or only gaps longer
+   than the window, were seen) still pays no window.
 
 `CostModel` learns a batch's duration as `fixed + per_item * size` (an exponentially weighted
 least-squares fit), and `ArrivalGap` the typical (median) time between arrivals while items
@@ -50,6 +55,11 @@ _MIN_SIZE_VARIANCE = 0.25
 """Below this spread of batch sizes the fit cannot tell fixed from per-item cost."""
 
 
+WAIT_MODES = ("adaptive", "fill")
+"""How a batch holds for more items: only while it pays (`adaptive`), or for its whole window
+whenever arrivals are dense enough to join it (`fill`)."""
+
+
 @dataclass(frozen=True)
 class BatchLimits:
     """The options one queue runs with (the decorator's, with a deployment's overrides)."""
@@ -57,6 +67,8 @@ class BatchLimits:
     max_batch_size: int
     max_wait_s: float
     max_concurrent_batches: int = 1
+    wait: str | None = None
+    """One of `WAIT_MODES`; None until the queue applies its backend's default."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view, in the options' own units."""
@@ -64,6 +76,7 @@ class BatchLimits:
             "max_batch_size": self.max_batch_size,
             "max_wait_ms": round(self.max_wait_s * 1000, 3),
             "max_concurrent_batches": self.max_concurrent_batches,
+            "wait": self.wait,
         }
 
 
@@ -96,6 +109,8 @@ class BatchInput:
     """How late the event loop ran the latest arrival's decision: its backlog of other work."""
     on_their_way: int = 0
     """Calls inside this replica known to be coming (see `servekit._replica.arrivals`)."""
+    last_batch_size: int = 0
+    """Items in the batch started last (0 before the first)."""
 
 
 @dataclass(frozen=True)
@@ -109,8 +124,10 @@ class BatchDecision:
 
 def decide(state: BatchInput) -> BatchDecision:
     """Whether the queue should start a batch now, and if not, until when it holds."""
-    forced = _forced(state)
-    return forced if forced is not None else _hold_if_it_pays(state)
+    decision = _forced(state) or _more_known_to_come(state)
+    if decision is not None:
+        return decision
+    return _hold_to_fill(state) if state.limits.wait == "fill" else _hold_if_it_pays(state)
 
 
 def _forced(state: BatchInput) -> BatchDecision | None:
@@ -132,12 +149,30 @@ def window_end(state: BatchInput) -> float:
     return max(state.oldest_arrival, state.room_since) + state.limits.max_wait_s
 
 
-def _hold_if_it_pays(state: BatchInput) -> BatchDecision:
-    """Hold for the next arrival while it is due sooner than the fixed cost it saves, else go."""
+def _more_known_to_come(state: BatchInput) -> BatchDecision | None:
+    """A hold to the window's end while calls are known to be coming (or the loop is backlogged)."""
     if state.on_their_way > 0:
         return BatchDecision(False, window_end(state), "calls are on their way")
     if state.loop_lag_s >= BACKLOG_LAG * state.limits.max_wait_s:
         return BatchDecision(False, window_end(state), "the event loop is backlogged")
+    return None
+
+
+def _hold_to_fill(state: BatchInput) -> BatchDecision:
+    """Hold to the window's end under load (calls overlapped in the last batch, or arrive within
+    a window of each other), else go."""
+    if state.last_batch_size > 1:
+        return BatchDecision(False, window_end(state), "filling the window")
+    gap = state.arrival_gap_s
+    if gap is None:
+        return BatchDecision(True, None, "nothing learned")
+    if gap >= state.limits.max_wait_s:
+        return BatchDecision(True, None, "arrivals too sparse to fill the window")
+    return BatchDecision(False, window_end(state), "filling the window")
+
+
+def _hold_if_it_pays(state: BatchInput) -> BatchDecision:
+    """Hold for the next arrival while it is due sooner than the fixed cost it saves, else go."""
     cost, gap = state.cost, state.arrival_gap_s
     if cost is None or gap is None:
         return BatchDecision(True, None, "nothing learned")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import inspect
 import logging
@@ -24,6 +25,7 @@ from typing import Any
 from servekit._replica.arrivals import Incoming, arrived
 from servekit._replica.batch_policy import (
     HOLD_GAPS,
+    WAIT_MODES,
     ArrivalGap,
     BatchInput,
     BatchLimits,
@@ -105,7 +107,7 @@ class BatchQueue:
 
     def __init__(self, func: Callable[..., Any], limits: BatchLimits, name: str) -> None:
         self._func = func
-        self._limits = limits
+        self._limits = _resolved(limits)
         self._name = name
         self._streaming = inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func)
         self._loop = asyncio.get_running_loop()
@@ -121,6 +123,7 @@ class BatchQueue:
         since a batch that blocks the loop holds back every arrival behind it."""
         self._finished_at_last_arrival = 0
         self._room_since = 0.0
+        self._last_size = 0
         self._closed = False
         self._reason = "idle"
         self.costs = CostModel()
@@ -154,7 +157,7 @@ class BatchQueue:
 
     def configure(self, limits: BatchLimits) -> None:
         """Run with `limits` from now on (waiting items and running batches are kept)."""
-        self._limits = limits
+        self._limits = _resolved(limits)
         self._decide_soon()
 
     def status(self) -> dict[str, Any]:
@@ -256,6 +259,7 @@ class BatchQueue:
             arrival_gap_s=self.gaps.typical_s,
             loop_lag_s=self._loop_lag_s,
             on_their_way=0 if self._incoming is None else self._incoming.count,
+            last_batch_size=self._last_size,
         )
 
     def _hold(self, until: float) -> None:
@@ -270,9 +274,11 @@ class BatchQueue:
         self._timer = None
         cost, gap = self.costs.estimate, self.gaps.typical_s
         silent = _now() - self._last_arrival
-        expected = (
-            None if cost is None or gap is None else min(cost.fixed_s - cost.per_item_s, HOLD_GAPS * gap)
-        )
+        if self._limits.wait == "fill":  # a whole window without a new arrival: arrivals are sparse
+            expected: float | None = self._limits.max_wait_s
+        else:
+            saving = None if cost is None else cost.fixed_s - cost.per_item_s
+            expected = None if saving is None or gap is None else min(saving, HOLD_GAPS * gap)
         if expected is not None and self._pending and silent >= expected:
             self.gaps.observe_silence(silent)
         self._decide()
@@ -312,6 +318,7 @@ class BatchQueue:
         started = _now()
         self.stats.record(len(batch))
         self.stats.record_waits(started, [item.arrived for item in batch])
+        self._last_size = len(batch)
         try:
             await self._execute(batch)
         except asyncio.CancelledError:
@@ -453,7 +460,29 @@ def with_overrides(limits: BatchLimits, options: BatchOptions) -> BatchLimits:
         max_batch_size=options.max_batch_size or limits.max_batch_size,
         max_wait_s=limits.max_wait_s if options.max_wait_ms is None else options.max_wait_ms / 1000,
         max_concurrent_batches=options.max_concurrent_batches or limits.max_concurrent_batches,
+        wait=options.wait or limits.wait,
     )
+
+
+_default_wait = "adaptive"
+
+
+def set_default_wait(mode: str) -> None:
+    """The wait mode of batches whose decorator and deployment leave `wait` unset, in this process.
+
+    A backend sets it where its replicas run (the Ray backend: ``"fill"``, since most of the
+    queue sits in Ray Serve's proxy, out of the batcher's sight).
+    """
+    global _default_wait  # noqa: PLW0603  # one process-wide default, set once by the backend
+    if mode not in WAIT_MODES:
+        modes = ", ".join(map(repr, WAIT_MODES))
+        raise DeploymentOptionError(f"batch wait mode {mode!r} must be one of {modes}")
+    _default_wait = mode
+
+
+def _resolved(limits: BatchLimits) -> BatchLimits:
+    """`limits` with the process's default wait mode where it sets none."""
+    return limits if limits.wait is not None else dataclasses.replace(limits, wait=_default_wait)
 
 
 class BatchedFunction:
@@ -487,7 +516,7 @@ class BatchedFunction:
     def limits_for(self, owner: Any) -> BatchLimits:
         """The options `owner`'s queue runs with: those given to `configure`, else the decorator's."""
         entry = self._configured.get(id(owner))
-        return entry[1] if entry is not None and entry[0] is owner else self.limits
+        return _resolved(entry[1] if entry is not None and entry[0] is owner else self.limits)
 
     def configure(self, owner: Any, limits: BatchLimits) -> None:
         """Run `owner`'s queue with `limits`, now if it exists, else from its first call."""
@@ -519,6 +548,7 @@ def batch(
     max_batch_size: int = 32,
     max_wait_ms: float = 5.0,
     max_concurrent_batches: int = 1,
+    wait: str | None = None,
 ) -> Any:
     """Batch calls to a method (or function): callers pass one item, the function gets lists.
 
@@ -531,7 +561,11 @@ def batch(
     calls queue and form the next one. The queue holds a batch open for more calls only while
     that pays (calls arrive faster than a batch's learned fixed cost), never beyond
     `max_wait_ms` for the oldest call nor `max_batch_size` calls. `max_concurrent_batches` lets
-    batches overlap (for pipelined GPU work). A deployment can override these per method with
+    batches overlap (for pipelined GPU work). `wait` says how a batch holds: ``"adaptive"``
+    (only while it pays, as above) or ``"fill"`` (under load, for the whole `max_wait_ms`, as
+    Ray Serve's `@serve.batch` does; a lone caller still goes at once). Unset, it is
+    ``"adaptive"`` on the local runtime and ``"fill"`` on Ray, where most of the queue waits in
+    Ray's proxy, out of the batcher's sight. A deployment can override these per method with
     `batching={"predict": BatchOptions(...)}`, also at runtime.
 
     The function returns one result per input, in order; an `Exception` instance in place of a
@@ -548,7 +582,10 @@ def batch(
             f"batch option max_concurrent_batches={max_concurrent_batches!r} must be an int >= 1 "
             "(1 runs one batch at a time; 2 or more let batches overlap, e.g. for GPU pipelines)"
         )
-    limits = BatchLimits(max_batch_size, max_wait_ms / 1000, max_concurrent_batches)
+    if wait is not None and wait not in WAIT_MODES:
+        modes = ", ".join(map(repr, WAIT_MODES))
+        raise DeploymentOptionError(f"batch option wait={wait!r} must be one of {modes}")
+    limits = BatchLimits(max_batch_size, max_wait_ms / 1000, max_concurrent_batches, wait)
 
     def decorate(target: Callable[..., Any]) -> Callable[..., Any]:
         params = list(inspect.signature(target).parameters)

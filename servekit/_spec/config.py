@@ -185,6 +185,13 @@ class BatchOptions(_Options):
     max_concurrent_batches: int | None = Field(
         None, ge=1, description="Batches of this method that may run at once on one replica."
     )
+    wait: Literal["adaptive", "fill"] | None = Field(
+        None,
+        description=(
+            "How a batch holds for more items: 'adaptive' (only while waiting pays) or 'fill' "
+            "(under load, for the whole max_wait_ms, as Ray Serve's @serve.batch does)."
+        ),
+    )
 
     def overrides(self) -> dict[str, Any]:
         """The fields set to a value (what this overrides)."""

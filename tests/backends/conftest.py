@@ -10,12 +10,31 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import behaviour_apps as apps
 import pytest
 from behaviour_support import HANDLE_BACKENDS, HTTP_BACKENDS, Backend, RayCluster, ServedShop, free_port
 
 import servekit as sk
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `ray` every test that runs on the Ray cluster: the Ray modules, the `ray` parameter of
+    the backend-parametrized suites, and whatever uses the `ray_cluster` fixture (the hook sees
+    the whole session's tests: it marks only those in this folder)."""
+    here = Path(__file__).parent
+    for item in items:
+        if not item.path.is_relative_to(here):
+            continue
+        callspec = getattr(item, "callspec", None)
+        on_ray = (
+            item.path.name.startswith("test_ray_")
+            or "ray_cluster" in getattr(item, "fixturenames", ())
+            or (callspec is not None and "ray" in [v for v in callspec.params.values() if isinstance(v, str)])
+        )
+        if on_ray:
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture(scope="session")

@@ -173,6 +173,7 @@ async def test_a_redeploy_that_changes_only_batching_reconfigures_the_running_re
     on_ray.append(handle)
     before = await handle.batch_options()
     assert before["max_batch_size"] == 2, "the override applies when the replica starts"
+    assert before["wait"] == "fill", "on Ray, batches fill their window under load by default"
     ids = {r["id"] for r in handle.status()["deployments"]["Batched"]["replicas"]}
     changed = app.options(batching={"double": sk.BatchOptions(max_batch_size=16, max_wait_ms=1)})
     await asyncio.to_thread(handle.redeploy, changed.bind())

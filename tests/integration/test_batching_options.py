@@ -48,7 +48,12 @@ def running(isolation: str) -> Iterator[sk.AppHandle]:
 
 def test_batching_overrides_apply_when_replicas_start(running: sk.AppHandle) -> None:
     for options in double_options(running):
-        assert options == {"max_batch_size": 2, "max_wait_ms": 50.0, "max_concurrent_batches": 1}
+        assert options == {
+            "max_batch_size": 2,
+            "max_wait_ms": 50.0,
+            "max_concurrent_batches": 1,
+            "wait": "adaptive",
+        }
 
 
 def test_a_redeploy_that_changes_only_batching_keeps_every_replica(
@@ -60,7 +65,12 @@ def test_a_redeploy_that_changes_only_batching_keeps_every_replica(
         app(isolation, double=sk.BatchOptions(max_batch_size=16, max_wait_ms=1, max_concurrent_batches=2))
     )
     for options in double_options(running):
-        assert options == {"max_batch_size": 16, "max_wait_ms": 1.0, "max_concurrent_batches": 2}
+        assert options == {
+            "max_batch_size": 16,
+            "max_wait_ms": 1.0,
+            "max_concurrent_batches": 2,
+            "wait": "adaptive",
+        }
     assert [(replica["id"], replica["pid"]) for replica in replicas(running)] == before
     running.redeploy(app(isolation))  # dropping the override goes back to the decorator's options
     for options in double_options(running):

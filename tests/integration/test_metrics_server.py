@@ -166,3 +166,7 @@ def test_the_dashboards_data_has_the_app_and_refuses_a_bad_since(
         refused = client.get(server.url + "/-/dashboard/data?since=yesterday")
         assert refused.status_code == 400
         assert "since='yesterday'" in refused.json()["error"]["message"]
+        client.get(server.url + "/-/status")
+        scraped = client.get(str(server.metrics_url)).text
+        assert http_requests(scraped, "/-/dashboard/data") >= 3  # admin routes by template too
+        assert http_requests(scraped, "/-/status") == 1

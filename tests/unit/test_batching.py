@@ -21,7 +21,7 @@ from servekit._replica.batch_policy import (
     CostModel,
     decide,
 )
-from servekit._replica.batching import BatchQueue, batched_state
+from servekit._replica.batching import BatchQueue, batched_state, set_default_wait, with_overrides
 from servekit._replica.context import ReplicaContext
 from servekit._replica.replica import Replica
 from servekit.errors import DeploymentOptionError
@@ -243,6 +243,60 @@ def test_policy_decisions(changes: dict[str, Any], dispatch: bool, reason: str) 
     decision = decide(state(**changes))
     assert decision.dispatch is dispatch
     assert reason in decision.reason
+
+
+FILL = BatchLimits(max_batch_size=32, max_wait_s=0.005, wait="fill")
+
+
+@pytest.mark.parametrize(
+    ("changes", "dispatch", "reason"),
+    [
+        ({"arrival_gap_s": None}, True, "nothing learned"),  # a lone caller pays no window
+        ({"arrival_gap_s": 0.005}, True, "too sparse to fill"),
+        ({"arrival_gap_s": 0.004, "cost": None}, False, "filling the window"),
+        ({"arrival_gap_s": 0.001}, False, "filling the window"),  # adaptive would go: gap > saving
+        ({"arrival_gap_s": 0.009, "last_batch_size": 4}, False, "filling the window"),  # calls overlap
+        ({"arrival_gap_s": None, "last_batch_size": 1}, True, "nothing learned"),
+        ({"now": 10.005}, True, "max_wait"),
+        ({"queued": 32}, True, "full"),
+        ({"running": 1}, False, "busy"),
+    ],
+)
+def test_fill_mode_holds_each_batch_for_its_whole_window_under_load(
+    changes: dict[str, Any], dispatch: bool, reason: str
+) -> None:
+    decision = decide(state(limits=FILL, **changes))
+    assert decision.dispatch is dispatch
+    assert reason in decision.reason
+    if not dispatch and reason == "filling the window":
+        assert decision.hold_until == pytest.approx(10.005)  # the window's end, not a few gaps on
+
+
+def test_the_wait_mode_is_validated_and_the_process_default_fills_unset_ones() -> None:
+    with pytest.raises(DeploymentOptionError, match="wait='always'"):
+        sk.batch(wait="always")
+    with pytest.raises(DeploymentOptionError, match="'adaptive', 'fill'"):
+        set_default_wait("always")
+
+    @sk.batch(max_batch_size=4)
+    async def unset(xs: list[int]) -> list[int]:
+        return xs
+
+    @sk.batch(max_batch_size=4, wait="adaptive")
+    async def chosen(xs: list[int]) -> list[int]:
+        return xs
+
+    unset_state, chosen_state = batched_state(unset), batched_state(chosen)
+    assert unset_state is not None
+    assert chosen_state is not None
+    assert unset_state.limits_for(None).wait == "adaptive"  # the local runtime's default
+    try:
+        set_default_wait("fill")  # what the Ray backend's replicas do
+        assert unset_state.limits_for(None).wait == "fill"
+        assert chosen_state.limits_for(None).wait == "adaptive"  # the decorator's choice wins
+        assert with_overrides(chosen_state.limits, sk.BatchOptions(wait="fill")).wait == "fill"
+    finally:
+        set_default_wait("adaptive")
 
 
 def test_a_lone_caller_with_sparse_arrivals_is_dispatched_at_once() -> None:

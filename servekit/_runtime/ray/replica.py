@@ -32,6 +32,7 @@ from ray import serve
 
 from servekit._replica import metrics as user_metrics
 from servekit._replica.arrivals import Incoming, incoming
+from servekit._replica.batching import set_default_wait
 from servekit._replica.context import ReplicaContext
 from servekit._replica.deadline import chunks_within_timeout, within_timeout
 from servekit._replica.devices import cap_torch_memory
@@ -74,6 +75,9 @@ class RayReplica:
             self.spec.timeouts,
         )
         self.context = _replica_context(node.name)
+        # batches left to the backend's default fill their window under load: most of the
+        # queue waits in Ray Serve's proxy, where the batcher cannot see it coming
+        set_default_wait("fill")
         if self.context.gpu_ids and 0 < config.resources.gpus < 1:
             cap_torch_memory(config.resources.gpus)
         threads = max(8, min(64, 8 * (os.cpu_count() or 1)))
