@@ -78,7 +78,6 @@ class BatchStats:
             "mean_batch_size": round(self.mean_batch_size, 3),
             "sizes": dict(sorted(self.sizes.items())),
             "mean_wait_ms": round(1000 * self.waits.sum / self.items, 4) if self.items else 0.0,
-            "wait_s": self.waits.to_dict(),
         }
 
 

@@ -267,6 +267,14 @@ class Buckets:
         return found
 
 
+def size_buckets(sizes: Mapping[Any, int]) -> Buckets:
+    """The batch-size histogram of a queue's `sizes` ({items: batches})."""
+    buckets = Buckets(BATCH_SIZE_BUCKETS)
+    for size, count in sizes.items():
+        buckets.observe_many(float(size), int(count))
+    return buckets
+
+
 class CallStats:
     """The calls of one method: their latency histogram and how many failed."""
 

@@ -1,8 +1,9 @@
 """The running app's state as metric families, read from its status document at scrape time.
 
 In: a runtime's `status()` (the `/-/status` document; every backend writes the same shape, each
-with the parts it knows). Out: the families of deployments, replicas, batches, autoscaling and
-routers (`servekit._telemetry.metrics.FAMILIES`). Nothing is recorded on the request path for
+with the parts it knows). Out: the families of deployments, replicas, autoscaling and routers
+(`servekit._telemetry.metrics.FAMILIES`; batches come from the queues themselves:
+`servekit._replica.batch_metrics`). Nothing is recorded on the request path for
 these: the numbers already live in the runtime's state.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from servekit._telemetry.metrics import BATCH_SIZE_BUCKETS, Buckets, new_family
+from servekit._telemetry.metrics import new_family
 
 _DEPLOYMENT_GAUGES = {
     "servekit_deployment_ongoing_requests": "ongoing",
@@ -35,9 +36,6 @@ _FAMILIES = (
     "servekit_autoscaling_desired_replicas",
     "servekit_replica_ongoing_requests",
     "servekit_replica_info",
-    "servekit_batch_size",
-    "servekit_batch_wait_seconds",
-    "servekit_batch_queued_items",
     "servekit_router_weight",
     "servekit_router_requests_total",
     "servekit_rollout_state",
@@ -55,10 +53,6 @@ class _Families:
         """One sample of a counter or gauge, when `value` is a number."""
         if isinstance(value, int | float) and not isinstance(value, bool):
             self.by_name[name].add_metric(labels, value)  # type: ignore[attr-defined]
-
-    def add_histogram(self, name: str, labels: list[str], buckets: Buckets) -> None:
-        """One histogram sample."""
-        self.by_name[name].add_metric(labels, buckets.cumulative(), buckets.sum)  # type: ignore[attr-defined]
 
     def non_empty(self) -> list[Metric]:
         """The families that got samples."""
@@ -94,21 +88,6 @@ def _replica(families: _Families, deployment: str, replica: Mapping[str, Any]) -
     if replica.get("state", "running") == "running":
         families.add("servekit_replica_info", [deployment, replica_id, str(replica.get("device") or "")], 1)
     families.add("servekit_replica_ongoing_requests", [deployment, replica_id], replica.get("ongoing"))
-    for method, stats in sorted((replica.get("batching") or {}).items()):
-        labels = [deployment, replica_id, method]
-        families.add_histogram("servekit_batch_size", labels, batch_sizes(stats.get("sizes") or {}))
-        waits = stats.get("wait_s")
-        if waits is not None:
-            families.add_histogram("servekit_batch_wait_seconds", labels, Buckets.from_dict(waits))
-        families.add("servekit_batch_queued_items", labels, stats.get("queued"))
-
-
-def batch_sizes(sizes: Mapping[Any, Any]) -> Buckets:
-    """The batch-size histogram of a queue's `sizes` ({items: batches}; JSON makes the keys strings)."""
-    buckets = Buckets(BATCH_SIZE_BUCKETS)
-    for size, count in sizes.items():
-        buckets.observe_many(float(size), int(count))
-    return buckets
 
 
 def _router(families: _Families, name: str, router: Mapping[str, Any]) -> None:

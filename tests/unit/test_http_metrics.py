@@ -129,13 +129,6 @@ LOCAL_STATUS: dict[str, Any] = {
                     "state": "running",
                     "device": "cuda:0",
                     "ongoing": 3,
-                    "batching": {
-                        "predict": {
-                            "sizes": {"1": 2, "8": 3},
-                            "queued": 5,
-                            "wait_s": {"bounds": [0.001, 0.01], "counts": [1, 3, 0], "sum": 0.02},
-                        }
-                    },
                 },
                 {"id": "Model#1", "state": "unhealthy", "device": "cpu", "ongoing": 0},
             ],
@@ -153,7 +146,7 @@ LOCAL_STATUS: dict[str, Any] = {
 }
 
 
-def test_status_gives_deployment_replica_batch_autoscaling_and_router_families() -> None:
+def test_status_gives_deployment_replica_autoscaling_and_router_families() -> None:
     found = parsed(status_families(LOCAL_STATUS))
     model = {"deployment": "Model"}
     assert found["servekit_app_ready"] == [({}, 1.0)]
@@ -171,13 +164,7 @@ def test_status_gives_deployment_replica_batch_autoscaling_and_router_families()
     assert found["servekit_replica_info"] == [
         ({"deployment": "Model", "replica": "Model#0", "device": "cuda:0"}, 1.0)
     ]
-    where = {"deployment": "Model", "replica": "Model#0", "method": "predict"}
-    sizes = {labels["le"]: value for labels, value in found["servekit_batch_size_bucket"]}
-    assert (sizes["1.0"], sizes["4.0"], sizes["8.0"], sizes["+Inf"]) == (2.0, 2.0, 5.0, 5.0)
-    assert found["servekit_batch_size_sum"] == [(where, 26.0)]
-    waits = {labels["le"]: value for labels, value in found["servekit_batch_wait_seconds_bucket"]}
-    assert waits == {"0.001": 1.0, "0.01": 4.0, "+Inf": 4.0}
-    assert found["servekit_batch_queued_items"] == [(where, 5.0)]
+    assert ({"deployment": "Model", "replica": "Model#0"}, 3.0) in found["servekit_replica_ongoing_requests"]
     assert ({"router": "clf", "arm": "v1"}, 90.0) in found["servekit_router_weight"]
     assert ({"router": "clf", "arm": "v1", "outcome": "error"}, 1.0) in found[
         "servekit_router_requests_total"

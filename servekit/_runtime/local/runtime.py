@@ -20,6 +20,7 @@ from prometheus_client.core import Metric
 
 from servekit._replica import metrics as user_metrics
 from servekit._replica.autoscaling import Autoscaler
+from servekit._replica.batch_metrics import batch_families
 from servekit._replica.deadline import chunks_within_timeout, within_timeout
 from servekit._replica.multiplex import max_models_per_replica, outgoing_model_id
 from servekit._replica.replica import method_kind, method_table, user_method
@@ -366,16 +367,17 @@ class LocalRuntime:
         }
 
     def metric_families(self) -> list[Metric]:
-        """What `/metrics` shows beyond `status()`: each method's calls, and the user metrics of
-        this process and of every worker process (as of its last probe: `refresh_stats`)."""
+        """What `/metrics` shows beyond `status()`: each method's calls, and the batch queues and
+        user metrics of every replica, worker processes' as of their last probe (`refresh_stats`)."""
         calls = call_families({name: state.calls for name, state in self._states.items()})
-        workers = [
+        replicas = [
             slot.replica.metric_families()
+            if isinstance(slot.replica, ProcessReplica)
+            else batch_families(slot.replica)
             for state in self._states.values()
             for slot in state.replicas.slots
-            if isinstance(slot.replica, ProcessReplica)
         ]
-        return merge_families(calls, user_metrics.collect(), *workers)
+        return merge_families(calls, *replicas, user_metrics.collect())
 
     async def refresh_stats(self, timeout_s: float = 1.0) -> None:
         """Fetch fresh batch stats and user metrics from process replicas (in-process ones are

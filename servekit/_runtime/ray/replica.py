@@ -32,6 +32,7 @@ from ray import serve
 
 from servekit._replica import metrics as user_metrics
 from servekit._replica.arrivals import Incoming, incoming
+from servekit._replica.batch_metrics import batch_families
 from servekit._replica.batching import set_default_wait
 from servekit._replica.context import ReplicaContext
 from servekit._replica.deadline import chunks_within_timeout, within_timeout
@@ -177,10 +178,10 @@ class RayReplica:
 
     def metric_families(self) -> list[Metric]:
         """This replica's calls, `@batch` queues and the user metrics of its process."""
-        context = self.context
-        replica = {"id": context.replica_id, "device": context.device, "batching": self.replica.batch_stats()}
-        batches = status_families({"deployments": {self.name: {"replicas": [replica]}}})
-        return merge_families(call_families({self.name: self.calls}), batches, user_metrics.collect())
+        replica = {"id": self.context.replica_id, "device": self.context.device}
+        info = status_families({"deployments": {self.name: {"replicas": [replica]}}})
+        calls = call_families({self.name: self.calls})
+        return merge_families(calls, batch_families(self.replica), info, user_metrics.collect())
 
     async def __del__(self) -> None:
         export: RayMetricsExport | None = getattr(self, "metrics_export", None)
@@ -380,11 +381,11 @@ class IngressView:
         return self._status
 
     def metric_families(self) -> list[Metric]:
-        """The ingress replica's calls and the user metrics of its process (the rest of the app's
-        replicas export theirs through Ray's metrics)."""
-        return merge_families(
-            call_families({self._ingress.name: self._ingress.calls}), user_metrics.collect()
-        )
+        """The ingress replica's calls and batches and the user metrics of its process (the rest of
+        the app's replicas export theirs through Ray's metrics)."""
+        ingress = self._ingress
+        calls = call_families({ingress.name: ingress.calls})
+        return merge_families(calls, batch_families(ingress.replica), user_metrics.collect())
 
     async def refresh_stats(self) -> None:
         """Ask Ray Serve's controller for the app's state (off the event loop)."""

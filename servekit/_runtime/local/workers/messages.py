@@ -131,7 +131,7 @@ class Probe(NamedTuple):
 
 class ProbeResult(NamedTuple):
     """Health (None when healthy, else the error), each batched method's stats, the bound models,
-    and a snapshot of the worker's user metrics (prometheus_client families)."""
+    and a snapshot of the worker's batch queues and user metrics (prometheus_client families)."""
 
     id: int
     error: BaseException | None

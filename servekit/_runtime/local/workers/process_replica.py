@@ -215,7 +215,7 @@ class ProcessReplica:
         return self._models
 
     def metric_families(self) -> list[Any]:
-        """The worker's user metrics as of the last probe (prometheus_client families)."""
+        """The worker's batch queues and user metrics as of the last probe (prometheus_client families)."""
         return self._metrics
 
     async def configure_batching(self, options: Mapping[str, BatchOptions]) -> None:
