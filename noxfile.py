@@ -1,5 +1,5 @@
-"""Quality gates: `nox -s lint smoke tests postgres` (what CI runs), `nox -s docs`, `nox -s bundle_image`
-(where a container engine is installed)."""
+"""Quality gates: `nox -s lint smoke tests postgres` (what CI runs), `nox -s browser` (the dashboard
+in a headless Chromium), `nox -s docs`, `nox -s bundle_image` (where a container engine is installed)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[test,fast,ray,build,batch,ray-data]")
     session.run("python", "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3")
     # two pytest processes side by side: the tests on the session Ray cluster, and all the others
-    session.run("python", "tests/run_split.py", "-m", "not postgres", *session.posargs)
+    session.run("python", "tests/run_split.py", "-m", "not postgres and not browser", *session.posargs)
     session.run("coverage", "combine", success_codes=[0, 1])
     session.run("coverage", "report")
 
@@ -33,6 +33,15 @@ def postgres(session: nox.Session) -> None:
     session.install("-e", ".[test,postgres]")
     files = sorted(str(path) for path in Path("tests/integration").glob("test_jobs_*.py"))
     session.run("pytest", "-m", "postgres", *files, *session.posargs)
+
+
+@nox.session(python="3.11")
+def browser(session: nox.Session) -> None:
+    """The tests marked `browser`: the live dashboard in a headless Chromium (Debian's package,
+    installed with apt-get when /usr/bin/chromium is missing), driven by playwright. Screenshots
+    go to $SERVEKIT_TEST_ARTIFACTS (default: under pytest's basetemp)."""
+    session.install("-e", ".[test,browser]")
+    session.run("pytest", "-m", "browser", "tests/integration/test_dashboard_browser.py", *session.posargs)
 
 
 @nox.session(python="3.11")

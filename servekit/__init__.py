@@ -9,6 +9,7 @@ from servekit._http.app import deployment_instance
 from servekit._http.guards import Cors, RateLimit
 from servekit._http.server import Server, serve
 from servekit._models import api as models
+from servekit._replica import metrics
 from servekit._replica.autoscaling import MetricsSample, PolicyInput
 from servekit._replica.batching import batch
 from servekit._replica.context import ReplicaContext, replica_context
@@ -80,6 +81,7 @@ __all__ = [
     "ingress",
     "inline",
     "job_context",
+    "metrics",
     "model",
     "models",
     "multiplexed",

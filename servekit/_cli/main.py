@@ -108,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_guard_flags(serve)
     serve.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="serve no /metrics and count nothing (also turns the dashboard off)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics on this port instead of the app's (local backend; 0 picks a free one)",
+    )
+    serve.add_argument("--no-dashboard", action="store_true", help="serve no /-/dashboard page")
+    serve.add_argument(
         "--access-log",
         action="store_true",
         help="log one structured line per request (method, route, status, duration, request id, client)",
@@ -251,6 +263,9 @@ def _serve(args: argparse.Namespace) -> int:
                 ssl_keyfile=args.ssl_keyfile,
                 max_header_count=args.max_header_count,
                 max_header_bytes=args.max_header_bytes,
+                metrics=not args.no_metrics,
+                metrics_port=args.metrics_port,
+                dashboard=False if args.no_dashboard else None,
                 **options.model_dump(exclude_defaults=True),
             )
     except (TargetError, ServekitError, OSError, ImportError) as exc:  # BundleError is a ServekitError
@@ -286,11 +301,20 @@ def _banner(args: argparse.Namespace, server: Server) -> None:
     print(f"  runs {server.location}", file=sys.stderr)
     for methods, path in server.routes:
         print(f"  {methods:<8} {server.url}{path}", file=sys.stderr)
-    print(
-        "  built-in: /healthz /readyz /-/status /-/jobs /openapi.json  (Ctrl-C to stop)",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(f"  built-in: {' '.join(_builtin_paths(args))}  (Ctrl-C to stop)", file=sys.stderr)
+    if server.metrics_url is not None and args.metrics_port is not None:
+        print(f"  metrics: {server.metrics_url}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _builtin_paths(args: argparse.Namespace) -> list[str]:
+    """The built-in paths the server answers, as its flags leave them."""
+    paths = ["/healthz", "/readyz", "/-/status", "/-/jobs", "/openapi.json"]
+    if not args.no_metrics and args.metrics_port is None:
+        paths.append("/metrics")
+    if not args.no_metrics and not args.no_dashboard:
+        paths.append("/-/dashboard")
+    return paths
 
 
 def _load(target: str, reload: bool) -> Application:

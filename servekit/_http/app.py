@@ -1,4 +1,4 @@
-"""The Starlette ingress of a running app: endpoint routes, built-in routes, guards, body limit."""
+"""The Starlette ingress of a running app: endpoint routes, built-in routes, telemetry, guards, body limit."""
 
 from __future__ import annotations
 
@@ -19,17 +19,19 @@ from servekit._http.access_log import AccessLog
 from servekit._http.errors import error_response, router_error
 from servekit._http.guards import GuardOptions, guard_layers, guard_options
 from servekit._http.jobs import HTTP_KIND, http_executor, job_routes, submit_request, wants_async
+from servekit._http.metrics import INGRESS_APP_KEY
 from servekit._http.openapi import openapi_document
 from servekit._http.responses import render, stream_response, wants_sse
 from servekit._http.routers import RequestContextMiddleware, context_sources, router_routes
 from servekit._http.routes import EndpointRoute, IngressRoutes, ingress_routes
+from servekit._http.telemetry import EdgeTelemetry
 from servekit._http.tracing import TracingMiddleware
 from servekit._replica.jobs.service import JobSlot
 from servekit._replica.multiplex import MODEL_ID_HEADER, carrying_model_id
 from servekit._runtime.interface import ServingRuntime
 from servekit._telemetry import tracing
 from servekit._version import __version__
-from servekit.errors import PayloadTooLargeError
+from servekit.errors import DeploymentOptionError, PayloadTooLargeError
 
 Handler = Callable[[Request], Awaitable[Response]]
 INSTANCE_SCOPE_KEY = "servekit.instance"
@@ -58,6 +60,7 @@ def build_asgi_app(
     data_dir: str | None = None,
     access_log: bool = False,
     guards: GuardOptions | None = None,
+    telemetry: EdgeTelemetry | None = None,
 ) -> Starlette:
     """The ASGI app serving `runtime`'s ingress deployment over HTTP.
 
@@ -69,12 +72,18 @@ def build_asgi_app(
     request is served in a server span (`servekit._http.tracing`). `guards` says what the edge
     enforces (API keys, rate limits, CORS, header limits); without it, the safe defaults and the
     keys the environment names (``SERVEKIT_API_KEYS_FILE``, ``SERVEKIT_API_KEYS``).
+    `telemetry` holds the server's request metrics and dashboard (kept across redeploys); without
+    it the app makes its own, with metrics and the dashboard on, the dashboard's sampler run by
+    the ASGI lifespan too.
     """
     ingress = runtime.graph.ingress_node
     found = ingress_routes(ingress.deployment, strict)
     slot = jobs if jobs is not None else JobSlot(data_dir)
     slot.register(HTTP_KIND, http_executor(runtime, ingress.name, found.endpoints))
+    own_telemetry = telemetry is None
+    telemetry = telemetry or EdgeTelemetry()
     routes: list[BaseRoute] = _builtin_routes(runtime, found, max_body_bytes) + job_routes(slot)
+    routes += _telemetry_routes(telemetry, runtime, found)
     operations = runtime.routers
     if operations is not None:
         routes += router_routes(operations)
@@ -95,16 +104,35 @@ def build_asgi_app(
             ),
             *([Middleware(TracingMiddleware, tracing=active)] if (active := tracing.active()) else []),
             *([Middleware(AccessLog)] if access_log else []),
+            *telemetry.middleware(routes),
             *guard_layers(guards or guard_options(), getattr(runtime, "edge_copies", 1)),
             Middleware(BodyLimit, max_body_bytes=max_body_bytes),
         ],
         exception_handlers={HTTPException: router_error, Exception: router_error},
-        lifespan=None if jobs is not None else _jobs_lifespan(slot),
+        lifespan=None
+        if jobs is not None
+        else _own_lifespan(slot, runtime, telemetry if own_telemetry else None),
     )
     if found.asgi_app is not None:
         app.router.default = _IngressASGI(runtime, ingress.name, found.asgi_app)
     app.state.servekit_routes = describe_routes(found)
+    app.state.servekit_http_metrics = telemetry.http
     return app
+
+
+def _telemetry_routes(
+    telemetry: EdgeTelemetry, runtime: ServingRuntime, found: IngressRoutes
+) -> list[BaseRoute]:
+    """`/metrics` and the dashboard's routes; refuses an endpoint they would hide."""
+    routes = telemetry.routes(runtime)
+    taken = {getattr(route, "path", None) for route in routes}
+    for endpoint in found.endpoints:
+        if endpoint.path in taken:
+            raise DeploymentOptionError(
+                f"endpoint {endpoint.path!r} of {runtime.graph.ingress!r} clashes with servekit's own "
+                "route; serve with metrics=False and dashboard=False (or move /metrics with metrics_port=)"
+            )
+    return routes
 
 
 def describe_routes(found: IngressRoutes) -> list[tuple[str, str]]:
@@ -117,16 +145,23 @@ def describe_routes(found: IngressRoutes) -> list[tuple[str, str]]:
     return described
 
 
-def _jobs_lifespan(slot: JobSlot) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
-    """Open the job store (and run queued jobs) at start-up when it is durable; close it at shutdown."""
+def _own_lifespan(
+    slot: JobSlot, runtime: ServingRuntime, telemetry: EdgeTelemetry | None
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """Open the job store (and run queued jobs) at start-up when it is durable, and start the
+    dashboard's sampler of an app that keeps its own telemetry; close both at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         if slot.location is not None:
             await slot.service()
+        if telemetry is not None:
+            telemetry.start(runtime)
         try:
             yield
         finally:
+            if telemetry is not None:
+                await telemetry.stop()
             await slot.close()
 
     return lifespan
@@ -239,10 +274,10 @@ class RouteGroup(BaseRoute):
         partial: Scope | None = None
         for route in self.routes:
             match, child = route.matches(scope)
-            if match is Match.FULL:
-                return Match.FULL, {**child, _MATCHED_ROUTE: route}
+            if match is Match.FULL:  # "route": the member, as Starlette's router would set it
+                return Match.FULL, {**child, _MATCHED_ROUTE: route, "route": route}
             if match is Match.PARTIAL and partial is None:
-                partial = {**child, _MATCHED_ROUTE: route}
+                partial = {**child, _MATCHED_ROUTE: route, "route": route}
         return (Match.NONE, {}) if partial is None else (Match.PARTIAL, partial)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -270,6 +305,7 @@ class _IngressASGI:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return
+        scope[INGRESS_APP_KEY] = True  # (for the metrics layer's route label)
         try:
             async with self._runtime.replica(self._deployment) as replica:
                 await self._app({**scope, INSTANCE_SCOPE_KEY: replica.instance}, receive, send)

@@ -21,9 +21,11 @@ from typing import Any, Literal, Protocol, Unpack, cast
 import uvicorn
 
 from servekit._http.app import DEFAULT_MAX_BODY_BYTES, build_asgi_app, describe_routes
-from servekit._http.guards import Cors, GuardOptions, RateLimit, guard_options, start_notes
+from servekit._http.guards import Cors, GuardOptions, RateLimit, guard_layers, guard_options, start_notes
 from servekit._http.guards.options import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_COUNT
+from servekit._http.metrics import MetricsApp
 from servekit._http.routes import ingress_routes
+from servekit._http.telemetry import EdgeTelemetry, TelemetryOptions
 from servekit._replica.jobs.service import JobSlot
 from servekit._runtime.app import AppHandle, RunningApp
 from servekit._runtime.backends import get_backend, make_runtime
@@ -47,6 +49,8 @@ class HttpFront(Protocol):
     routes: list[tuple[str, str]]
     grace_s: float
     """How long in-flight requests get on shutdown, unless `Server.shutdown` says otherwise."""
+    metrics_port: int | None
+    """The port `/metrics` is served on (the app's own, or its metrics port); None: metrics are off."""
 
     def refresh(self) -> None:
         """Switch to the routes of the app as redeployed."""
@@ -79,6 +83,16 @@ class Server:
         """The base URL, like ``http://127.0.0.1:8000`` (``https://`` when serving TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self._front.scheme}://{host}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where Prometheus scrapes this server, like ``http://127.0.0.1:9100/metrics`` (None when
+        it was started with metrics=False)."""
+        port = self._front.metrics_port
+        if port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port}/metrics"
 
     @property
     def routes(self) -> list[tuple[str, str]]:
@@ -153,6 +167,9 @@ def serve(
     ssl_keyfile: str | os.PathLike[str] | None = None,
     max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    metrics: bool = True,
+    metrics_port: int | None = None,
+    dashboard: bool | None = None,
     **options: Unpack[RunKeywords],
 ) -> Server:
     """Run `app` and serve its ingress over HTTP at `host`:`port` (0 picks a free port).
@@ -175,6 +192,11 @@ def serve(
     (an origin, a list, or a `Cors`). `ssl_certfile` and `ssl_keyfile` serve HTTPS. Requests with
     more than `max_header_count` headers or `max_header_bytes` of them get 431.
 
+    `metrics=True` (the default) counts every request and serves Prometheus metrics at
+    `/metrics`, or on its own port with `metrics_port` (local backend; 0 picks a free one, see
+    `Server.metrics_url`); `metrics=False` installs no metrics layer at all. `dashboard` serves the
+    live page `/-/dashboard` (default: when the metrics are on).
+
     The other keywords choose where the app runs, as for `servekit.run`: `backend="local"`
     serves from uvicorn in this process (an ingress that serves raw requests or an ASGI app
     stays in-process whatever `isolation` says); `backend="ray"` deploys the app to Ray Serve
@@ -188,8 +210,9 @@ def serve(
     run = run_options(**options)
     guards = guard_options(api_keys, rate_limit, cors, max_header_count, max_header_bytes)
     tls = _tls(ssl_certfile, ssl_keyfile)
+    telemetry = TelemetryOptions(metrics, metrics_port, dashboard)
     front_options = _FrontOptions(
-        max_body_bytes, graceful_shutdown_s, access_log, strict, http, run.data_dir, guards, tls
+        max_body_bytes, graceful_shutdown_s, access_log, strict, http, run.data_dir, guards, tls, telemetry
     )
     for warning, note in start_notes(guards, host):
         logger.log(logging.WARNING if warning else logging.INFO, note)
@@ -209,14 +232,18 @@ class _FrontOptions:
     data_dir: str | None = None
     guards: GuardOptions = field(default_factory=GuardOptions)
     tls: Tls | None = None
+    telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
 
     def __post_init__(self) -> None:
         if self.http not in HTTP_IMPLS:
             choices = ", ".join(map(repr, HTTP_IMPLS))
             raise DeploymentOptionError(f"http={self.http!r} is unknown; use one of {choices}")
 
-    def build_app(self, serving: ServingRuntime, jobs: JobSlot | None = None) -> Any:
-        """The ingress app; without `jobs` (on Ray, in the ingress replica) it keeps its own store."""
+    def build_app(
+        self, serving: ServingRuntime, jobs: JobSlot | None = None, telemetry: EdgeTelemetry | None = None
+    ) -> Any:
+        """The ingress app; without `jobs` and `telemetry` (on Ray, in the ingress replica) it keeps
+        its own job store, request metrics and dashboard."""
         return build_asgi_app(
             serving,
             self.max_body_bytes,
@@ -225,6 +252,7 @@ class _FrontOptions:
             data_dir=self.data_dir,
             access_log=self.access_log,
             guards=self.guards,
+            telemetry=telemetry or EdgeTelemetry(self.telemetry),
         )
 
 
@@ -255,6 +283,12 @@ def _start(graph: AppGraph, host: str, port: int, front: _FrontOptions, options:
     found = ingress_routes(graph.ingress_node.deployment)
     in_process = found.raw_call or found.asgi_app is not None
     if get_backend(options.backend).serves_http:
+        if front.telemetry.metrics_port is not None:
+            raise DeploymentOptionError(
+                f"metrics_port={front.telemetry.metrics_port} works on the local backend only; on Ray, "
+                "/metrics is served by Serve's proxy on the app's port, and Ray's own metrics export "
+                "carries servekit's metrics too (see docs/observability.md)"
+            )
         http = HttpIngress(
             host,
             _free_port(host) if port == 0 else port,
@@ -266,19 +300,29 @@ def _start(graph: AppGraph, host: str, port: int, front: _FrontOptions, options:
         running = RunningApp.start(graph, options, http)
         address = cast(ProxiedRuntime, running.runtime).http_address()
         scheme = "https" if front.tls else "http"
-        return Server(running, ProxyFront(running, address, front.grace_s, scheme))
+        return Server(running, ProxyFront(running, address, front.grace_s, front.telemetry.metrics, scheme))
     http = HttpIngress(host, port, front.build_app, front.access_log, ingress_in_process=in_process)
     runtime = make_runtime(graph, options, http)  # refuses bad options before the port is taken
     sock = _bind(host, port)
+    metrics_port = front.telemetry.metrics_port
     try:
-        running = RunningApp.launch(runtime, options)
+        metrics_sock = _bind(host, metrics_port) if metrics_port is not None else None
     except BaseException:
         sock.close()
         raise
+    sockets = [s for s in (sock, metrics_sock) if s is not None]
     try:
-        uvicorn_front = UvicornFront(running, cast(ServingRuntime, running.runtime), sock, front)
+        running = RunningApp.launch(runtime, options)
     except BaseException:
-        sock.close()
+        for opened in sockets:
+            opened.close()
+        raise
+    try:
+        serving = cast(ServingRuntime, running.runtime)
+        uvicorn_front = UvicornFront(running, serving, sock, front, metrics_sock)
+    except BaseException:
+        for opened in sockets:
+            opened.close()
         running.stop(0)
         raise
     return Server(running, uvicorn_front)
@@ -288,38 +332,60 @@ class UvicornFront:
     """Serves the app's ingress from uvicorn on the runtime's event loop, in this process."""
 
     def __init__(
-        self, running: RunningApp, serving: ServingRuntime, sock: socket.socket, options: _FrontOptions
+        self,
+        running: RunningApp,
+        serving: ServingRuntime,
+        sock: socket.socket,
+        options: _FrontOptions,
+        metrics_sock: socket.socket | None = None,
     ) -> None:
         self._running = running
         self._serving = serving
         self._options = options
         self.grace_s = options.grace_s
         self.scheme = "https" if options.tls else "http"
-        self._asgi = SwappableApp(options.build_app(serving, running.jobs))
-        config = uvicorn.Config(
-            self._asgi,
-            http=options.http,
-            lifespan="off",
-            log_config=None,
-            access_log=False,  # the app writes its own, structured (`servekit._http.access_log`)
-            timeout_graceful_shutdown=math.ceil(options.grace_s),
-            server_header=False,
-            ssl_certfile=options.tls.certfile if options.tls else None,
-            ssl_keyfile=options.tls.keyfile if options.tls else None,
-        )
-        self._http = uvicorn.Server(config)
+        self.telemetry = EdgeTelemetry(options.telemetry)
+        """The server's request metrics and dashboard, kept across redeploys."""
+        self._asgi = SwappableApp(options.build_app(serving, running.jobs, self.telemetry))
+        self._http = uvicorn.Server(self._config(self._asgi, options.tls))
         self._task = running.thread.run(_start_http(self._http, sock))
         self.host, self.port = sock.getsockname()[:2]
         self.routes: list[tuple[str, str]] = self._asgi.app.state.servekit_routes
+        self.metrics_port: int | None = self.port if options.telemetry.metrics else None
+        self._metrics: tuple[uvicorn.Server, asyncio.Task[None]] | None = None
+        if metrics_sock is not None:
+            metrics_app = _guarded(MetricsApp(serving, self.telemetry.http), options.guards)
+            metrics_http = uvicorn.Server(self._config(metrics_app, options.tls))
+            self._metrics = (metrics_http, running.thread.run(_start_http(metrics_http, metrics_sock)))
+            self.metrics_port = metrics_sock.getsockname()[1]
+        running.thread.run(_start_telemetry(self.telemetry, serving))
+
+    def _config(self, app: Any, tls: Tls | None) -> uvicorn.Config:
+        return uvicorn.Config(
+            app,
+            http=self._options.http,
+            lifespan="off",
+            log_config=None,
+            access_log=False,  # the app writes its own, structured (`servekit._http.access_log`)
+            timeout_graceful_shutdown=math.ceil(self._options.grace_s),
+            server_header=False,
+            ssl_certfile=tls.certfile if tls else None,
+            ssl_keyfile=tls.keyfile if tls else None,
+        )
 
     def refresh(self) -> None:
         """Serve the redeployed ingress's routes from now on."""
-        self._asgi.app = self._options.build_app(self._serving, self._running.jobs)
+        self._asgi.app = self._options.build_app(self._serving, self._running.jobs, self.telemetry)
         self.routes = self._asgi.app.state.servekit_routes
 
     def stop(self, grace_s: float) -> None:
         """Stop uvicorn: no new connections, in-flight requests get `grace_s`."""
-        self._running.thread.run(_stop_http(self._http, self._task, grace_s))
+        try:
+            self._running.thread.run(_stop_http(self._http, self._task, grace_s))
+        finally:
+            if self._metrics is not None:
+                self._running.thread.run(_stop_http(*self._metrics, 0))
+            self._running.thread.run(self.telemetry.stop())
 
     def stopped(self) -> bool:
         """Whether uvicorn exited on its own."""
@@ -330,12 +396,18 @@ class ProxyFront:
     """The app's HTTP as Ray Serve's proxy serves it: routes to show, nothing to run here."""
 
     def __init__(
-        self, running: RunningApp, address: tuple[str, int], grace_s: float, scheme: str = "http"
+        self,
+        running: RunningApp,
+        address: tuple[str, int],
+        grace_s: float,
+        metrics: bool,
+        scheme: str = "http",
     ) -> None:
         self._running = running
         self.grace_s = grace_s
         self.scheme = scheme
         self.host, self.port = address
+        self.metrics_port = self.port if metrics else None
         self.routes = self._describe()
 
     def _describe(self) -> list[tuple[str, str]]:
@@ -351,6 +423,13 @@ class ProxyFront:
     def stopped(self) -> bool:
         """Whether the app stopped on the backend's side."""
         return self._running.runtime.state == "stopped"
+
+
+def _guarded(app: Any, guards: GuardOptions) -> Any:
+    """`app` behind the same guards as the main app (API keys: the `metrics` scope)."""
+    for layer in reversed(guard_layers(guards)):
+        app = layer.cls(app, *layer.args, **layer.kwargs)
+    return app
 
 
 class SwappableApp:
@@ -394,6 +473,10 @@ async def _start_http(http: uvicorn.Server, sock: socket.socket) -> asyncio.Task
             raise RuntimeError("the HTTP server stopped during start-up")
         await asyncio.sleep(0.005)
     return task
+
+
+async def _start_telemetry(telemetry: EdgeTelemetry, serving: ServingRuntime) -> None:
+    telemetry.start(serving)
 
 
 async def _stop_http(http: uvicorn.Server, task: asyncio.Task[None], grace_s: float) -> None:

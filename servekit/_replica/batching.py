@@ -36,6 +36,7 @@ from servekit._replica.batch_policy import (
 from servekit._replica.context import current_replica
 from servekit._spec.config import BatchOptions
 from servekit._telemetry import tracing
+from servekit._telemetry.metrics import BATCH_WAIT_BUCKETS_S, Buckets
 from servekit.errors import DeploymentOptionError, DeploymentUnavailableError
 
 logger = logging.getLogger("servekit.batching")
@@ -46,17 +47,25 @@ END = object()
 
 @dataclass
 class BatchStats:
-    """Counts of batches formed by one queue; `sizes[n]` is how many batches had n items."""
+    """Counts of batches formed by one queue; `sizes[n]` is how many batches had n items, `waits`
+    how long items waited for their batch to start (seconds)."""
 
     batches: int = 0
     items: int = 0
     sizes: dict[int, int] = field(default_factory=dict)
+    waits: Buckets = field(default_factory=lambda: Buckets(BATCH_WAIT_BUCKETS_S))
 
     def record(self, size: int) -> None:
         """Count one batch of `size` items."""
         self.batches += 1
         self.items += size
         self.sizes[size] = self.sizes.get(size, 0) + 1
+
+    def record_waits(self, started: float, arrivals: list[float]) -> None:
+        """Count how long each item (arrived at `arrivals`) waited for its batch, started at `started`."""
+        observe = self.waits.observe
+        for arrival in arrivals:
+            observe(started - arrival)
 
     @property
     def mean_batch_size(self) -> float:
@@ -70,6 +79,7 @@ class BatchStats:
             "items": self.items,
             "mean_batch_size": round(self.mean_batch_size, 3),
             "sizes": dict(sorted(self.sizes.items())),
+            "mean_wait_ms": round(1000 * self.waits.sum / self.items, 4) if self.items else 0.0,
         }
 
 
@@ -312,9 +322,10 @@ class BatchQueue:
             if not self._closed:
                 self._decide()
             return
-        self.stats.record(len(batch))
-        self._last_size = len(batch)
         started = _now()
+        self.stats.record(len(batch))
+        self.stats.record_waits(started, [item.arrived for item in batch])
+        self._last_size = len(batch)
         try:
             await self._execute_traced(batch)
         except asyncio.CancelledError:

@@ -26,9 +26,17 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, NoReturn
 
-from servekit._replica.batching import END, BatchedFunction, batched_state, next_in_context, with_overrides
+from servekit._replica.batching import (
+    END,
+    BatchedFunction,
+    BatchQueue,
+    batched_state,
+    next_in_context,
+    with_overrides,
+)
 from servekit._replica.context import ReplicaContext, enter_replica, exit_replica
 from servekit._replica.errors import attribute_to_deployment
+from servekit._replica.metrics import forget_replica
 from servekit._replica.models import (
     BoundModel,
     ModelFollower,
@@ -343,12 +351,16 @@ class Replica:
 
     def batch_stats(self) -> dict[str, dict[str, Any]]:
         """Stats of each batched method's queue on this replica."""
-        stats = {}
+        return {name: queue.status() for name, queue in self.batch_queues()}
+
+    def batch_queues(self) -> list[tuple[str, BatchQueue]]:
+        """Each batched method's queue on this replica (those made by a first call)."""
+        found = []
         for name, state in self._batched_methods():
             queue = state.existing_queue(self._batch_owner(state))
             if queue is not None:
-                stats[name] = queue.status()
-        return stats
+                found.append((name, queue))
+        return found
 
     async def check_health(self) -> None:
         """Run the user's `check_health()` if defined; raises if the replica is unhealthy."""
@@ -357,13 +369,15 @@ class Replica:
             await self.call("check_health", (), {})
 
     def stop(self) -> None:
-        """Release the replica's batch queues; in-flight work must have drained already."""
+        """Release the replica's batch queues and its user metrics' series; in-flight work must have
+        drained already."""
         for follower in self._followers:
             follower.cancel()
         if self.models:
             unpin(self.models, self.context.replica_id)
         for _, state in self._batched_methods():
             state.discard(self._batch_owner(state))
+        forget_replica(self.context.deployment, self.context.replica_id)
 
     def _batch_owner(self, state: BatchedFunction) -> Any:
         return self._instance if state.is_method else self.context

@@ -111,6 +111,11 @@ class ServingRuntime(Dispatcher, Protocol):
         """Bring what `status()` reports up to date."""
         ...
 
+    def metric_families(self) -> list[Any]:
+        """Metric families (prometheus_client's) beyond what `status()` shows: calls per method
+        and user metrics, of every process this runtime can see (after `refresh_stats`)."""
+        ...
+
 
 class ProxiedRuntime(Runtime, Protocol):
     """A runtime whose backend serves the HTTP ingress itself (given an `HttpIngress`)."""

@@ -2,7 +2,9 @@
 
 Run by `nox -s smoke` in a fresh virtualenv holding servekit alone. It serves a small graph
 (a sync stage, a batched stage, a typed endpoint) over real HTTP on 127.0.0.1, with the
-standard library as client, and checks the fast stack is the default and no extra was pulled in.
+standard library as client, and checks the fast stack is the default, metrics and the dashboard
+are served (prometheus_client is a default dependency, the page is package data) and no extra
+was pulled in.
 """
 
 from __future__ import annotations
@@ -62,6 +64,13 @@ def main() -> int:
         status, body = post(server.url + "/count", {"txt": 1})
         if status != 422:
             problems.append(f"a bad body answered {status} {body}, not 422")
+        with urllib.request.urlopen(str(server.metrics_url), timeout=30) as response:
+            metrics = response.read().decode()
+        if 'servekit_http_requests_total{method="POST",route="/count",status="200"} 1.0' not in metrics:
+            problems.append("/metrics (metrics are on by default) did not count POST /count")
+        with urllib.request.urlopen(server.url + "/-/dashboard", timeout=30) as response:
+            if b"<canvas" not in response.read():
+                problems.append("/-/dashboard did not serve the page the package ships")
         loop = type(server.handle._dispatcher.loop).__module__
         if not loop.startswith("uvloop"):
             problems.append(f"the default event loop is {loop}, not uvloop")

@@ -180,3 +180,13 @@ def test_tracing_example_prints_one_trace_across_the_process_replica_and_the_bat
         next(line for line in logged if line["deployment"] == "Preprocess")["request_id"]
         == access["request_id"]
     )
+
+
+def test_observability_example_counts_its_traffic_on_metrics() -> None:
+    out = run_example("observability/app.py")
+    assert out["requests counted"] == "200"
+    assert ast.literal_eval(out["classifier calls"]) == {"v1": 180, "v2": 20}
+    assert sum(ast.literal_eval(out["predictions by label"]).values()) == 200
+    assert float(out["mean batch size"]) >= 1
+    assert out["replicas running"] == "3"
+    assert out["dashboard"].endswith("/-/dashboard")

@@ -131,6 +131,7 @@ class Controller:
                 decision.desired,
                 decision.reason,
             )
+            state.scaled["up" if decision.desired > state.target else "down"] += 1
             state.target = decision.desired
 
     def _probe(self, state: DeploymentState, now: float) -> None:
@@ -157,6 +158,7 @@ class Controller:
                 "deployment %r: replica %s %s; replacing it", state.name, replica.context.replica_id, detail
             )
             slot.healthy = False
+            state.health_check_failures += 1
             state.restarts += 1
             state.last_error = f"replica {replica.context.replica_id} {detail}"
             if isinstance(exc, TimeoutError) and hasattr(replica, "kill"):

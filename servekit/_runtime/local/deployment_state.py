@@ -13,6 +13,7 @@ from servekit._runtime.replica_set import ReplicaSet
 from servekit._spec.config import Isolation
 from servekit._spec.endpoint import is_idempotent
 from servekit._spec.graph import DeploymentNode
+from servekit._telemetry.metrics import MethodCalls
 
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
@@ -33,11 +34,17 @@ class DeploymentState:
     """Replicas started to replace ones that died or failed health checks."""
     start_failures: int = 0
     """Consecutive failed starts; drives the backoff and resets on a successful start."""
+    health_check_failures: int = 0
+    """Health checks that failed or timed out."""
+    scaled: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+    """Autoscaling decisions that changed the target, by direction."""
     next_start_at: float = 0.0
     last_error: str | None = None
     updating: bool = False
     latencies: LatencyWindow = field(default_factory=LatencyWindow)
     """Latencies of recent calls, drained into each autoscaling sample; bounded in size."""
+    calls: MethodCalls = field(default_factory=MethodCalls)
+    """Every call's latency and outcome, per method (for `/metrics`); survives redeploys."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _idempotent: dict[str, bool] = field(default_factory=dict)
 
@@ -105,6 +112,8 @@ class DeploymentState:
             "running_replicas": self.running,
             "starting_replicas": self.starting,
             "restarts": self.restarts,
+            "health_check_failures": self.health_check_failures,
+            "scaling_decisions": dict(self.scaled),
             "last_error": self.last_error,
             "autoscaling": None
             if decision is None

@@ -16,7 +16,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
+from prometheus_client.core import Metric
+
+from servekit._replica import metrics as user_metrics
 from servekit._replica.autoscaling import Autoscaler
+from servekit._replica.batch_metrics import batch_families
 from servekit._replica.deadline import chunks_within_timeout, within_timeout
 from servekit._replica.multiplex import max_models_per_replica, outgoing_model_id
 from servekit._replica.replica import method_kind, method_table, user_method
@@ -33,6 +37,7 @@ from servekit._runtime.routing import AppRouters, routed_method_table
 from servekit._spec.config import Isolation, Resources
 from servekit._spec.graph import AppGraph, DeploymentNode
 from servekit._telemetry.logs import LogFormat
+from servekit._telemetry.metrics import call_families, merge_families
 from servekit._telemetry.tracing import Tracing, TracingSettings, start_tracing
 from servekit.errors import (
     DeploymentOptionError,
@@ -182,13 +187,20 @@ class LocalRuntime:
         state = self._state(deployment)
         timeout = state.node.deployment.config.request_timeout_s
         started = time.perf_counter()
+        ok = False
         try:
-            return await within_timeout(
+            result = await within_timeout(
                 self._call_replica(state, method, args, kwargs), timeout, deployment, method
             )
+            ok = True
+            return result
+        except asyncio.CancelledError:
+            ok = True  # the caller left: not the deployment's failure
+            raise
         finally:
             ended = time.perf_counter()
             state.latencies.add(ended, (ended - started) * 1000)
+            state.calls.record(method, ended - started, ok)
 
     async def stream(
         self, deployment: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -203,9 +215,20 @@ class LocalRuntime:
         state = self._state(deployment)
         timeout = state.node.deployment.config.request_timeout_s
         chunks = self._stream_replica(state, method, args, kwargs)
-        async with contextlib.aclosing(chunks_within_timeout(chunks, timeout, deployment, method)) as timed:
-            async for chunk in timed:
-                yield chunk
+        started = time.perf_counter()
+        ok = False
+        try:
+            async with contextlib.aclosing(
+                chunks_within_timeout(chunks, timeout, deployment, method)
+            ) as timed:
+                async for chunk in timed:
+                    yield chunk
+            ok = True
+        except (GeneratorExit, asyncio.CancelledError):
+            ok = True  # the caller stopped reading: not the deployment's failure
+            raise
+        finally:
+            state.calls.record(method, time.perf_counter() - started, ok)
 
     @staticmethod
     async def _stream_replica(
@@ -351,8 +374,22 @@ class LocalRuntime:
             "routers": {name: self.routers.view(name) for name in self.routers.router_names()},
         }
 
+    def metric_families(self) -> list[Metric]:
+        """What `/metrics` shows beyond `status()`: each method's calls, and the batch queues and
+        user metrics of every replica, worker processes' as of their last probe (`refresh_stats`)."""
+        calls = call_families({name: state.calls for name, state in self._states.items()})
+        replicas = [
+            slot.replica.metric_families()
+            if isinstance(slot.replica, ProcessReplica)
+            else batch_families(slot.replica)
+            for state in self._states.values()
+            for slot in state.replicas.slots
+        ]
+        return merge_families(calls, *replicas, user_metrics.collect())
+
     async def refresh_stats(self, timeout_s: float = 1.0) -> None:
-        """Fetch fresh batch stats from process replicas (in-process ones are always current)."""
+        """Fetch fresh batch stats and user metrics from process replicas (in-process ones are
+        always current)."""
         probes = [
             slot.replica.probe(health=False)
             for state in self._states.values()

@@ -27,9 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
+from prometheus_client.core import Metric
 from ray import serve
 
+from servekit._replica import metrics as user_metrics
 from servekit._replica.arrivals import Incoming, incoming
+from servekit._replica.batch_metrics import batch_families
 from servekit._replica.batching import set_default_wait
 from servekit._replica.context import ReplicaContext
 from servekit._replica.deadline import chunks_within_timeout, within_timeout
@@ -41,6 +44,7 @@ from servekit._replica.request_context import RequestContext, log_fields, reques
 from servekit._runtime.handle import DeploymentHandle
 from servekit._runtime.ray.autoscaling import P95_LATENCY_METRIC
 from servekit._runtime.ray.dispatcher import RayDispatcher
+from servekit._runtime.ray.metrics import RayMetricsExport
 from servekit._runtime.ray.multiplex import use_ray_multiplexing
 from servekit._runtime.ray.options import batching_options
 from servekit._runtime.ray.routers import RayRouters
@@ -51,6 +55,8 @@ from servekit._runtime.routing import RoutingDispatcher
 from servekit._spec.graph import AppGraph, iter_handle_refs, with_handles
 from servekit._telemetry import tracing
 from servekit._telemetry.logs import configure_logging
+from servekit._telemetry.metrics import MethodCalls, call_families, merge_families
+from servekit._telemetry.status import status_families
 from servekit.errors import NotFoundError
 
 
@@ -98,6 +104,9 @@ class RayReplica:
             with_handles(node.init_args, make_handle), with_handles(node.init_kwargs, make_handle)
         )
         use_ray_multiplexing(self.replica.instance)
+        self.calls = MethodCalls()
+        self.metrics_export = RayMetricsExport([self.metric_families])
+        self.metrics_export.start()
 
     async def call(
         self,
@@ -109,13 +118,17 @@ class RayReplica:
         """Run the user's unary `method` (a cancelled sync call returns once its thread does), in the
         caller's request `context`."""
         started = time.perf_counter()
+        ok = False
         try:
             model_id = serve.get_multiplexed_model_id() or None
             with request_scope(context):
                 call = self.replica.call(method, args, kwargs, hold_abandoned=True, model_id=model_id)
-                return await within_timeout(call, self._timeout, self.name, method)
+                result = await within_timeout(call, self._timeout, self.name, method)
+            ok = True
+            return result
         finally:
             self._latencies.add(time.monotonic(), (time.perf_counter() - started) * 1000)
+            self.calls.record(method, time.perf_counter() - started, ok)
 
     async def stream(
         self,
@@ -129,11 +142,16 @@ class RayReplica:
             set_request(context)  # this generator's own context
         model_id = serve.get_multiplexed_model_id() or None
         chunks = self.replica.stream(method, args, kwargs, hold_abandoned=True, model_id=model_id)
-        async with contextlib.aclosing(
-            chunks_within_timeout(chunks, self._timeout, self.name, method)
-        ) as timed:
-            async for chunk in timed:
-                yield chunk
+        started, ok = time.perf_counter(), False
+        try:
+            async with contextlib.aclosing(
+                chunks_within_timeout(chunks, self._timeout, self.name, method)
+            ) as timed:
+                async for chunk in timed:
+                    yield chunk
+            ok = True
+        finally:
+            self.calls.record(method, time.perf_counter() - started, ok)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray's in-place update (at start, and on a redeploy that changes only `user_config`):
@@ -161,7 +179,17 @@ class RayReplica:
         """Calls whose caller gave up while their sync code still runs here."""
         return self.replica.abandoned
 
+    def metric_families(self) -> list[Metric]:
+        """This replica's calls, `@batch` queues and the user metrics of its process."""
+        replica = {"id": self.context.replica_id, "device": self.context.device}
+        info = status_families({"deployments": {self.name: {"replicas": [replica]}}})
+        calls = call_families({self.name: self.calls})
+        return merge_families(calls, batch_families(self.replica), info, user_metrics.collect())
+
     async def __del__(self) -> None:
+        export: RayMetricsExport | None = getattr(self, "metrics_export", None)
+        if export is not None:
+            export.stop()
         routing: RayRouters | None = getattr(self, "routing", None)
         if routing is not None:
             routing.close()
@@ -204,17 +232,20 @@ class IngressReplica(RayReplica):
             set_request(context)  # called through Ray: this task serves the caller's request
         slot = await self.admission.acquire()
         try:
-            started = time.perf_counter()
+            started, ok = time.perf_counter(), False
             try:
                 model_id = outgoing_model_id() if not hold_abandoned else serve.get_multiplexed_model_id()
                 call = self.replica.call(
                     method, args, kwargs, hold_abandoned=hold_abandoned, model_id=model_id or None
                 )
                 if hold_abandoned:  # called through Ray: bounded here too (see the module docstring)
-                    return await within_timeout(call, self._timeout, self.name, method)
-                return await call
+                    call = within_timeout(call, self._timeout, self.name, method)
+                result = await call
+                ok = True
+                return result
             finally:
                 self._latencies.add(time.monotonic(), (time.perf_counter() - started) * 1000)
+                self.calls.record(method, time.perf_counter() - started, ok)
         finally:
             self.admission.release(slot)
 
@@ -231,6 +262,7 @@ class IngressReplica(RayReplica):
         if context is not None:
             set_request(context)
         slot = await self.admission.acquire()
+        started, ok = time.perf_counter(), False
         try:
             model_id = outgoing_model_id() if not hold_abandoned else serve.get_multiplexed_model_id()
             chunks = self.replica.stream(
@@ -241,7 +273,9 @@ class IngressReplica(RayReplica):
             async with contextlib.aclosing(chunks) as timed:  # type: ignore[type-var]
                 async for chunk in timed:
                     yield chunk
+            ok = True
         finally:
+            self.calls.record(method, time.perf_counter() - started, ok)
             self.admission.release(slot)
 
 
@@ -250,7 +284,11 @@ class _HttpIngress(IngressReplica):
         build_app = self.spec.build_app
         if build_app is None:
             raise RuntimeError("the HTTP ingress was deployed without an app builder")
-        return _counting_incoming(build_app(self.serving), Incoming())
+        app = build_app(self.serving)
+        http = getattr(app.state, "servekit_http_metrics", None)
+        if http is not None:  # the edge's request metrics go to Ray's pipeline too
+            self.metrics_export.add_source(http.families)
+        return _counting_incoming(app, Incoming())
 
 
 def _counting_incoming(app: Any, calls: Incoming) -> Any:
@@ -353,6 +391,13 @@ class IngressView:
     def status(self) -> dict[str, Any]:
         """The app's deployments and replicas on the cluster, as last fetched."""
         return self._status
+
+    def metric_families(self) -> list[Metric]:
+        """The ingress replica's calls and batches and the user metrics of its process (the rest of
+        the app's replicas export theirs through Ray's metrics)."""
+        ingress = self._ingress
+        calls = call_families({ingress.name: ingress.calls})
+        return merge_families(calls, batch_families(ingress.replica), user_metrics.collect())
 
     async def refresh_stats(self) -> None:
         """Ask Ray Serve's controller for the app's state (off the event loop)."""

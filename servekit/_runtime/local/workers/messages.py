@@ -136,12 +136,14 @@ class Probe(NamedTuple):
 
 
 class ProbeResult(NamedTuple):
-    """Health (None when healthy, else the error), each batched method's stats, the bound models."""
+    """Health (None when healthy, else the error), each batched method's stats, the bound models,
+    and a snapshot of the worker's batch queues and user metrics (prometheus_client families)."""
 
     id: int
     error: BaseException | None
     batch_stats: dict[str, dict[str, Any]]
     models: dict[str, Any] | None = None
+    metrics: list[Any] | None = None
 
 
 class ConfigureBatching(NamedTuple):

@@ -105,6 +105,7 @@ class ProcessReplica:
         self._log_tasks: list[asyncio.Task[None]] = []
         self._stats: dict[str, dict[str, Any]] = {}
         self._models: dict[str, Any] | None = None
+        self._metrics: list[Any] = []
         self.death: asyncio.Future[str] | None = None
         """Resolves with a description when the worker process exits or the link breaks."""
         self.on_death: Callable[[ProcessReplica, str], None] | None = None
@@ -219,6 +220,10 @@ class ProcessReplica:
         """The worker's bound models as of the last probe (None: none bound, or not probed yet)."""
         return self._models
 
+    def metric_families(self) -> list[Any]:
+        """The worker's batch queues and user metrics as of the last probe (prometheus_client families)."""
+        return self._metrics
+
     async def configure_batching(self, options: Mapping[str, BatchOptions]) -> None:
         """Apply per-method batch option overrides in the worker, in place (see `Replica`)."""
         await self._outgoing.call(lambda key: ConfigureBatching(key, dict(options)))
@@ -233,6 +238,7 @@ class ProcessReplica:
         result: ProbeResult = await self._outgoing.call(lambda key: Probe(key, health))
         self._stats = result.batch_stats
         self._models = result.models
+        self._metrics = result.metrics or []
         if result.error is not None:
             raise result.error
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import cloudpickle
 
+from servekit._replica import metrics as user_metrics
+from servekit._replica.batch_metrics import batch_families
 from servekit._replica.context import ReplicaContext
 from servekit._replica.multiplex import outgoing_model_id
 from servekit._replica.replica import Replica
@@ -203,7 +205,8 @@ class Worker:
                 error = exc
         stats = replica.batch_stats() if replica is not None else {}
         models = replica.model_status() if replica is not None else None
-        self._send(ProbeResult(probe.id, error, stats, models))
+        metrics = (batch_families(replica) if replica is not None else []) + user_metrics.collect()
+        self._send(ProbeResult(probe.id, error, stats, models, metrics))
 
     async def _configure_batching(self, message: ConfigureBatching) -> None:
         replica = self.replica
