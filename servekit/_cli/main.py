@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where async jobs are kept: a directory (SQLite) or a postgresql:// URL (default: memory)",
     )
+    serve.add_argument(
+        "--docs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve interactive API docs at /docs (default: on, unless the ingress serves raw "
+        "requests or mounts an ASGI app)",
+    )
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="413 above this")
     serve.add_argument(
         "--grace-period",
@@ -191,6 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
                 access_log=args.access_log,
                 strict=args.strict,
                 http=args.http,
+                docs=args.docs,
                 **options.model_dump(exclude_defaults=True),
             )
     except (TargetError, ServekitError, OSError, ImportError) as exc:  # BundleError is a ServekitError
@@ -206,7 +214,7 @@ def _serve(args: argparse.Namespace) -> int:
     for methods, path in server.routes:
         print(f"  {methods:<8} {server.url}{path}", file=sys.stderr)
     print(
-        "  built-in: /healthz /readyz /-/status /-/jobs /openapi.json  (Ctrl-C to stop)",
+        "  built-in: /healthz /readyz /-/status /-/jobs /openapi.json /docs  (Ctrl-C to stop)",
         file=sys.stderr,
         flush=True,
     )

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servekit._http.docs_ui import DocsUI
 from servekit._http.errors import error_response, router_error
 from servekit._http.jobs import HTTP_KIND, http_executor, job_routes, submit_request, wants_async
 from servekit._http.openapi import openapi_document
@@ -39,13 +40,16 @@ def build_asgi_app(
     strict: bool = False,
     jobs: JobSlot | None = None,
     data_dir: str | None = None,
+    docs: bool | None = None,
 ) -> Starlette:
     """The ASGI app serving `runtime`'s ingress deployment over HTTP.
 
     `strict` is the default validation mode of endpoints that do not set `@endpoint(strict=...)`.
     `jobs` holds the app's async jobs (the local server passes the app's own); without it the app
     keeps its own, in `data_dir` (a directory or a `postgresql://` URL), started and stopped
-    with the ASGI lifespan (as where Ray Serve runs the ingress).
+    with the ASGI lifespan (as where Ray Serve runs the ingress). `docs` serves the interactive
+    API docs at `/docs` (None: unless the ingress serves raw requests or mounts an ASGI app,
+    whose own paths `/docs` could hide).
     """
     ingress = runtime.graph.ingress_node
     found = ingress_routes(ingress.deployment, strict)
@@ -71,6 +75,7 @@ def build_asgi_app(
                 echoed=getattr(runtime, "request_ids_echoed", False),
             ),
             Middleware(BodyLimit, max_body_bytes=max_body_bytes),
+            *_docs_layer(docs, found, ingress.name),
         ],
         exception_handlers={HTTPException: router_error, Exception: router_error},
         lifespan=None if jobs is not None else _jobs_lifespan(slot),
@@ -79,6 +84,12 @@ def build_asgi_app(
         app.router.default = _IngressASGI(runtime, ingress.name, found.asgi_app)
     app.state.servekit_routes = describe_routes(found)
     return app
+
+
+def _docs_layer(docs: bool | None, found: IngressRoutes, title: str) -> list[Middleware]:
+    """The `/docs` layer when it is on (by default: when servekit owns the app's paths)."""
+    on = docs if docs is not None else not (found.raw_call or found.asgi_app is not None)
+    return [Middleware(DocsUI, title=title)] if on else []
 
 
 def describe_routes(found: IngressRoutes) -> list[tuple[str, str]]:

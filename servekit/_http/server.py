@@ -141,6 +141,7 @@ def serve(
     access_log: bool = False,
     strict: bool = False,
     http: HttpImpl = "auto",
+    docs: bool | None = None,
     **options: Unpack[RunKeywords],
 ) -> Server:
     """Run `app` and serve its ingress over HTTP at `host`:`port` (0 picks a free port).
@@ -150,7 +151,9 @@ def serve(
     within `graceful_shutdown_s`, stops the app and returns. Bodies larger than
     `max_body_bytes` are refused with 413. `strict=True` validates request bodies strictly
     (no coercion of `"1"` or `false` into numbers) wherever an endpoint does not choose.
-    `http` picks the HTTP parser ("auto": httptools when installed, else h11).
+    `http` picks the HTTP parser ("auto": httptools when installed, else h11). `docs` serves
+    interactive API docs (Swagger UI, offline) at `/docs`: None turns them on unless the
+    ingress serves raw requests or mounts an ASGI app (whose own `/docs` they would hide).
 
     The other keywords choose where the app runs, as for `servekit.run`: `backend="local"`
     serves from uvicorn in this process (an ingress that serves raw requests or an ASGI app
@@ -159,7 +162,9 @@ def serve(
     runs on that cluster, its proxy keeps the address it has).
     """
     run = run_options(**options)
-    front_options = _FrontOptions(max_body_bytes, graceful_shutdown_s, access_log, strict, http, run.data_dir)
+    front_options = _FrontOptions(
+        max_body_bytes, graceful_shutdown_s, access_log, strict, http, run.data_dir, docs
+    )
     server = _start(build_graph(app), host, port, front_options, run)
     if blocking:
         serve_until_signal(server)
@@ -174,6 +179,7 @@ class _FrontOptions:
     strict: bool
     http: HttpImpl
     data_dir: str | None = None
+    docs: bool | None = None
 
     def __post_init__(self) -> None:
         if self.http not in HTTP_IMPLS:
@@ -183,7 +189,12 @@ class _FrontOptions:
     def build_app(self, serving: ServingRuntime, jobs: JobSlot | None = None) -> Any:
         """The ingress app; without `jobs` (on Ray, in the ingress replica) it keeps its own store."""
         return build_asgi_app(
-            serving, self.max_body_bytes, strict=self.strict, jobs=jobs, data_dir=self.data_dir
+            serving,
+            self.max_body_bytes,
+            strict=self.strict,
+            jobs=jobs,
+            data_dir=self.data_dir,
+            docs=self.docs,
         )
 
 
