@@ -1,5 +1,5 @@
-"""`servekit` command: `servekit serve TARGET|BUNDLE`, `servekit batch TARGET`, `servekit build`,
-`servekit bundles`, `servekit deploy`, `servekit status`, `servekit rollout ...`,
+"""`servekit` command: `servekit serve TARGET|BUNDLE`, `servekit batch TARGET`, `servekit bench`,
+`servekit build`, `servekit bundles`, `servekit deploy`, `servekit status`, `servekit rollout ...`,
 `servekit models ...`, `servekit --version`."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from servekit._cli import batch as batch_command
+from servekit._cli import bench as bench_command
 from servekit._cli import rollout
 from servekit._cli.bundles import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_command
 from servekit._cli.models import add_model_commands, run_model_command
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     batch_command.add_parser(commands)
+    bench_command.add_parser(commands)
     status = commands.add_parser("status", help="show an app's deployments and replicas")
     where = status.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a servekit server, like http://127.0.0.1:8000 (reads /-/status)")
@@ -135,9 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_model_command(args)
     if args.command in BUNDLE_COMMANDS:
         return run_bundle_command(args)
-    if args.command == "batch":
+    if args.command in ("batch", "bench"):
         logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return batch_command.run(args)
+        return batch_command.run(args) if args.command == "batch" else bench_command.run(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
