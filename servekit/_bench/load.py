@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
@@ -202,8 +201,7 @@ class PhaseRunner:
         self.result.timeline = [[0, 0, 0, 0] for _ in range(max(1, int(plan.duration_s + 0.999)))]
         if plan.rate is not None:
             self._schedule = Schedule(start_at, plan.rate, plan.offset, plan.stride)
-        worker: Callable[[int], asyncio.Future[None] | asyncio.Task[None]]
-        worker = self._open_worker if plan.rate is not None else self._closed_worker  # type: ignore[assignment]
+        worker = self._open_worker if plan.rate is not None else self._closed_worker
         watchdog = asyncio.create_task(self._watch_timeouts())
         await asyncio.sleep(max(0.0, start_at - clock()))
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,9 +242,3 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> str:
     if only:
         footer += f"\nin one run only (not compared): {', '.join(only)}"
     return _table(header, rows) + footer
-
-
-def geometric_mean(values: Sequence[float]) -> float | None:
-    """The geometric mean of positive `values` (None for none)."""
-    positive = [v for v in values if v > 0]
-    return math.exp(sum(math.log(v) for v in positive) / len(positive)) if positive else None

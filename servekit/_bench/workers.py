@@ -61,26 +61,22 @@ class WorkerPool:
         return self._collect(pipes, on_progress)
 
     def _await_all(self, pipes: list[Pipe], expected: str) -> None:
-        errors = []
+        """Wait until every worker said `expected`; if any failed, release the others and raise."""
+        errors, waiting = [], []
         for pipe in pipes:
             message = self._receive(pipe)
             if message[0] == "error":
                 errors.append(message[1])
-            elif message[0] != expected:
+            elif message[0] == expected:
+                waiting.append(pipe)
+            else:
                 raise BenchError(f"a load worker said {message[0]!r} where {expected!r} was due")
         if errors:
-            for pipe in pipes:  # the others wait for a start: let them go with a start in the past
-                with contextlib.suppress(OSError):
-                    pipe.send(("abort",))
-            self._drain(pipes)
+            for pipe in waiting:  # they wait for a start: tell them there is none
+                pipe.send(("abort",))
+            for pipe in waiting:
+                self._receive(pipe)  # "aborted"
             raise BenchError(errors[0])
-
-    def _drain(self, pipes: list[Pipe]) -> None:
-        for pipe in pipes:
-            with contextlib.suppress(BenchError):
-                message = self._receive(pipe)
-                while message[0] == "progress":
-                    message = self._receive(pipe)
 
     def _collect(self, pipes: list[Pipe], on_progress: ProgressCallback) -> PhaseResult:
         progress = {id(pipe): (0, 0) for pipe in pipes}
