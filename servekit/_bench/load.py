@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import httptools
 
 from servekit._bench.histogram import Histogram
-from servekit._bench.schedule import Schedule, latency_start
+from servekit._bench.schedule import Arrivals, arrivals, latency_start
 
 clock = time.monotonic  # the same clock in every process, so one start time serves them all
 
@@ -52,6 +52,8 @@ class PhasePlan:
     timeout_s: float = 30.0
     tls: bool = False
     verify_tls: bool = True
+    arrival: str = "constant"
+    """Open loop: "constant" (evenly spaced) or "poisson" (random gaps)."""
 
 
 @dataclass
@@ -174,7 +176,7 @@ class PhaseRunner:
         self._measure_from = 0.0
         self._end = 0.0
         self._next_ticket = 0
-        self._schedule: Schedule | None = None
+        self._schedule: Arrivals | None = None
 
     async def connect(self) -> None:
         """Open every connection; BenchError when the target refuses."""
@@ -200,7 +202,7 @@ class PhaseRunner:
         self._end = self._measure_from + plan.duration_s
         self.result.timeline = [[0, 0, 0, 0] for _ in range(max(1, int(plan.duration_s + 0.999)))]
         if plan.rate is not None:
-            self._schedule = Schedule(start_at, plan.rate, plan.offset, plan.stride)
+            self._schedule = arrivals(plan.arrival, start_at, plan.rate, plan.offset, plan.stride)
         worker = self._open_worker if plan.rate is not None else self._closed_worker
         watchdog = asyncio.create_task(self._watch_timeouts())
         await asyncio.sleep(max(0.0, start_at - clock()))

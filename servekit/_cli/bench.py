@@ -19,7 +19,7 @@ from typing import Any
 from servekit._bench import payload as payloads
 from servekit._bench import report
 from servekit._bench.load import BenchError, PhasePlan
-from servekit._bench.schedule import split_evenly
+from servekit._bench.schedule import ARRIVALS, split_evenly
 
 DEFAULT_CONNECTIONS_OPEN = 64
 
@@ -60,6 +60,12 @@ def _add_load_options(bench: argparse.ArgumentParser) -> None:
         default=None,
         help=f"open loop: connections to send on (default {DEFAULT_CONNECTIONS_OPEN}); a request due "
         "while all are busy waits, and its latency counts from when it was due",
+    )
+    load.add_argument(
+        "--arrival",
+        choices=ARRIVALS,
+        default="constant",
+        help="open loop: requests evenly spaced (constant, default) or at random times (poisson)",
     )
     load.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase (default 10)")
     load.add_argument(
@@ -305,6 +311,7 @@ def _run_phases(args: argparse.Namespace, target: payloads.Target, request: byte
         timeout_s=args.timeout,
         tls=target.scheme == "https",
         verify_tls=not args.insecure,
+        arrival=args.arrival,
     )
     summaries = []
     with WorkerPool(min(args.processes, max(p.connections for p in phases))) as pool:
@@ -323,6 +330,7 @@ def _run_phases(args: argparse.Namespace, target: payloads.Target, request: byte
         "method": head.split(b" ", 1)[0].decode(),
         "body_bytes": len(request) - len(head) - 4,
         "template": args.template,
+        "arrival": args.arrival if args.rate is not None else None,
         "processes": pool.size,
     }
     return report.document(setup, summaries)

@@ -15,7 +15,7 @@ from servekit._bench import report
 from servekit._bench.histogram import Histogram, bucket_bounds, bucket_of
 from servekit._bench.load import PhasePlan, PhaseResult
 from servekit._bench.plot import html_report, nice_ticks, nines
-from servekit._bench.schedule import Schedule, latency_start, split_evenly
+from servekit._bench.schedule import PoissonSchedule, Schedule, arrivals, latency_start, split_evenly
 from servekit._cli.bench import plans
 
 
@@ -88,6 +88,24 @@ def test_processes_share_one_schedule_without_gaps_or_overlaps() -> None:
     assert times == pytest.approx([start + i / rate for i in range(750)])
     assert Schedule(start, rate).count_before(start) == 0
     assert Schedule(start, rate, 3, 4).count_before(start + 3 / rate) == 0
+
+
+def test_poisson_arrivals_average_the_rate_with_random_gaps() -> None:
+    shares = [PoissonSchedule(5.0, 1000.0, offset, 2) for offset in range(2)]
+    counts = [s.count_before(25.0) for s in shares]
+    assert sum(counts) == pytest.approx(20_000, rel=0.03)  # 20 s at 1000/s; sd ~0.7%
+    times = [s.intended(k) for s in shares for k in range(s.count_before(25.0))]
+    assert min(times) >= 5.0
+    assert max(times) < 25.0
+    gaps = [b - a for a, b in zip(sorted(times), sorted(times)[1:], strict=False)]
+    assert sum(gaps) / len(gaps) == pytest.approx(0.001, rel=0.03)
+    assert sum(1 for gap in gaps if gap > 0.002) / len(gaps) == pytest.approx(
+        math.exp(-2), abs=0.02
+    )  # exponential
+    assert PoissonSchedule(5.0, 1000.0).intended(9) == PoissonSchedule(5.0, 1000.0).intended(9)  # seeded
+    assert isinstance(arrivals("constant", 0.0, 1.0), Schedule)
+    with pytest.raises(ValueError, match="poisson"):
+        arrivals("bursty", 0.0, 1.0)
 
 
 @pytest.mark.parametrize(("offset", "stride", "rate"), [(0, 0, 10.0), (2, 2, 10.0), (0, 1, 0.0)])
