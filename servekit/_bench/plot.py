@@ -125,9 +125,20 @@ def _curve_chart(phases: Sequence[dict[str, Any]]) -> str:
 
 def _timeline_chart(phases: Sequence[dict[str, Any]]) -> str:
     series = [
-        (p["label"], [(row["second"] + 0.5, float(row["requests"])) for row in p["timeline"]]) for p in phases
+        (p["label"], [(row["second"] + 0.5, _per_second(row, p["duration_s"])) for row in p["timeline"]])
+        for p in phases
     ]
     return line_chart("Requests per second over time", series, "second of the measured window", "requests/s")
+
+
+def _per_second(row: dict[str, Any], duration_s: float) -> float:
+    """The row's requests per second (the last second of a phase may be a part of one)."""
+    length = min(1.0, duration_s - row["second"])
+    return float(row["requests"]) / length if length > 0 else float(row["requests"])
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _results_table(phases: Sequence[dict[str, Any]]) -> str:
@@ -141,7 +152,7 @@ def _results_table(phases: Sequence[dict[str, Any]]) -> str:
         errors = {**{s: c for s, c in p["statuses"].items() if int(s) >= 400}, **p["transport_errors"]}
         error_text = ", ".join(f"{k}: {v}" for k, v in errors.items()) or "0"
         rows.append(
-            f"<tr><td>{html.escape(p['label'])}</td><td>{p['requests']}</td><td>{p['rps']}</td>{latency}"
+            f"<tr><td>{html.escape(p['label'])}</td><td>{p['requests']}</td><td>{p['rps']:.1f}</td>{latency}"
             f"<td>{html.escape(error_text)}</td></tr>"
         )
     return f"<table><tr>{head}</tr>{''.join(rows)}</table><p>latency in ms, over successful responses</p>"

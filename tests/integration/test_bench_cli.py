@@ -274,3 +274,26 @@ def test_bad_runs_fail_with_one_clear_line(
     assert done.returncode == code, done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_bench_example_sweeps_its_app_and_writes_a_report(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "bench" / "run.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--duration", "0.3", "--warmup", "0", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_DEADLINE_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = {
+        line.split(":")[0]: line for line in done.stdout.splitlines() if line.startswith(("c=", "report"))
+    }
+    assert {"c=1", "c=8", "c=32", "report"} <= set(lines)
+    assert all(lines[label].endswith("errors 0") for label in ("c=1", "c=8", "c=32"))
+    assert "<svg" in (tmp_path / "report.html").read_text()
+    assert [p["label"] for p in json.loads((tmp_path / "results.json").read_text())["phases"]] == [
+        "c=1",
+        "c=8",
+        "c=32",
+    ]
