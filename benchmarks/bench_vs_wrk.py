@@ -10,6 +10,8 @@ fast stack, in its own process. In alternating rounds against that one server:
 
 * **closed loop, c=64**: wrk (`-t1 -c64`) and `servekit bench --concurrency 64` with one and with
   `--processes` load processes. Target: servekit bench reaches at least half of wrk's req/s.
+* **one request at a time** (c=1, rounds alternating who goes first): what each tool adds to
+  a lone request's measured latency, with no arrival process in the way.
 * **fixed rate**: wrk 4 has no rate option, so each of its `--rate-connections` connections
   waits a random `delay()` (exponential, in whole ms, Lua) after each response, which paces
   wrk to about `--rate` requests/s arriving at random times (fixed delays would make the
@@ -166,6 +168,32 @@ def closed_loop(args: argparse.Namespace, wrk: str, url: str, script: Path) -> d
     }
 
 
+def one_at_a_time(args: argparse.Namespace, wrk: str, url: str, script: Path) -> dict[str, Any]:
+    """wrk and servekit bench with one request in flight (c=1): what each adds to a lone request's
+    measured latency, without any arrival process in the way. Rounds alternate who goes first."""
+    rounds: dict[str, list[dict[str, Any]]] = {"wrk": [], "bench": []}
+    for number in range(args.rounds):
+        print(f"one at a time, round {number + 1}/{args.rounds}", file=sys.stderr)
+        order = ("wrk", "bench") if number % 2 == 0 else ("bench", "wrk")
+        for name in order:
+            if name == "wrk":
+                rounds["wrk"].append(run_wrk(wrk, url, script, 1, args.duration))
+            else:
+                rounds["bench"].append(run_bench(url, ("--concurrency", "1"), args.duration, args.warmup, 1))
+    return _agreement(rounds)
+
+
+def _agreement(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    medians = {
+        name: {key: _median(found, key) for key in ("rps", *PERCENTILES, "max")}
+        for name, found in rounds.items()
+    }
+    differences = {
+        key: medians["bench"][key] / medians["wrk"][key] - 1 for key in PERCENTILES if medians["wrk"][key]
+    }
+    return {"rounds": rounds, "medians": medians, "differences": differences}
+
+
 def fixed_rate(args: argparse.Namespace, wrk: str, url: str, directory: Path) -> dict[str, Any]:
     """wrk paced by delay() to about `args.rate`, then servekit bench open-loop at the rate wrk reached."""
     delay_ms = args.rate_connections * 1000 / args.rate
@@ -176,34 +204,36 @@ def fixed_rate(args: argparse.Namespace, wrk: str, url: str, directory: Path) ->
         paced = run_wrk(wrk, url, script, args.rate_connections, args.duration)
         rounds["wrk"].append(paced)
         load = (
-            "--rate",
-            f"{paced['rps']:.1f}",
-            "--connections",
-            str(args.rate_connections),
-            "--arrival",
-            "poisson",
+            *("--rate", f"{paced['rps']:.1f}", "--connections", str(args.rate_connections)),
+            *("--arrival", "poisson"),
         )
         rounds["bench"].append(run_bench(url, load, args.duration, args.warmup, 1))
-    medians = {
-        name: {key: _median(found, key) for key in ("rps", *PERCENTILES, "max")}
-        for name, found in rounds.items()
-    }
-    differences = {
-        key: medians["bench"][key] / medians["wrk"][key] - 1 for key in PERCENTILES if medians["wrk"][key]
-    }
     return {
         "target_rate": args.rate,
         "connections": args.rate_connections,
         "wrk_delay_ms": delay_ms,
-        "rounds": rounds,
-        "medians": medians,
-        "differences": differences,
+        **_agreement(rounds),
     }
 
 
 def _row(label: str, row: dict[str, float]) -> str:
     latencies = " | ".join(f"{row[key]:.2f}" for key in (*PERCENTILES, "max"))
     return f"| {label} | {row['rps']:.0f} | {latencies} |"
+
+
+def _one_at_a_time_lines(single: dict[str, Any] | None) -> list[str]:
+    if single is None:
+        return []
+    lines = [
+        "## One request at a time (c=1)",
+        "",
+        "| load generator | requests/s | p50 ms | p90 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|",
+        _row("wrk -t1 -c1", single["medians"]["wrk"]),
+        _row("servekit bench --concurrency 1", single["medians"]["bench"]),
+    ]
+    shown = ", ".join(f"{key} {value:+.1%}" for key, value in single["differences"].items())
+    return [*lines, "", f"- servekit bench vs wrk: {shown} (what each adds to a lone request).", ""]
 
 
 def render(found: dict[str, Any]) -> str:
@@ -230,6 +260,7 @@ def render(found: dict[str, Any]) -> str:
         f"- servekit bench / wrk requests/s: **{closed['ratio']:.3f}** (best of servekit bench's settings; "
         f"target at least {THROUGHPUT_TARGET}): {verdict}.",
         "",
+        *_one_at_a_time_lines(found.get("one_at_a_time")),
         f"## Fixed rate, about {paced['target_rate']:g} requests/s on {paced['connections']} connections",
         "",
         "| load generator | requests/s | p50 ms | p90 ms | p99 ms | max ms |",
@@ -237,9 +268,9 @@ def render(found: dict[str, Any]) -> str:
     ]
     for name, row in paced["medians"].items():
         label = (
-            f"wrk, delay() {paced['wrk_delay_ms']:g} ms"
+            f"wrk, random delay() averaging {paced['wrk_delay_ms']:g} ms"
             if name == "wrk"
-            else "servekit bench --rate (wrk's rate)"
+            else "servekit bench --rate (wrk's rate) --arrival poisson"
         )
         lines.append(_row(label, row))
     worst = max((abs(d) for d in paced["differences"].values()), default=0.0)
@@ -287,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": machine.describe(wrk),
             "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds},
             "closed_loop": closed_loop(args, wrk, server.url, script),
+            "one_at_a_time": one_at_a_time(args, wrk, server.url, script),
             "fixed_rate": fixed_rate(args, wrk, server.url, Path(folder)),
         }
     if args.notes:
