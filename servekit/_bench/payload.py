@@ -76,6 +76,10 @@ def parse_header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip() or any(c in name for c in " \r\n") or any(c in value for c in "\r\n"):
         raise PayloadError(f"bad header {text!r}; like -H 'Authorization: Bearer KEY'")
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise PayloadError(f"header {text!r} has characters HTTP/1.1 headers cannot carry") from None
     return name.strip(), value.strip()
 
 

@@ -164,6 +164,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--processes must be at least 1, not {args.processes}")
     if args.connections is not None and args.rate is None:
         raise UsageError("--connections is for open loop (--rate); with --concurrency, it is the connections")
+    if args.method and args.method.upper() == "HEAD":
+        raise UsageError("--method HEAD is not supported (its responses have no body); use GET")
     if args.template and not args.model:
         raise UsageError(f"--template {args.template} needs --model NAME")
 
@@ -258,7 +260,7 @@ def _oip_metadata(target: payloads.Target, model: str) -> dict[str, Any] | None:
 
 def _phases(args: argparse.Namespace) -> list[report.Phase]:
     if args.rate is not None:
-        connections = args.connections or DEFAULT_CONNECTIONS_OPEN
+        connections = DEFAULT_CONNECTIONS_OPEN if args.connections is None else args.connections
         if connections < 1:
             raise UsageError(f"--connections must be at least 1, not {connections}")
         return [

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="serve interactive API docs at /docs (default: on, unless the ingress serves raw "
-        "requests or mounts an ASGI app)",
+        "requests, mounts an ASGI app, or has an endpoint under /docs)",
     )
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="413 above this")
     serve.add_argument(

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from servekit._http.docs_ui import DocsUI
+from servekit._http.docs_ui import DOCS_PATH, DocsUI
 from servekit._http.errors import error_response, router_error
 from servekit._http.jobs import HTTP_KIND, http_executor, job_routes, submit_request, wants_async
 from servekit._http.openapi import openapi_document
@@ -48,8 +48,8 @@ def build_asgi_app(
     `jobs` holds the app's async jobs (the local server passes the app's own); without it the app
     keeps its own, in `data_dir` (a directory or a `postgresql://` URL), started and stopped
     with the ASGI lifespan (as where Ray Serve runs the ingress). `docs` serves the interactive
-    API docs at `/docs` (None: unless the ingress serves raw requests or mounts an ASGI app,
-    whose own paths `/docs` could hide).
+    API docs at `/docs` (None: unless the ingress serves raw requests, mounts an ASGI app, or
+    has an endpoint under `/docs`, whose paths `/docs` would hide).
     """
     ingress = runtime.graph.ingress_node
     found = ingress_routes(ingress.deployment, strict)
@@ -87,8 +87,11 @@ def build_asgi_app(
 
 
 def _docs_layer(docs: bool | None, found: IngressRoutes, title: str) -> list[Middleware]:
-    """The `/docs` layer when it is on (by default: when servekit owns the app's paths)."""
-    on = docs if docs is not None else not (found.raw_call or found.asgi_app is not None)
+    """The `/docs` layer when it is on (by default: when servekit owns the app's paths and no
+    endpoint of the app is at `/docs` or below it)."""
+    owned = found.raw_call or found.asgi_app is not None
+    taken = any(r.path == DOCS_PATH or r.path.startswith(DOCS_PATH + "/") for r in found.endpoints)
+    on = docs if docs is not None else not (owned or taken)
     return [Middleware(DocsUI, title=title)] if on else []
 
 

@@ -131,7 +131,7 @@ class DocsUI:
         self.package = package
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
+        path = route_path(scope) if scope["type"] == "http" else ""
         if path != DOCS_PATH and not path.startswith(DOCS_PATH + "/"):
             await self.app(scope, receive, send)
             return
@@ -171,6 +171,13 @@ class DocsUI:
                 headers.append((b"content-encoding", b"gzip"))
                 body = asset.gzipped
         await _send(send, method, 200, headers, body)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path below the app's mount point (`root_path`), as the router sees it."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] or "/" if root and path.startswith(root + "/") else path
 
 
 def _accepts_gzip(scope: Scope) -> bool:

@@ -153,7 +153,7 @@ def serve(
     (no coercion of `"1"` or `false` into numbers) wherever an endpoint does not choose.
     `http` picks the HTTP parser ("auto": httptools when installed, else h11). `docs` serves
     interactive API docs (Swagger UI, offline) at `/docs`: None turns them on unless the
-    ingress serves raw requests or mounts an ASGI app (whose own `/docs` they would hide).
+    ingress serves raw requests, mounts an ASGI app, or has an endpoint under `/docs`.
 
     The other keywords choose where the app runs, as for `servekit.run`: `backend="local"`
     serves from uvicorn in this process (an ingress that serves raw requests or an ASGI app

@@ -263,6 +263,12 @@ def test_templates_build_oip_and_openai_requests(serve_app: StartServer, tmp_pat
         (("http://127.0.0.1:9/x", "--json", "{nope"), 2, "--json is not valid JSON"),
         (("http://127.0.0.1:9/x", "--template", "oip"), 2, "--template oip needs --model"),
         (("http://127.0.0.1:9/x", "--concurrency", "0"), 2, "--concurrency values must be above 0"),
+        (("http://127.0.0.1:9/x", "--method", "head"), 2, "--method HEAD is not supported"),
+        (
+            ("http://127.0.0.1:9/x", "--rate", "5", "--connections", "0"),
+            2,
+            "--connections must be at least 1",
+        ),
         (("no_such_module_here:app", "--duration", "0.2"), 1, "no module named 'no_such_module_here'"),
         ((), 2, "give a target"),
     ],

@@ -28,6 +28,13 @@ class Shop:
 
 
 @sk.deployment
+class Manual:
+    @sk.endpoint("/docs/{page}", methods=["GET"])
+    async def page(self, page: str) -> str:
+        return f"manual page {page}"
+
+
+@sk.deployment
 class Raw:
     async def __call__(self, request: Request) -> PlainTextResponse:
         return PlainTextResponse(f"raw {request.url.path}")
@@ -124,10 +131,12 @@ def test_docs_off_leaves_the_path_to_the_app(serve_app: StartServer) -> None:
     off = serve_app(Shop.bind(), docs=False)
     raw = serve_app(Raw.bind())  # a raw ingress owns every path: no /docs unless asked for
     raw_on = serve_app(Raw.bind(), docs=True)
+    manual = serve_app(Manual.bind())  # an endpoint under /docs keeps it
     with httpx.Client(timeout=10) as client:
         assert client.get(f"{off.url}/docs").status_code == 404
         assert client.get(f"{raw.url}/docs").text == "raw /docs"
         assert client.get(f"{raw_on.url}/docs").headers["content-type"].startswith("text/html")
+        assert client.get(f"{manual.url}/docs/intro").text == "manual page intro"
 
 
 async def test_docs_without_the_package_answer_501_naming_it() -> None:
@@ -142,6 +151,19 @@ async def test_docs_without_the_package_answer_501_naming_it() -> None:
     assert error["type"] == "docs_unavailable"
     assert "pip install 'openapi-ui-bundles" in error["message"]
     assert "/openapi.json" in error["message"]
+
+
+async def test_an_app_mounted_under_a_prefix_serves_docs_there() -> None:
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("the docs layer must answer /docs itself")
+
+    layer = DocsUI(app, title="Shop")  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=layer, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        page = await client.get("/api/docs")
+        asset = await client.get("/api/docs/swagger-ui.css")
+    assert _links(page.text).openapi_url == "/api/openapi.json"
+    assert asset.status_code == 200
 
 
 def test_the_page_carries_the_root_path_of_a_mounted_app() -> None:

@@ -192,6 +192,8 @@ def test_bad_headers_shapes_and_json_are_refused() -> None:
     assert payloads.parse_header("Authorization: Bearer x") == ("Authorization", "Bearer x")
     with pytest.raises(payloads.PayloadError, match="-H 'Authorization"):
         payloads.parse_header("no colon")
+    with pytest.raises(payloads.PayloadError, match="cannot carry"):
+        payloads.parse_header("X-Name: \u4e16\u754c")
     with pytest.raises(payloads.PayloadError, match="--shape 1,3"):
         payloads.parse_shape("1,x")
     with pytest.raises(payloads.PayloadError, match="at least 1"):
