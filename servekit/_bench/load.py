@@ -62,6 +62,9 @@ class PhaseResult:
 
     latency: Histogram = field(default_factory=Histogram)
     """Latencies of the successful responses (status below 400), in µs."""
+    first_byte: Histogram = field(default_factory=Histogram)
+    """Successful responses: from the latency's start to the first byte of the body, in µs (for
+    a streamed response, the first chunk: a token stream's time to first token)."""
     send_lag: Histogram = field(default_factory=Histogram)
     """Open loop: how late requests that a free connection sent went out (the client's timer lag)."""
     statuses: dict[int, int] = field(default_factory=dict)
@@ -81,6 +84,7 @@ class PhaseResult:
     def merge(self, other: PhaseResult) -> None:
         """Add another process's result to this one."""
         self.latency.merge(other.latency)
+        self.first_byte.merge(other.first_byte)
         self.send_lag.merge(other.send_lag)
         for status, count in other.statuses.items():
             self.statuses[status] = self.statuses.get(status, 0) + count
@@ -110,6 +114,7 @@ class Connection(asyncio.Protocol):
         self.keep_alive = True
         self.received = 0
         self.busy_since = 0.0
+        self.first_body = 0.0
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -124,6 +129,10 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.first_body:
+            self.first_body = clock()
 
     def on_message_complete(self) -> None:
         done = clock()
@@ -157,6 +166,7 @@ class Connection(asyncio.Protocol):
         self._waiter = waiter
         sent = clock()
         self.busy_since = sent
+        self.first_body = 0.0
         self._transport.write(payload)
         done = await waiter
         return self.status, sent, done
@@ -256,13 +266,14 @@ class PhaseRunner:
             self._count_error(exc.kind, intended if intended is not None else clock())
             await self._reconnect(index)
             return
+        first_body = connection.first_body
         if intended is None:
-            self._count(status, sent, sent, done)
+            self._count(status, sent, sent, done, first_body)
         else:
             start = latency_start(intended, picked, sent)
             if start == sent and intended >= self._measure_from:
                 self.result.send_lag.record(int((sent - intended) * 1e6))
-            self._count(status, intended, start, done)
+            self._count(status, intended, start, done, first_body)
         if not connection.keep_alive:
             await self._reconnect(index)
 
@@ -278,8 +289,9 @@ class PhaseRunner:
         self._connections[index] = fresh
         return fresh
 
-    def _count(self, status: int, due: float, start: float, done: float) -> None:
-        """Count a response to a request due at `due` whose latency runs from `start` to `done`."""
+    def _count(self, status: int, due: float, start: float, done: float, first_body: float = 0.0) -> None:
+        """Count a response to a request due at `due` whose latency runs from `start` to `done`
+        (its body's first byte came at `first_body`; 0: no body)."""
         self.completed += 1
         if status >= 400:
             self.failed += 1
@@ -295,6 +307,7 @@ class PhaseRunner:
             return
         latency_us = int((done - start) * 1e6)
         self.result.latency.record(latency_us)
+        self.result.first_byte.record(int(((first_body or done) - start) * 1e6))
         row[2] += latency_us
         row[3] = max(row[3], latency_us)
 

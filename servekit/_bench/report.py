@@ -83,6 +83,7 @@ def phase_summary(phase: Phase, result: PhaseResult) -> dict[str, Any]:
         "unsent": result.unsent,
         "bytes_received": result.bytes_received,
         "latency_ms": latency_summary(result.latency),
+        "first_byte_ms": latency_summary(result.first_byte),
         "percentile_curve": [[q, _ms(result.latency.percentile(q))] for q in CURVE_PERCENTILES]
         if result.latency.total
         else [],
@@ -160,22 +161,23 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def results_table(phases: Sequence[dict[str, Any]]) -> str:
-    """The results as an aligned text table: one row per phase, latencies in ms."""
-    header = ("phase", "requests", "req/s", "p50", "p90", "p99", "p99.9", "max", "errors")
+def results_table(phases: Sequence[dict[str, Any]], first_byte: bool = False) -> str:
+    """The results as an aligned text table: one row per phase, latencies in ms (with
+    `first_byte`, also the time to the first byte of the body: p50 and p99)."""
+    header = ["phase", "requests", "req/s", "p50", "p90", "p99", "p99.9", "max"]
+    header += ["ttfb p50", "ttfb p99"] if first_byte else []
     rows = []
     for summary in phases:
         latency = summary["latency_ms"]
-        rows.append(
-            (
-                summary["label"],
-                str(summary["requests"]),
-                f"{summary['rps']:.1f}",
-                *(_fmt(latency.get(key)) for key in ("p50", "p90", "p99", "p99.9", "max")),
-                _status_text(summary),
-            )
-        )
-    return _table(header, rows) + "\nlatency in ms, over successful responses"
+        row = [summary["label"], str(summary["requests"]), f"{summary['rps']:.1f}"]
+        row += [_fmt(latency.get(key)) for key in ("p50", "p90", "p99", "p99.9", "max")]
+        if first_byte:
+            row += [_fmt(summary.get("first_byte_ms", {}).get(key)) for key in ("p50", "p99")]
+        rows.append([*row, _status_text(summary)])
+    note = "latency in ms, over successful responses" + (
+        "; ttfb: to the body's first byte" if first_byte else ""
+    )
+    return _table([*header, "errors"], rows) + "\n" + note
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -340,7 +340,7 @@ def _run_phases(args: argparse.Namespace, target: payloads.Target, request: byte
 
 def _write_outputs(args: argparse.Namespace, results: dict[str, Any]) -> None:
     print(f"servekit bench: {results['target']} ({results['method']}, {results['processes']} process(es))")
-    print(report.results_table(results["phases"]))
+    print(report.results_table(results["phases"], first_byte=args.stream))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print(f"servekit: wrote {args.out}", file=sys.stderr)

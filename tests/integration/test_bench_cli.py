@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,12 @@ class Counted:
         self.counts["chat 200"] += 1
         self.bodies.append(body)
         return {"choices": [{"message": {"role": "assistant", "content": "hello"}}]}
+
+    @sk.endpoint("/stream")
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, str]]:
+        self.counts["stream 200"] += 1
+        for token in ("hel", "lo"):
+            yield {"token": token}
 
     @sk.endpoint("/count", methods=["GET"])
     async def count(self) -> dict[str, Any]:
@@ -254,6 +260,22 @@ def test_templates_build_oip_and_openai_requests(serve_app: StartServer, tmp_pat
     )
     seen = _counts(server)["bodies"][-1]
     assert seen == {"model": "llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+
+
+def test_a_streamed_response_reports_the_time_to_its_first_byte(
+    serve_app: StartServer, tmp_path: Path
+) -> None:
+    server = serve_app(Counted.bind())
+    done = _bench(
+        *(f"{server.url}/stream", "--template", "openai", "--model", "llm", "--stream"),
+        *("--concurrency", "1", "--duration", "0.2", "--warmup", "0", "--out", str(tmp_path / "s.json")),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ttfb p50" in done.stdout
+    phase = json.loads((tmp_path / "s.json").read_text())["phases"][0]
+    assert phase["requests"] == _counts(server)["counts"]["stream 200"]
+    assert 0 < phase["first_byte_ms"]["p50"] <= phase["latency_ms"]["max"]
+    assert phase["first_byte_ms"]["max"] <= phase["latency_ms"]["max"]
 
 
 @pytest.mark.parametrize(
