@@ -96,6 +96,7 @@ def docs_page(title: str, root_path: str = "") -> str:
     )
 
 
+@functools.cache
 def vendor_folder(package: str = SWAGGER_UI_PACKAGE) -> Path | None:
     """The folder of Swagger UI's files in the installed `package`, or None when it is missing."""
     try:
