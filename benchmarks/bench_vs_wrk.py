@@ -1,7 +1,7 @@
 """`servekit bench` against wrk on W1, in one run: is servekit's load generator the bottleneck,
 and do its percentiles agree with wrk's?
 
-    python -m benchmarks.bench_vs_wrk                                   # ~2 min
+    python -m benchmarks.bench_vs_wrk                                   # ~5 min
     python -m benchmarks.bench_vs_wrk --duration 3 --rounds 1 --quick   # smoke test (~30 s)
     python -m benchmarks.bench_vs_wrk --out benchmarks/results/$(date +%F)-vm-bench-vs-wrk
 
@@ -291,7 +291,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="servekit bench's warm-up (default 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     parser.add_argument("--concurrency", type=int, default=64, help="closed loop connections (default 64)")
     parser.add_argument(
         "--processes", type=int, default=2, help="servekit bench's second setting (default 2)"
