@@ -2,7 +2,8 @@
 
 Run by `nox -s smoke` in a fresh virtualenv holding servekit alone. It serves a small graph
 (a sync stage, a batched stage, a typed endpoint) over real HTTP on 127.0.0.1, with the
-standard library as client, and checks the fast stack is the default and no extra was pulled in.
+standard library as client, and checks the fast stack is the default, `/docs` has its Swagger UI
+files, and no extra was pulled in.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def post(url: str, body: object) -> tuple[int, dict[str, object]]:
         return error.code, json.loads(error.read())
 
 
+def has_swagger_ui(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/docs/swagger-ui-bundle.js", timeout=30) as response:
+            return b"SwaggerUIBundle" in response.read()
+    except urllib.error.HTTPError:
+        return False
+
+
 def main() -> int:
     problems = []
     with sk.serve(Api.bind(Words.bind(), Count.bind()), port=0, blocking=False) as server:
@@ -62,6 +71,8 @@ def main() -> int:
         status, body = post(server.url + "/count", {"txt": 1})
         if status != 422:
             problems.append(f"a bad body answered {status} {body}, not 422")
+        if not has_swagger_ui(server.url):
+            problems.append("/docs has no Swagger UI: the default install lacks openapi-ui-bundles")
         loop = type(server.handle._dispatcher.loop).__module__
         if not loop.startswith("uvloop"):
             problems.append(f"the default event loop is {loop}, not uvloop")
