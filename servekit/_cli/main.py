@@ -1,5 +1,5 @@
-"""`servekit` command: `servekit serve TARGET|BUNDLE`, `servekit batch TARGET`, `servekit build`,
-`servekit bundles`, `servekit deploy`, `servekit status`, `servekit rollout ...`,
+"""`servekit` command: `servekit serve TARGET|BUNDLE`, `servekit batch TARGET`, `servekit bench`,
+`servekit build`, `servekit bundles`, `servekit deploy`, `servekit status`, `servekit rollout ...`,
 `servekit models ...`, `servekit keys ...`, `servekit --version`."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from servekit._cli import batch as batch_command
+from servekit._cli import bench as bench_command
 from servekit._cli import keys as keys_command
 from servekit._cli import rollout
 from servekit._cli.bundles import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_command
@@ -99,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where async jobs are kept: a directory (SQLite) or a postgresql:// URL (default: memory)",
     )
+    serve.add_argument(
+        "--docs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve interactive API docs at /docs (default: on, unless the ingress serves raw "
+        "requests, mounts an ASGI app, or has an endpoint under /docs)",
+    )
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="413 above this")
     serve.add_argument(
         "--grace-period",
@@ -140,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "variables); default: on when OTEL_TRACES_EXPORTER names an exporter",
     )
     batch_command.add_parser(commands)
+    bench_command.add_parser(commands)
     status = commands.add_parser("status", help="show an app's deployments and replicas")
     where = status.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a servekit server, like http://127.0.0.1:8000 (reads /-/status)")
@@ -190,9 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simple[args.command](args)
     if args.command in BUNDLE_COMMANDS:
         return run_bundle_command(args)
-    if args.command == "batch":
+    if args.command in ("batch", "bench"):
         logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return batch_command.run(args)
+        return batch_command.run(args) if args.command == "batch" else bench_command.run(args)
     from servekit._replica.request_context import log_fields  # noqa: PLC0415
     from servekit._telemetry.logs import configure_logging  # noqa: PLC0415
 
@@ -266,6 +275,7 @@ def _serve(args: argparse.Namespace) -> int:
                 metrics=not args.no_metrics,
                 metrics_port=args.metrics_port,
                 dashboard=False if args.no_dashboard else None,
+                docs=args.docs,
                 **options.model_dump(exclude_defaults=True),
             )
     except (TargetError, ServekitError, OSError, ImportError) as exc:  # BundleError is a ServekitError
@@ -314,6 +324,8 @@ def _builtin_paths(args: argparse.Namespace) -> list[str]:
         paths.append("/metrics")
     if not args.no_metrics and not args.no_dashboard:
         paths.append("/-/dashboard")
+    if args.docs is not False:
+        paths.append("/docs")
     return paths
 
 

@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servekit._http.access_log import AccessLog
+from servekit._http.docs_ui import DOCS_PATH, DocsUI
 from servekit._http.errors import error_response, router_error
 from servekit._http.guards import GuardOptions, guard_layers, guard_options
 from servekit._http.jobs import HTTP_KIND, http_executor, job_routes, submit_request, wants_async
@@ -61,6 +62,7 @@ def build_asgi_app(
     access_log: bool = False,
     guards: GuardOptions | None = None,
     telemetry: EdgeTelemetry | None = None,
+    docs: bool | None = None,
 ) -> Starlette:
     """The ASGI app serving `runtime`'s ingress deployment over HTTP.
 
@@ -75,6 +77,8 @@ def build_asgi_app(
     `telemetry` holds the server's request metrics and dashboard (kept across redeploys); without
     it the app makes its own, with metrics and the dashboard on, the dashboard's sampler run by
     the ASGI lifespan too.
+    `docs` serves the interactive API docs at `/docs` (None: unless the ingress serves raw
+    requests, mounts an ASGI app, or has an endpoint under `/docs`, whose paths `/docs` would hide).
     """
     ingress = runtime.graph.ingress_node
     found = ingress_routes(ingress.deployment, strict)
@@ -107,6 +111,7 @@ def build_asgi_app(
             *telemetry.middleware(routes),
             *guard_layers(guards or guard_options(), getattr(runtime, "edge_copies", 1)),
             Middleware(BodyLimit, max_body_bytes=max_body_bytes),
+            *_docs_layer(docs, found, ingress.name),
         ],
         exception_handlers={HTTPException: router_error, Exception: router_error},
         lifespan=None
@@ -133,6 +138,15 @@ def _telemetry_routes(
                 "route; serve with metrics=False and dashboard=False (or move /metrics with metrics_port=)"
             )
     return routes
+
+
+def _docs_layer(docs: bool | None, found: IngressRoutes, title: str) -> list[Middleware]:
+    """The `/docs` layer when it is on (by default: when servekit owns the app's paths and no
+    endpoint of the app is at `/docs` or below it)."""
+    owned = found.raw_call or found.asgi_app is not None
+    taken = any(r.path == DOCS_PATH or r.path.startswith(DOCS_PATH + "/") for r in found.endpoints)
+    on = docs if docs is not None else not (owned or taken)
+    return [Middleware(DocsUI, title=title)] if on else []
 
 
 def describe_routes(found: IngressRoutes) -> list[tuple[str, str]]:

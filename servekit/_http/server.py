@@ -170,6 +170,7 @@ def serve(
     metrics: bool = True,
     metrics_port: int | None = None,
     dashboard: bool | None = None,
+    docs: bool | None = None,
     **options: Unpack[RunKeywords],
 ) -> Server:
     """Run `app` and serve its ingress over HTTP at `host`:`port` (0 picks a free port).
@@ -196,6 +197,8 @@ def serve(
     `/metrics`, or on its own port with `metrics_port` (local backend; 0 picks a free one, see
     `Server.metrics_url`); `metrics=False` installs no metrics layer at all. `dashboard` serves the
     live page `/-/dashboard` (default: when the metrics are on).
+    `docs` serves interactive API docs (Swagger UI, offline) at `/docs`: None turns them on
+    unless the ingress serves raw requests, mounts an ASGI app, or has an endpoint under `/docs`.
 
     The other keywords choose where the app runs, as for `servekit.run`: `backend="local"`
     serves from uvicorn in this process (an ingress that serves raw requests or an ASGI app
@@ -212,7 +215,16 @@ def serve(
     tls = _tls(ssl_certfile, ssl_keyfile)
     telemetry = TelemetryOptions(metrics, metrics_port, dashboard)
     front_options = _FrontOptions(
-        max_body_bytes, graceful_shutdown_s, access_log, strict, http, run.data_dir, guards, tls, telemetry
+        max_body_bytes,
+        graceful_shutdown_s,
+        access_log,
+        strict,
+        http,
+        run.data_dir,
+        guards,
+        tls,
+        telemetry,
+        docs,
     )
     for warning, note in start_notes(guards, host):
         logger.log(logging.WARNING if warning else logging.INFO, note)
@@ -233,6 +245,7 @@ class _FrontOptions:
     guards: GuardOptions = field(default_factory=GuardOptions)
     tls: Tls | None = None
     telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
+    docs: bool | None = None
 
     def __post_init__(self) -> None:
         if self.http not in HTTP_IMPLS:
@@ -253,6 +266,7 @@ class _FrontOptions:
             access_log=self.access_log,
             guards=self.guards,
             telemetry=telemetry or EdgeTelemetry(self.telemetry),
+            docs=self.docs,
         )
 
 

@@ -135,6 +135,17 @@ def test_openapi_describes_the_endpoints_and_their_models(shop: ServedShop, clie
     assert schemas["Item"]["required"] == ["name", "quantity"]
 
 
+def test_interactive_docs_are_served_with_their_assets(shop: ServedShop, client: httpx.Client) -> None:
+    page = client.get(shop.url + "/docs")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert 'data-openapi-url="/openapi.json"' in page.text
+    bundle = client.get(shop.url + "/docs/swagger-ui-bundle.js")
+    assert bundle.status_code == 200
+    assert bundle.headers["content-type"].startswith("text/javascript")
+    assert client.get(shop.url + "/docs/swagger-ui.css").headers["content-type"].startswith("text/css")
+
+
 ERROR_CASES = [
     pytest.param(
         "POST", "/items", {"content": b'{"name": "bolt", '}, 400, "bad_request", id="400-malformed-json"

@@ -3,8 +3,8 @@
 Run by `nox -s smoke` in a fresh virtualenv holding servekit alone. It serves a small graph
 (a sync stage, a batched stage, a typed endpoint) over real HTTP on 127.0.0.1, with the
 standard library as client, and checks the fast stack is the default, metrics and the dashboard
-are served (prometheus_client is a default dependency, the page is package data) and no extra
-was pulled in.
+are served (prometheus_client is a default dependency, the page is package data), `/docs` has its
+Swagger UI files, and no extra was pulled in.
 """
 
 from __future__ import annotations
@@ -55,6 +55,14 @@ def post(url: str, body: object) -> tuple[int, dict[str, object]]:
         return error.code, json.loads(error.read())
 
 
+def has_swagger_ui(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/docs/swagger-ui-bundle.js", timeout=30) as response:
+            return b"SwaggerUIBundle" in response.read()
+    except urllib.error.HTTPError:
+        return False
+
+
 def main() -> int:
     problems = []
     with sk.serve(Api.bind(Words.bind(), Count.bind()), port=0, blocking=False) as server:
@@ -71,6 +79,8 @@ def main() -> int:
         with urllib.request.urlopen(server.url + "/-/dashboard", timeout=30) as response:
             if b"<canvas" not in response.read():
                 problems.append("/-/dashboard did not serve the page the package ships")
+        if not has_swagger_ui(server.url):
+            problems.append("/docs has no Swagger UI: the default install lacks openapi-ui-bundles")
         loop = type(server.handle._dispatcher.loop).__module__
         if not loop.startswith("uvloop"):
             problems.append(f"the default event loop is {loop}, not uvloop")

@@ -50,6 +50,7 @@ LAYERS = (
     ("servekit._runtime",),
     ("servekit._bundle",),
     ("servekit._http",),
+    ("servekit._bench",),
     ("servekit._cli",),
 )
 """The package's layers, bottom first: each module imports only from its own layer and those below."""
