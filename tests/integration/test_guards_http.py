@@ -133,7 +133,7 @@ ROUTES = [
     ("GET", "/-/healthz", None, False, "health"),
     ("GET", "/-/readyz", None, False, "health"),
     ("GET", "/openapi.json", None, True, "public"),
-    ("GET", "/docs", None, False, "public"),
+    ("GET", "/docs", None, True, "public"),
     ("GET", "/-/status", None, True, "admin"),
     ("GET", "/-/routers", None, True, "admin"),
     ("GET", "/-/routers/clf", None, True, "admin"),
@@ -141,8 +141,8 @@ ROUTES = [
     ("GET", "/-/rollouts", None, True, "admin"),
     ("GET", "/-/jobs", None, True, "admin"),
     ("GET", "/-/jobs/{job}", None, True, "job"),
-    ("GET", "/-/dashboard", None, False, "admin"),
-    ("GET", "/metrics", None, False, "metrics"),
+    ("GET", "/-/dashboard", None, True, "admin"),
+    ("GET", "/metrics", None, True, "metrics"),
 ]
 CREDENTIALS: dict[str, dict[str, str]] = {
     "none": {},
