@@ -1,5 +1,6 @@
-"""Quality gates: `nox -s lint smoke tests postgres` (what CI runs), `nox -s browser` (the dashboard
-in a headless Chromium), `nox -s docs`, `nox -s bundle_image` (where a container engine is installed)."""
+"""Quality gates: `nox -s lint smoke tests postgres browser` (what CI runs; `browser` drives the
+dashboard in a headless Chromium), `nox -s docs`, `nox -s bundle_image` (where a container engine
+is installed)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["lint", "smoke", "tests", "postgres"]
+nox.options.sessions = ["lint", "smoke", "tests", "postgres", "browser"]
 
 TORCH = "torch==2.13.0"  # the CPU build; any other spec may pull a multi-GB CUDA build
 
