@@ -35,22 +35,42 @@ if __package__ in (None, ""):  # allow `python benchmarks/observability.py`
 
 @dataclass(frozen=True)
 class Variant:
-    """How one variant serves: keywords for `servekit.serve` and environment variables."""
+    """How one variant serves: keywords for `servekit.serve`, environment variables, and the
+    headers each request sends. Values may name ``{keys}`` (a keys file made for the run),
+    ``{key}`` (its one key, scope invoke) and ``{otlp}`` (a counting OTLP/HTTP sink's URL)."""
 
     serve: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     target_ratio: float | None = None
     """The least throughput, as a ratio to `BASELINE`, this variant must keep (None: no target)."""
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 BASELINE = "metrics off"
 VARIANTS: dict[str, Variant] = {
     "metrics off": Variant(serve={"metrics": False}),
     "metrics on": Variant(serve={}, target_ratio=0.97),
-    # More variants join the same run, e.g. (the keywords and variables their features define):
-    #   "tracing 1%": Variant(env={"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}),
-    #   "auth + rate limit": Variant(serve={"api_keys": "...", "rate_limit": "..."}, target_ratio=0.97),
+    "auth + rate limit": Variant(
+        serve={"metrics": False, "api_keys": "{keys}", "rate_limit": "1000000/s burst 1000000"},
+        headers={"Authorization": "Bearer {key}"},
+        target_ratio=0.97,
+    ),
+    "tracing 1%": Variant(
+        serve={"metrics": False, "tracing": True},
+        env={
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.01",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "{otlp}",
+        },
+        target_ratio=0.97,
+    ),
+    "tracing 100%": Variant(
+        serve={"metrics": False, "tracing": True},
+        env={"OTEL_TRACES_SAMPLER": "parentbased_always_on", "OTEL_EXPORTER_OTLP_ENDPOINT": "{otlp}"},
+        target_ratio=0.90,
+    ),
 }
+"""The variants; `tracing 100%` has the issue's own goal (at most 10% of W2), the others 3%."""
 WORKLOADS = ("w1", "w2")
 HOST = "127.0.0.1"
 
@@ -60,10 +80,43 @@ def serve_variant(workload: str, variant: str, port: int) -> None:
     import servekit as sk
     from benchmarks.workloads.servekit_apps import BUILDERS
 
-    options = VARIANTS[variant].serve
+    options = {k: _filled(v, dict(os.environ)) for k, v in VARIANTS[variant].serve.items()}
     sk.serve(
         BUILDERS[workload](), host=HOST, port=port, blocking=True, loop="uvloop", http="httptools", **options
     )
+
+
+def _filled(value: Any, values: dict[str, str]) -> Any:
+    """`value` with ``{keys}``, ``{key}`` and ``{otlp}`` replaced from `values` (BENCH_* variables)."""
+    if not isinstance(value, str):
+        return value
+    for name in ("keys", "key", "otlp"):
+        value = value.replace("{" + name + "}", values.get(f"BENCH_{name.upper()}", ""))
+    return value
+
+
+def run_fixtures(folder: Path) -> dict[str, str]:
+    """A keys file with one invoke key, and a counting OTLP sink: BENCH_* variables for the servers."""
+    import importlib.util
+
+    from benchmarks.harness.server import REPO_ROOT
+    from servekit._http.guards.keyfile import create_key
+
+    spec = importlib.util.spec_from_file_location(
+        "otlp_receiver", REPO_ROOT / "examples" / "observability" / "otlp_receiver.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    receiver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(receiver)
+    keys = folder / "bench-keys.yaml"
+    key = create_key(keys, "bench", ["invoke"])
+    sink = receiver.OtlpReceiver(decode=False)  # counts what arrives; decodes nothing
+    _SINKS.append(sink)
+    return {"BENCH_KEYS": str(keys), "BENCH_KEY": key, "BENCH_OTLP": sink.endpoint}
+
+
+_SINKS: list[Any] = []
 
 
 @dataclass
@@ -83,7 +136,9 @@ class VariantServer:
         self.port = free_port()
         command = [sys.executable, "-m", "benchmarks.observability", "--serve", self.workload, self.variant,
                    str(self.port)]  # fmt: skip
-        env = {**os.environ, **VARIANTS[self.variant].env, "PYTHONPATH": str(REPO_ROOT)}
+        variant = VARIANTS[self.variant]
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        env.update({name: _filled(value, env) for name, value in variant.env.items()})
         env[TORCH_THREADS_ENV] = str(torch_threads)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
@@ -130,7 +185,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     body = json.dumps({"x": SAMPLE_X})
     rounds: dict[str, dict[str, list[dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        script = write_lua_script(Path(folder), body)
+        os.environ.update(run_fixtures(Path(folder)))
+        scripts = {
+            name: write_lua_script(
+                Path(folder) / name.replace(" ", "-").replace("%", "pct").replace("+", "and"),
+                body,
+                {k: _filled(v, dict(os.environ)) for k, v in VARIANTS[name].headers.items()},
+            )
+            for name in args.variants
+        }
         servers = [
             VariantServer(workload, variant, Path(folder) / f"{workload}-{variant.replace(' ', '-')}.log")
             for workload in args.workloads
@@ -142,12 +205,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for server in servers:
                 server.wait_ready(body)
                 if args.warmup > 0:
-                    run_wrk(server.url, script, args.connections, args.warmup)
+                    run_wrk(server.url, scripts[server.variant], args.connections, args.warmup)
             for _ in range(args.rounds):
                 for server in servers:
                     assert server.process is not None
                     cpu = tree_cpu_s(server.process.pid)
-                    result = run_wrk(server.url, script, args.connections, args.duration)
+                    result = run_wrk(server.url, scripts[server.variant], args.connections, args.duration)
                     cpu = tree_cpu_s(server.process.pid) - cpu
                     if result.errors:
                         raise RuntimeError(

@@ -85,11 +85,16 @@ def ensure_wrk() -> str:
     return path
 
 
-def write_lua_script(directory: Path, body: str) -> Path:
-    """Write the POST + JSON-report Lua script for ``body`` and return its path."""
+def write_lua_script(directory: Path, body: str, headers: dict[str, str] | None = None) -> Path:
+    """Write the POST + JSON-report Lua script for ``body`` (and extra `headers`) and return its path."""
     if "'" in body or "\\" in body:
         raise ValueError("request body must not contain quotes or backslashes")
     script = _LUA_TEMPLATE.replace("__BODY__", body).replace("__MARKER__", MARKER)
+    for name, value in (headers or {}).items():
+        if any(c in name + value for c in "'\\\n"):
+            raise ValueError(f"header {name!r} must not contain quotes, backslashes or newlines")
+        script = script.replace("\ndone = ", f"wrk.headers['{name}'] = '{value}'\n\ndone = ", 1)
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "post.lua"
     path.write_text(script)
     return path
