@@ -41,16 +41,31 @@ def routed(request: pytest.FixtureRequest) -> Iterator[sk.Server]:
     server.shutdown(grace_s=5)
 
 
+CHANGE_REACHES_S = 30.0
+"""Bound on how long a router change takes to reach every ingress replica (Ray: its next poll)."""
+
+
 async def _under_load(
-    client: httpx.AsyncClient, url: str, transition: Callable[[], Awaitable[None]], seconds: float = 2.0
+    client: httpx.AsyncClient,
+    url: str,
+    transition: Callable[[], Awaitable[None]],
+    seconds: float = 2.0,
+    until: Callable[[list[httpx.Response]], bool] | None = None,
 ) -> list[httpx.Response]:
-    """Keep 16 requests in flight at `url` for `seconds`, running `transition` half-way."""
+    """Keep 16 requests in flight at `url` for `seconds`, running `transition` half-way, and on
+    (at most `CHANGE_REACHES_S` more) until `until(responses)` holds: on Ray a change reaches the ingress
+    replicas at their next poll of the router's state, later than `seconds` on a loaded machine."""
     responses: list[httpx.Response] = []
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
+    give_up = end + CHANGE_REACHES_S
+
+    def going() -> bool:
+        now = loop.time()
+        return now < end or (until is not None and now < give_up and not until(responses))
 
     async def worker() -> None:
-        while loop.time() < end:
+        while going():
             responses.append(await client.get(url))
 
     async def change() -> None:
@@ -129,7 +144,10 @@ async def test_a_weight_change_under_load_drops_nothing_and_applies_at_once(
         answer = await async_client.put(routed.url + "/-/routers/clf/weights", json={"weights": {"v2": 1}})
         assert answer.status_code == 200
 
-    responses = await _under_load(async_client, routed.url + "/classify", to_v2)
+    def v2_answered(responses: list[httpx.Response]) -> bool:
+        return any(r.status_code == 200 and r.json()["arm"] == "v2" for r in responses[-16:])
+
+    responses = await _under_load(async_client, routed.url + "/classify", to_v2, until=v2_answered)
     assert _statuses(responses) == {200: len(responses)}
     arms = [response.json()["arm"] for response in responses]
     assert set(arms) == {"v1", "v2"}
