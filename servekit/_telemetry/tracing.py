@@ -339,9 +339,16 @@ FinishedSpan = tuple[Any, ...]
 
 
 class Span:
-    """One recording span (sampled): ids, name, kind, times, attributes, links, status, events."""
+    """One recording (sampled) span: ids, name, kind, times, attributes, links, status, events.
+
+    A `with` block makes it current and ends it after (an exception marks it failed); ended, it
+    goes to its recorder as a tuple of primitives (`FIELDS`).
+    """
 
     __slots__ = (
+        "_add",
+        "_bridge",
+        "_token",
         "attributes",
         "events",
         "kind",
@@ -359,15 +366,17 @@ class Span:
 
     def __init__(
         self,
+        add: Callable[[FinishedSpan], None],
         trace_id: int,
         parent_id: int,
         name: str,
         kind: int,
-        attributes: dict[str, Any] | None,
         *,
+        attributes: dict[str, Any] | None = None,
         start: int = 0,
         links: tuple[tuple[int, int], ...] | None = None,
     ) -> None:
+        self._add = add
         self.trace_id = trace_id
         self.span_id = _getrandbits(64) or 1
         self.parent_id = parent_id
@@ -378,6 +387,32 @@ class Span:
         self.links = links
         self.status: tuple[int, str] | None = None
         self.events: list[tuple[str, int, dict[str, str]]] | None = None
+        self._token: Token[Current | None] | None = None
+        self._bridge: object = None
+
+    def __enter__(self) -> Span:
+        self._token = _current.set(self)
+        if _modules.get("opentelemetry.trace") is not None:
+            self._bridge = _bridge_enter(self)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._leave()
+        self.end(exc)
+
+    def _leave(self) -> None:
+        if self._bridge is not None:
+            _bridge_exit(self._bridge)
+            self._bridge = None
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+
+    def step(self) -> _Step:
+        """A `with` block that makes the span current without ending it (a stream's chunk)."""
+        return _Step(self)
 
     def update_name(self, name: str) -> None:
         """Rename the span (the edge names it after the matched route)."""
@@ -396,10 +431,29 @@ class Span:
             event = {"exception.type": type(exc).__qualname__, "exception.message": str(exc)}
             self.events = [*(self.events or ()), ("exception", _time_ns(), event)]
 
-    def finished(self, end: int = 0) -> FinishedSpan:
-        """The span, ended at `end` (default now), as `FIELDS`."""
-        return (self.trace_id, self.span_id, self.parent_id, self.name, self.kind, self.start,
-                end or _time_ns(), self.attributes, self.links, self.status, self.events)  # fmt: skip
+    def end(self, exc: BaseException | None = None, at: int = 0) -> None:
+        """End the span (once) at `at` (default now) and record it; `exc` marks it failed."""
+        add = self._add
+        if add is _ended:
+            return
+        self._add = _ended
+        if exc is not None and not isinstance(exc, GeneratorExit | StopAsyncIteration):
+            if isinstance(exc, asyncio.CancelledError):
+                self.fail("cancelled")
+            else:
+                self.fail(f"{type(exc).__name__}: {exc}", exc)
+        add((self.trace_id, self.span_id, self.parent_id, self.name, self.kind, self.start,
+             at or _time_ns(), self.attributes, self.links, self.status, self.events))  # fmt: skip
+
+    # The same scope protocol as the unsampled ones.
+    close = end
+
+
+def _ended(span: FinishedSpan) -> None:
+    """The recorder of a span already ended: nothing more to record."""
+
+
+_modules = sys.modules
 
 
 class SpanRecorder:
@@ -545,7 +599,7 @@ class Tracing:
         kind: Literal["server", "client", "internal"] = "internal",
         attributes: dict[str, Any] | None = None,
         parent: Current | None = None,
-    ) -> SpanScope | _Unsampled:
+    ) -> Span | _Unsampled:
         """A span, current inside the `with` block (which gets the `Span`, or None when it is not
         sampled) and ended after it (an exception marks it failed).
 
@@ -560,7 +614,7 @@ class Tracing:
         if not self._sampler(parent, trace_id):
             return _UnsampledRoot(SpanContext(trace_id, _getrandbits(64) or 1, False))
         parent_id = parent.span_id if parent is not None else 0
-        return SpanScope(self._add, Span(trace_id, parent_id, name, KINDS[kind], attributes))
+        return Span(self._add, trace_id, parent_id, name, KINDS[kind], attributes=attributes)
 
     def recording(self) -> bool:
         """Whether a span made now would be recorded (the current one is sampled, or none is
@@ -604,7 +658,7 @@ class Tracing:
         parent = _current.get()
         if parent is None or not parent.sampled:
             return
-        self._add(Span(parent.trace_id, parent.span_id, name, 0, attributes, start=start_ns).finished())
+        Span(self._add, parent.trace_id, parent.span_id, name, 0, attributes=attributes, start=start_ns).end()
 
     def sampled(self) -> Current | None:
         """The current span's context when it is sampled (its children are recorded), else None."""
@@ -613,7 +667,7 @@ class Tracing:
 
     def batch_span(
         self, name: str, items: Sequence[tuple[Current, int]], attributes: dict[str, Any] | None = None
-    ) -> SpanScope:
+    ) -> Span:
         """The span of one batch, linked to each item's span, and each item's wait for it.
 
         `items` are (the item's span context, when it arrived in ns). The batch span's parent is
@@ -622,13 +676,13 @@ class Tracing:
         """
         first = items[0][0]
         links = tuple((item.trace_id, item.span_id) for item, _ in items)
-        span = Span(first.trace_id, first.span_id, name, 0, attributes, links=links)
+        span = Span(self._add, first.trace_id, first.span_id, name, 0, attributes=attributes, links=links)
         back = ((span.trace_id, span.span_id),)
         now = _time_ns()
         for item, arrived in items:
-            wait = Span(item.trace_id, item.span_id, "batch wait", 0, None, start=arrived, links=back)
-            self._add(wait.finished(now))
-        return SpanScope(self._add, span)
+            wait = Span(self._add, item.trace_id, item.span_id, "batch wait", 0, start=arrived, links=back)
+            wait.end(at=now)
+        return span
 
     def carrier(self) -> dict[str, str]:
         """The current trace context as W3C headers (`traceparent`), for another process."""
@@ -698,66 +752,17 @@ class _UnsampledRoot(_Unsampled):
         return self
 
 
-class SpanScope:
-    """A recording span made current for a `with` block, and ended after it."""
-
-    __slots__ = ("_add", "_bridge", "_ended", "_token", "span")
-
-    def __init__(self, add: Callable[[FinishedSpan], None], span: Span) -> None:
-        self._add = add
-        self.span = span
-        self._token: Token[Current | None] | None = None
-        self._bridge: object = None
-        self._ended = False
-
-    def __enter__(self) -> Span:
-        self._token = _current.set(self.span)
-        if _otel_trace() is not None:
-            self._bridge = _bridge_enter(self.span)
-        return self.span
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._leave()
-        self.close(exc)
-
-    def _leave(self) -> None:
-        if self._bridge is not None:
-            _bridge_exit(self._bridge)
-            self._bridge = None
-        if self._token is not None:
-            _current.reset(self._token)
-            self._token = None
-
-    def step(self) -> _Step:
-        """A `with` block that makes the span current without ending it (a stream's chunk)."""
-        return _Step(self)
-
-    def close(self, exc: BaseException | None) -> None:
-        """End the span (once); `exc` marks it failed."""
-        if self._ended:
-            return
-        self._ended = True
-        if exc is not None and not isinstance(exc, GeneratorExit | StopAsyncIteration):
-            if isinstance(exc, asyncio.CancelledError):
-                self.span.fail("cancelled")
-            else:
-                self.span.fail(f"{type(exc).__name__}: {exc}", exc)
-        self._add(self.span.finished())
-
-
 class _Step:
-    __slots__ = ("_scope",)
+    __slots__ = ("_span",)
 
-    def __init__(self, scope: SpanScope) -> None:
-        self._scope = scope
+    def __init__(self, span: Span) -> None:
+        self._span = span
 
     def __enter__(self) -> None:
-        self._scope.__enter__()
+        self._span.__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        self._scope._leave()
+        self._span._leave()
 
 
 # --- user code's own OpenTelemetry spans -------------------------------------------------------
