@@ -70,6 +70,11 @@ VARIANTS: dict[str, Variant] = {
         env={**_TRACED, "OTEL_TRACES_SAMPLER": "parentbased_always_on"},
         about="tracing, every trace sampled, OTLP/HTTP to a counting sink",
     ),
+    "tracing-100%-unexported": Variant(
+        serve={"tracing": True},
+        env={"OTEL_TRACES_EXPORTER": "none", "OTEL_TRACES_SAMPLER": "parentbased_always_on"},
+        about="tracing, every trace sampled, spans recorded but not exported (no exporter process)",
+    ),
 }
 """The servekit variants; `starlette` (the floor) is always measured too."""
 
