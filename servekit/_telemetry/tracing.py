@@ -14,8 +14,8 @@ Out: the helpers the edge, handles, replica sets, replicas and batch queues call
 The hot path is servekit's own and small: a span is a slots object (ids from
 `random.getrandbits`, times from `time.time_ns`), the current one a context variable, samplers
 decide as OpenTelemetry's do, and a finished span is a tuple of primitives queued for a
-background thread, which hands batches to an exporter process (`otlp_export`: the
-OpenTelemetry SDK's OTLP/HTTP exporter), so protobuf and HTTP cost the serving process nothing.
+background thread, which hands batches to an exporter process (`otlp_export`: OTLP protobuf
+built with opentelemetry-proto and POSTed), so protobuf and HTTP cost the serving process nothing.
 No OpenTelemetry module is imported here: a default install (without the `otel` extra) and
 tracing off pay one `active()` check per call and nothing else.
 """
@@ -78,6 +78,11 @@ class TracingSettings:
     resource: tuple[tuple[str, str], ...] = ()
     batch: Mapping[str, int] = field(default_factory=dict)
     """The batch span processor's options that were set (`OTEL_BSP_*`), by keyword."""
+    timeout_s: float = 10.0
+    """How long one batch may take to export, retries included (`OTEL_EXPORTER_OTLP_TIMEOUT`)."""
+    compression: Literal["none", "gzip"] = "none"
+    certificate: str | None = None
+    """The CA bundle an https endpoint is checked with (`OTEL_EXPORTER_OTLP_CERTIFICATE`)."""
 
 
 _BSP = {
@@ -116,6 +121,38 @@ def tracing_settings(
         sampler_arg=_sampler_arg(sampler, environ.get("OTEL_TRACES_SAMPLER_ARG")),
         resource=resource,
         batch={keyword: _positive_int(environ, name) for name, keyword in _BSP.items() if environ.get(name)},
+        timeout_s=_timeout_s(environ),
+        compression=_compression(environ),
+        certificate=_traces_or_all(environ, "CERTIFICATE")[1] or None,
+    )
+
+
+def _traces_or_all(environ: Mapping[str, str], suffix: str) -> tuple[str, str]:
+    """(name, value) of `OTEL_EXPORTER_OTLP_TRACES_<suffix>`, else of `OTEL_EXPORTER_OTLP_<suffix>`."""
+    for name in (f"OTEL_EXPORTER_OTLP_TRACES_{suffix}", f"OTEL_EXPORTER_OTLP_{suffix}"):
+        value = environ.get(name, "").strip()
+        if value:
+            return name, value
+    return "", ""
+
+
+def _timeout_s(environ: Mapping[str, str]) -> float:
+    """The export timeout: `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT`, else `OTEL_BSP_EXPORT_TIMEOUT`
+    (milliseconds, as the spec has both), else 10 s."""
+    name = _traces_or_all(environ, "TIMEOUT")[0]
+    if not name and environ.get("OTEL_BSP_EXPORT_TIMEOUT", "").strip():
+        name = "OTEL_BSP_EXPORT_TIMEOUT"
+    return _positive_int(environ, name) / 1000 if name else 10.0
+
+
+def _compression(environ: Mapping[str, str]) -> Literal["none", "gzip"]:
+    name, value = _traces_or_all(environ, "COMPRESSION")
+    if value.lower() in ("", "none"):
+        return "none"
+    if value.lower() == "gzip":
+        return "gzip"
+    raise DeploymentOptionError(
+        f"{name}={value!r}: servekit compresses OTLP with 'gzip' or not at all ('none')"
     )
 
 
@@ -217,18 +254,17 @@ def start_tracing(settings: TracingSettings) -> Tracing:
     """Start recording spans in this process, exported by an exporter process of its own, and
     make this the process's `active()` tracing.
 
-    Raises `ImportError` naming the extra when the OpenTelemetry SDK or its OTLP exporter (which
-    the exporter process runs) is not installed; this process itself never imports them.
+    Raises `ImportError` naming the extra when opentelemetry-proto (which the exporter process
+    encodes OTLP with) or, for the console exporter, the OpenTelemetry SDK is not installed;
+    this process itself never imports them.
     """
-    needed = ["opentelemetry.sdk.trace"]
-    if "otlp" in settings.exporters:
-        needed.append("opentelemetry.exporter.otlp.proto.http.trace_exporter")
-    for module in needed:
-        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None:
+    needed = {"otlp": "opentelemetry.proto.trace", "console": "opentelemetry.sdk.trace"}
+    for exporter in settings.exporters:
+        if importlib.util.find_spec(needed[exporter]) is None:
             what = (
-                "the OTLP trace exporter is missing"
-                if "exporter" in module
-                else "tracing needs the OpenTelemetry SDK"
+                "OTLP export needs opentelemetry-proto"
+                if exporter == "otlp"
+                else "the console exporter needs the OpenTelemetry SDK"
             )
             raise ImportError(f"{what}: {INSTALL_HINT}")
     batch = settings.batch
