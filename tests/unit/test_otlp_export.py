@@ -9,7 +9,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from servekit._telemetry.otlp_export import Encoder
+from servekit._telemetry.otlp_export import Encoder, key_values, string_attribute
 from servekit._telemetry.tracing import tracing_settings
 from servekit.errors import DeploymentOptionError
 
@@ -67,3 +67,9 @@ def test_timeout_and_compression_come_from_the_standard_variables() -> None:
     assert (settings.timeout_s, settings.compression) == (2.5, "gzip")
     with pytest.raises(DeploymentOptionError, match="OTEL_EXPORTER_OTLP_COMPRESSION='zstd'"):
         tracing_settings(True, "Api", {"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"})
+
+
+@pytest.mark.parametrize("value", ["", "a", "é" * 70, "x" * 20000])
+def test_a_string_attribute_is_encoded_as_the_generated_messages_encode_it(value: str) -> None:
+    expected = Span(attributes=key_values({"servekit.request_id": value})).SerializeToString()
+    assert string_attribute("servekit.request_id", value) == expected
