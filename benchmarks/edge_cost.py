@@ -22,7 +22,10 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -54,8 +57,46 @@ class Variant:
     about: str = ""
 
 
+_TRACED = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_BSP_SCHEDULE_DELAY": "200"}
+_BENCH_KEY = "sk_edge_cost_benchmark_key_0000000000"
+"""The benchmark's own API key (scope invoke); the keys file below holds only its hash."""
+
+
+def _keys_file() -> str:
+    """A keys file with `_BENCH_KEY`'s hash (the same path and content in every process)."""
+    import tempfile
+
+    from servekit._http.guards.keys import hash_key
+
+    path = Path(tempfile.gettempdir()) / "servekit-edge-cost-keys.json"
+    entry = {"name": "bench", "hash": hash_key(_BENCH_KEY), "scopes": ["invoke"]}
+    path.write_text(json.dumps({"keys": [entry]}))
+    return str(path)
+
+
 VARIANTS: dict[str, Variant] = {
-    "servekit": Variant(about="defaults"),
+    "servekit": Variant(about="defaults (metrics and the dashboard on, no keys, no tracing)"),
+    "metrics-off": Variant(serve={"metrics": False}, about="`metrics=False`: no metrics layer, no dashboard"),
+    "auth+ratelimit": Variant(
+        serve={"api_keys": _keys_file(), "rate_limit": "1000000/s burst 1000000"},
+        headers={"authorization": f"Bearer {_BENCH_KEY}"},
+        about="API keys (a Bearer key checked per request) and a per-key rate limit that never refuses",
+    ),
+    "tracing-1%": Variant(
+        serve={"tracing": True},
+        env={**_TRACED, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
+        about="tracing, 1% of traces sampled, OTLP/HTTP to a counting sink",
+    ),
+    "tracing-100%": Variant(
+        serve={"tracing": True},
+        env={**_TRACED, "OTEL_TRACES_SAMPLER": "parentbased_always_on"},
+        about="tracing, every trace sampled, OTLP/HTTP to a counting sink",
+    ),
+    "tracing-100%-unexported": Variant(
+        serve={"tracing": True},
+        env={"OTEL_TRACES_EXPORTER": "none", "OTEL_TRACES_SAMPLER": "parentbased_always_on"},
+        about="tracing, every trace sampled, spans recorded but not exported (no exporter process)",
+    ),
 }
 """The servekit variants; `starlette` (the floor) is always measured too."""
 
@@ -120,7 +161,37 @@ def _environment(env: Mapping[str, str]) -> Iterator[None]:
 
 
 class _Served:
-    """One variant's app, started once and driven in every round."""
+    """One variant's app in a process of its own (tracing is per process), driven in every round."""
+
+    def __init__(self, workload: str, name: str, env: Mapping[str, str]) -> None:
+        self.name = name
+        command = [sys.executable, "-m", "benchmarks.edge_cost", "--serve-one", f"{workload}:{name}"]
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **env}
+        )
+        self._ask("ready")
+
+    def _ask(self, line: str) -> str:
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._process.stdin.write(line + "\n")
+        self._process.stdin.flush()
+        answer = self._process.stdout.readline().strip()
+        if not answer:
+            raise RuntimeError(f"variant {self.name!r} exited (code {self._process.wait()})")
+        return answer
+
+    def measure(self, requests: int) -> float:
+        """CPU microseconds per request over `requests` calls."""
+        return float(self._ask(str(requests)))
+
+    def close(self) -> None:
+        self._ask("close")
+        self._process.wait(timeout=60)
+
+
+class _InProcess:
+    """One variant's app, started once in this process and driven on request."""
 
     def __init__(self, workload: str, name: str) -> None:
         self.name = name
@@ -149,22 +220,66 @@ class _Served:
             self._loop.close()
 
 
+@contextmanager
+def _sink(variants: Sequence[str]) -> Iterator[dict[str, str]]:
+    """A counting OTLP/HTTP sink in its own process while a tracing variant runs (its endpoint as env)."""
+    if not any(VARIANTS.get(name, Variant()).serve.get("tracing") for name in variants):
+        yield {}
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    receiver = REPO_ROOT / "examples" / "observability" / "otlp_receiver.py"
+    command = [sys.executable, str(receiver), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def serve_one(target: str) -> int:
+    """Serve one `workload:variant` and answer this process's stdin: a count measures, `close` stops."""
+    workload, name = target.split(":", 1)
+    served = _InProcess(workload, name)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "close":
+            served.close()
+            print("closed", flush=True)
+            return 0
+        print("ready" if command == "ready" else served.measure(int(command)), flush=True)
+    served.close()
+    return 0
+
+
 def run(workloads: Sequence[str], variants: Sequence[str], requests: int, rounds: int) -> dict[str, Any]:
     """Every variant of every workload: per round and median CPU microseconds per request."""
     results: dict[str, Any] = {}
     for workload in workloads:
-        served = [_Served(workload, name) for name in variants]
-        try:
-            for one in served:
-                one.measure(max(200, requests // 10))  # warm-up: caches, lazy imports, JIT-free paths
-            per_round: dict[str, list[float]] = {one.name: [] for one in served}
-            for index in range(rounds):
-                order = served if index % 2 == 0 else list(reversed(served))
-                for one in order:
-                    per_round[one.name].append(one.measure(requests))
-        finally:
-            for one in served:
-                one.close()
+        with _sink(variants) as env:
+            served = [_Served(workload, name, env) for name in variants]
+            try:
+                for one in served:
+                    one.measure(max(200, requests // 10))  # warm-up: caches, lazy imports, JIT-free paths
+                per_round: dict[str, list[float]] = {one.name: [] for one in served}
+                for index in range(rounds):
+                    order = served if index % 2 == 0 else list(reversed(served))
+                    for one in order:
+                        per_round[one.name].append(one.measure(requests))
+            finally:
+                for one in served:
+                    one.close()
         results[workload] = {
             name: {"rounds": [round(v, 2) for v in values], "median_us": round(statistics.median(values), 2)}
             for name, values in per_round.items()
@@ -223,7 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="results path stem (default: results/<date>-<host>-edge)"
     )
+    parser.add_argument("--serve-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_one:
+        return serve_one(args.serve_one)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     variants = (
         ["starlette", *VARIANTS] if args.variants is None else [v.strip() for v in args.variants.split(",")]

@@ -1,22 +1,19 @@
 """The edge's server span: one span per HTTP request, continuing the client's W3C `traceparent`.
 
-In: an HTTP request (its `traceparent`/`tracestate`/`baggage` headers, read by OpenTelemetry's
-configured propagators). Out: a SERVER span named after the method and the matched route
+In: an HTTP request (its `traceparent` header; a malformed one is ignored and the request starts
+a trace of its own). Out: a SERVER span named after the method and the matched route
 (``POST /classify``), current while the app serves the request, so the replica spans of the
 request's calls are its children; it records the status (5xx marks it failed) and the request
-id. Installed only while the process traces (`build_asgi_app` checks `tracing.active()`).
+id. A request the sampler leaves out only carries its "not sampled" context on (one check per
+hop below). Installed only while the process traces (`build_asgi_app` checks `tracing.active()`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servekit._replica.request_context import current_request
-from servekit._telemetry.tracing import Tracing
-
-_PROPAGATED = frozenset({b"traceparent", b"tracestate", b"baggage"})
+from servekit._telemetry.tracing import Span, Tracing, parse_traceparent
 
 
 class TracingMiddleware:
@@ -30,42 +27,45 @@ class TracingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        carrier = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in scope["headers"]
-            if name in _PROPAGATED
-        }
-        parent = self.tracing.extract(carrier) if carrier else None
+        parent = None
+        for name, value in scope["headers"]:
+            if name == b"traceparent":
+                parent = parse_traceparent(value.decode("latin-1"))
+                break
         method = scope["method"]
-        status = 0
+        with self.tracing.span(method, "server", None, parent) as span:
+            if span is None:  # not sampled: its context is current, nothing is recorded
+                await self.app(scope, receive, send)
+                return
+            span.attributes = _attributes(scope)
+            status = 0
 
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+            async def send_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
 
-        with self.tracing.span(method, "server", _attributes(scope), parent) as span:
             try:
                 await self.app(scope, receive, send_status)
             finally:
-                if span is not None:  # None: not made, under an unsampled span
-                    self._describe(span, scope, method, status)
-
-    def _describe(self, span: Any, scope: Scope, method: str, status: int) -> None:
-        """Name the span after the matched route and record the status (5xx: failed)."""
-        route = getattr(scope.get("route"), "path", None)  # set by the router once matched
-        if route is not None:
-            span.update_name(f"{method} {route}")
-            span.set_attribute("http.route", route)
-        if status:
-            span.set_attribute("http.response.status_code", status)
-        if status >= 500:
-            self.tracing.fail(span, f"HTTP {status}")
+                _describe(span, scope, method, status)
 
 
-def _attributes(scope: Scope) -> dict[str, str | int]:
-    attributes: dict[str, str | int] = {
+def _describe(span: Span, scope: Scope, method: str, status: int) -> None:
+    """Name the span after the matched route and record the status (5xx: failed)."""
+    route = getattr(scope.get("route"), "path", None)  # set by the router once matched
+    if route is not None:
+        span.name = f"{method} {route}"
+        span.set_attribute("http.route", route)
+    if status:
+        span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.fail(f"HTTP {status}")
+
+
+def _attributes(scope: Scope) -> dict[str, str | int | float | bool]:
+    attributes: dict[str, str | int | float | bool] = {
         "http.request.method": scope["method"],
         "url.path": scope["path"],
         "url.scheme": scope.get("scheme", "http"),

@@ -256,7 +256,7 @@ class Replica:
         While tracing, a call that serves a request runs in a server span of its own.
         """
         active = tracing.active()
-        if active is not None and current_request() is not None:
+        if active is not None and active.recording() and current_request() is not None:
             with active.span(f"{self.context.deployment}.{method}", "server", self._span_attributes(method)):
                 return await self._call(method, args, kwargs, hold_abandoned, model_id)
         return await self._call(method, args, kwargs, hold_abandoned, model_id)
@@ -307,7 +307,7 @@ class Replica:
         """Call a generator method and yield its chunks (`hold_abandoned`, `model_id` as for `call`)."""
         chunks = self._stream(method, args, kwargs, hold_abandoned, model_id)
         active = tracing.active()
-        if active is not None and current_request() is not None:
+        if active is not None and active.recording() and current_request() is not None:
             name = f"{self.context.deployment}.{method}"
             chunks = active.traced_stream(chunks, name, "server", self._span_attributes(method))
         return chunks

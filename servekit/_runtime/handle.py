@@ -252,7 +252,7 @@ def _dispatched(
     """The call, in a client span while tracing (its arguments resolved already)."""
     call = dispatcher.call(deployment, method, args, kwargs)
     active = tracing.active()
-    if active is None:
+    if active is None or not active.recording():
         return call
     return active.traced(call, f"{deployment}.{method}", _span_attributes(deployment, method))
 
@@ -326,7 +326,9 @@ async def _resolved_stream(
     args, kwargs = await _resolve_args(args, kwargs)
     chunks = dispatcher.stream(deployment, method, args, kwargs)
     active = tracing.active()
-    if active is not None:  # a client span around the stream (its arguments resolved already)
+    if (
+        active is not None and active.recording()
+    ):  # a client span around the stream (its arguments resolved already)
         attributes = _span_attributes(deployment, method)
         chunks = active.traced_stream(chunks, f"{deployment}.{method}", "client", attributes)
     if model_id is not None:  # the first step picks the replica: it runs carrying the model id

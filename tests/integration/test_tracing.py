@@ -169,3 +169,15 @@ def test_a_request_its_caller_did_not_sample_makes_no_span_on_any_hop(
         "Front.label",
         "postprocess.__call__",
     }
+
+
+def test_a_malformed_traceparent_starts_a_trace_of_its_own(otlp_receiver: Any, client: httpx.Client) -> None:
+    with sk.serve(Front.bind(postprocess.bind()), port=0, blocking=False, tracing=True) as server:
+        responses = [
+            client.get(server.url + "/label", params={"n": 1}, headers={"traceparent": header})
+            for header in ("garbage", f"00-{'0' * 32}-{CLIENT_SPAN}-01", f"ff-{TRACE_ID}-{CLIENT_SPAN}-01")
+        ]
+    assert [response.status_code for response in responses] == [200, 200, 200]
+    edges = [span for span in otlp_receiver.spans if span.name == "GET /label"]
+    assert len(edges) == 3
+    assert all(span.parent_id == "" and span.trace_id != TRACE_ID for span in edges)
