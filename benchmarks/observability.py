@@ -108,6 +108,7 @@ def run_fixtures(folder: Path) -> dict[str, str]:
     assert spec is not None
     assert spec.loader is not None
     receiver = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = receiver  # its dataclasses look their module up
     spec.loader.exec_module(receiver)
     keys = folder / "bench-keys.yaml"
     key = create_key(keys, "bench", ["invoke"])

@@ -35,7 +35,13 @@ SAMPLE_INTERVAL_S = 1.0
 HISTORY_SAMPLES = 600
 """Ten minutes of samples at one a second."""
 STATUS_REFRESH_S = 2.0
-"""How often the sampler asks the runtime for fresh stats (worker processes, Ray's controller)."""
+"""How often the sampler asks the runtime for fresh stats (worker processes, Ray's controller)
+while someone watches the page."""
+WATCH_TTL_S = 60.0
+"""A page that polled `/-/dashboard/data` within this long counts as watched. Unwatched, the
+sampler keeps the edge's request counters (rate and latency charts) and the runtime's
+in-process view, but asks no worker process and no Ray controller for fresh stats: on Ray that
+is a controller call every `STATUS_REFRESH_S` that an app nobody watches should not pay for."""
 MAX_EVENTS = 200
 
 
@@ -52,6 +58,7 @@ class DashboardHistory:
         self._last_http: tuple[float, int, int, list[int]] | None = None
         self._last_status: Mapping[str, Any] | None = None
         self._last_batches: dict[str, tuple[int, int]] = {}
+        self._watched_until = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def start(self, runtime: ServingRuntime) -> None:
@@ -67,12 +74,20 @@ class DashboardHistory:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def watched(self, now: float | None = None) -> None:
+        """Note that the page polled its data: fresh stats are fetched for the next `WATCH_TTL_S`."""
+        self._watched_until = (time.monotonic() if now is None else now) + WATCH_TTL_S
+
+    def is_watched(self, now: float) -> bool:
+        """Whether a page polled within the last `WATCH_TTL_S`."""
+        return now < self._watched_until
+
     async def _run(self, runtime: ServingRuntime) -> None:
         refreshed = 0.0
         while True:
             now = time.monotonic()
             try:
-                if now - refreshed >= STATUS_REFRESH_S:
+                if self.is_watched(now) and now - refreshed >= STATUS_REFRESH_S:
                     refreshed = now
                     await runtime.refresh_stats()
                 self.sample(runtime.status(), time.time(), now)
@@ -254,6 +269,7 @@ def dashboard_routes(runtime: ServingRuntime, history: DashboardHistory) -> list
         except ValueError:
             message = f"query parameter since={since!r} must be a time in seconds, like since=1767225600.5"
             return error_response(BadRequestError(message))
+        history.watched()
         return JSONResponse(history.data(runtime.status(), after), headers={"cache-control": "no-store"})
 
     return [

@@ -3,6 +3,8 @@ document, the dashboard's history and events, and the telemetry options."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -15,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from servekit._http.dashboard import DashboardHistory
+from servekit._http.dashboard import WATCH_TTL_S, DashboardHistory
 from servekit._http.metrics import UNMATCHED, HttpMetrics, HttpMetricsMiddleware
 from servekit._http.telemetry import EdgeTelemetry, TelemetryOptions
 from servekit._telemetry.metrics import render
@@ -234,6 +236,36 @@ def test_the_history_samples_rates_and_percentiles_and_notes_what_changed() -> N
     assert [sample["t"] for sample in data["history"]] == [1004.0, 1005.0]
     assert data["totals"] == {"requests": 20, "server_errors": 0}
     assert data["deployments"]["M"]["replicas"][0]["id"] == "M#0"
+
+
+class _CountingRuntime:
+    """A runtime whose fresh stats cost a call (a Ray controller, worker processes): counted."""
+
+    def __init__(self) -> None:
+        self.refreshes = 0
+
+    async def refresh_stats(self) -> None:
+        self.refreshes += 1
+
+    def status(self) -> dict[str, Any]:
+        return with_deployment(1)
+
+
+async def test_the_sampler_fetches_fresh_stats_only_while_a_page_watches(
+    await_until: Callable[..., Awaitable[None]],
+) -> None:
+    runtime = _CountingRuntime()
+    history = DashboardHistory(HttpMetrics(), interval_s=0.001)
+    history.start(runtime)  # type: ignore[arg-type]
+    try:
+        await await_until(lambda: len(history.samples) >= 20, "samples while nobody watches")
+        assert runtime.refreshes == 0  # the request counters are sampled; no controller is asked
+        history.watched()
+        await await_until(lambda: runtime.refreshes >= 1, "a refresh once the page polls")
+        assert history.is_watched(time.monotonic())
+        assert not history.is_watched(time.monotonic() + WATCH_TTL_S)
+    finally:
+        await history.stop()
 
 
 def test_telemetry_options_refuse_contradictions_and_off_means_nothing_installed() -> None:
