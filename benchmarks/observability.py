@@ -159,7 +159,8 @@ class VariantServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.workload}/{self.variant} exited:\n{self.log.read_text()[-3000:]}")
             try:
-                if request(self.port, "POST", "/", body)[0] == 200:
+                headers = {k: _filled(v, dict(os.environ)) for k, v in VARIANTS[self.variant].headers.items()}
+                if request(self.port, "POST", "/", body, headers=headers)[0] == 200:
                     return
             except OSError:
                 pass

@@ -34,13 +34,18 @@ def free_port() -> int:
 
 
 def request(
-    port: int, method: str, path: str, body: str | None = None, timeout: float = 2.0
+    port: int,
+    method: str,
+    path: str,
+    body: str | None = None,
+    timeout: float = 2.0,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
-    """Send one HTTP request to 127.0.0.1:``port``; return (status, body)."""
+    """Send one HTTP request to 127.0.0.1:``port`` (with extra `headers`); return (status, body)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
+        sent = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers={**sent, **(headers or {})})
         response = conn.getresponse()
         return response.status, response.read()
     finally:
