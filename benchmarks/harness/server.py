@@ -39,6 +39,7 @@ def request(
     path: str,
     body: str | None = None,
     timeout: float = 2.0,
+    *,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
     """Send one HTTP request to 127.0.0.1:``port`` (with extra `headers`); return (status, body)."""
