@@ -26,13 +26,22 @@ def replicas(handle: sk.AppHandle) -> list[dict[str, Any]]:
     return list(handle.status()["deployments"]["Echo"]["replicas"])
 
 
+MAX_CALLS = 200
+"""Calls `double_options` makes at most (the router picks the less loaded of two replicas, at
+random between equals: eight calls in a row can all land on one)."""
+
+
 def double_options(handle: sk.AppHandle) -> list[dict[str, Any]]:
-    """The options each replica's `double` queue runs with (each replica is called first)."""
-    for _ in range(8):  # calls spread over both replicas, so each has a queue
-        assert handle.double(1.0).result() == 2.0
-    found = [replica["batching"].get("double", {}).get("options") for replica in replicas(handle)]
-    assert all(found), f"every replica formed a batch: {found}"
-    return found
+    """The options each replica's `double` queue runs with (each replica is called first: calls
+    go on, up to `MAX_CALLS`, until the router has sent at least one to each replica)."""
+    found: list[Any] = []
+    for _ in range(MAX_CALLS // 8):
+        for _ in range(8):
+            assert handle.double(1.0).result() == 2.0
+        found = [replica["batching"].get("double", {}).get("options") for replica in replicas(handle)]
+        if all(found):
+            return found
+    raise AssertionError(f"a replica formed no batch in {MAX_CALLS} calls: {found}")
 
 
 @pytest.fixture(params=ISOLATIONS)

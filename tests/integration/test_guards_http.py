@@ -359,7 +359,7 @@ def test_the_security_example_shows_each_key_doing_what_its_scopes_allow() -> No
         "ops on /-/status": "200",
         "expired on /predict": "401 unauthorized",
         "trial five times": "200 200 200 429 429",
-        "reader's rate limit": "38 of 40 left",
+        "reader's rate limit": "40 (40;w=2), used: True",
         "health without a key": "200",
     }
 
