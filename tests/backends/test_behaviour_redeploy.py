@@ -27,6 +27,7 @@ async def _versions_served(handle: sk.AppHandle, calls: int = 12) -> set[str]:
     return {await handle() for _ in range(calls)}
 
 
+@pytest.mark.timeout(360)  # on Ray, each failed redeploy waits out Ray's three start attempts
 async def test_a_failed_redeploy_leaves_exactly_the_old_version(backend: Backend) -> None:
     handle = backend.run(apps.versioned_app("v1"))
     try:
