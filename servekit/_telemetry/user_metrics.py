@@ -14,6 +14,7 @@ import itertools
 import math
 import re
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 LabelValues = Mapping[str, str | int | bool] | None
 
 
-class UserMetric:
+class UserMetric(ABC):
     """One metric defined by user code; see `servekit.metrics.counter` and its siblings."""
 
     kind: Kind = "counter"
@@ -107,8 +108,9 @@ class UserMetric:
     def _copy(self, series: Any) -> Any:
         return series[0]
 
+    @abstractmethod
     def _family(self) -> Metric:
-        raise NotImplementedError
+        """An empty family of this metric's kind, which `collect` fills."""
 
     def collect(self) -> Metric:
         """This metric's family, one sample (set) per label set."""
